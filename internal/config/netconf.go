@@ -1,0 +1,204 @@
+// Package config decodes and validates what a runtime hands a Pier plugin:
+// the network configuration on stdin and CNI_ARGS. It is the single place
+// where a config value is judged, so `pier`, `pier-ipam` and `pierctl lint`
+// accept and refuse exactly the same input.
+//
+// Compatibility rule: every key the reference `bridge` plugin understands is
+// accepted with the same meaning; unknown keys are ignored (runtimes and meta
+// plugins add their own), but a known key whose value Pier cannot honour is an
+// error naming the key and value (code 2), never silently dropped.
+package config
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"strings"
+
+	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/pier-cni/pier/internal/cnierr"
+)
+
+// DefaultBridge is the bridge name when the config names none.
+const DefaultBridge = "pier0"
+
+// NetConf is the `pier` plugin's network configuration.
+type NetConf struct {
+	types.NetConf
+
+	Bridge           string `json:"bridge"`
+	IsGateway        bool   `json:"isGateway"`
+	IsDefaultGateway bool   `json:"isDefaultGateway"`
+	ForceAddress     bool   `json:"forceAddress"`
+	IPMasq           bool   `json:"ipMasq"`
+	IPMasqBackend    string `json:"ipMasqBackend,omitempty"`
+	MTU              int    `json:"mtu"`
+	HairpinMode      bool   `json:"hairpinMode"`
+	PromiscMode      bool   `json:"promiscMode"`
+	EnableDAD        bool   `json:"enabledad,omitempty"`
+	Vlan             int    `json:"vlan"`
+
+	// Reference keys Pier does not implement yet; refused when set.
+	MacSpoofChk               bool            `json:"macspoofchk,omitempty"`
+	VlanTrunk                 json.RawMessage `json:"vlanTrunk,omitempty"`
+	DisableContainerInterface bool            `json:"disableContainerInterface,omitempty"`
+	PortIsolation             bool            `json:"portIsolation,omitempty"`
+
+	LogFile  string `json:"logFile,omitempty"`
+	LogLevel string `json:"logLevel,omitempty"`
+
+	Args struct {
+		Cni struct {
+			Mac string `json:"mac,omitempty"`
+		} `json:"cni,omitempty"`
+	} `json:"args,omitempty"`
+	RuntimeConfig struct {
+		Mac          string          `json:"mac,omitempty"`
+		PortMappings json.RawMessage `json:"portMappings,omitempty"`
+		Bandwidth    json.RawMessage `json:"bandwidth,omitempty"`
+	} `json:"runtimeConfig,omitempty"`
+
+	// MAC is the container interface's address after applying the
+	// reference's precedence: runtimeConfig.mac, then args.cni.mac, then
+	// CNI_ARGS MAC=. Nil lets the kernel choose.
+	MAC net.HardwareAddr `json:"-"`
+}
+
+// macEnvArgs is CNI_ARGS as far as the plugin reads it. IP= belongs to IPAM;
+// IgnoreUnknown is honoured by types.LoadArgs through CommonArgs.
+type macEnvArgs struct {
+	types.CommonArgs
+	MAC types.UnmarshallableString `json:"mac,omitempty"`
+	IP  types.UnmarshallableString `json:"ip,omitempty"`
+}
+
+// LoadNetConf decodes stdin and CNI_ARGS into a validated NetConf.
+func LoadNetConf(stdin []byte, envArgs string) (*NetConf, error) {
+	n := &NetConf{Bridge: DefaultBridge}
+	if err := json.Unmarshal(stdin, n); err != nil {
+		return nil, cnierr.Wrap(err, cnierr.DecodingFailure, "cannot decode the network configuration")
+	}
+	if n.Bridge == "" {
+		n.Bridge = DefaultBridge
+	}
+	if err := n.validate(); err != nil {
+		return nil, err
+	}
+	if n.RawPrevResult != nil {
+		if err := version.ParsePrevResult(&n.NetConf); err != nil {
+			return nil, cnierr.Wrap(err, cnierr.DecodingFailure, "prevResult cannot be decoded")
+		}
+	}
+	mac, err := pickMAC(n, envArgs)
+	if err != nil {
+		return nil, err
+	}
+	n.MAC = mac
+	return n, nil
+}
+
+func (n *NetConf) validate() error {
+	if n.Name == "" {
+		return cnierr.New(cnierr.InvalidConfig, `the network configuration has no "name"`)
+	}
+	if err := validateIfName("bridge", n.Bridge); err != nil {
+		return err
+	}
+	if n.MTU != 0 && (n.MTU < 68 || n.MTU > 65535) {
+		return cnierr.New(cnierr.InvalidConfig, `"mtu": %d is out of range (68..65535, or 0 for the kernel default)`, n.MTU)
+	}
+	if n.IPAM.Type == "" {
+		return cnierr.New(cnierr.InvalidConfig, `the network configuration has no "ipam" section with a "type" (for example "pier-ipam")`)
+	}
+	if strings.ContainsAny(n.IPAM.Type, `/\`) || n.IPAM.Type == "." || n.IPAM.Type == ".." {
+		return cnierr.New(cnierr.InvalidConfig, `"ipam.type": %q must be a plugin name, not a path`, n.IPAM.Type)
+	}
+	return n.refuseUnsupported()
+}
+
+// refuseUnsupported turns every known key Pier cannot honour into a code-2
+// error: a user who asks for a VLAN must not get an untagged port silently.
+func (n *NetConf) refuseUnsupported() error {
+	unsupported := []struct {
+		key   string
+		set   bool
+		value any
+	}{
+		{"vlan", n.Vlan != 0, n.Vlan},
+		{"vlanTrunk", len(n.VlanTrunk) > 0 && string(n.VlanTrunk) != "null", string(n.VlanTrunk)},
+		{"macspoofchk", n.MacSpoofChk, true},
+		{"disableContainerInterface", n.DisableContainerInterface, true},
+		{"portIsolation", n.PortIsolation, true},
+		{"ipMasqBackend", n.IPMasqBackend != "" && n.IPMasqBackend != "nftables", n.IPMasqBackend},
+		{"runtimeConfig.portMappings", nonEmptyList(n.RuntimeConfig.PortMappings), string(n.RuntimeConfig.PortMappings)},
+		{"runtimeConfig.bandwidth", nonEmptyObject(n.RuntimeConfig.Bandwidth), string(n.RuntimeConfig.Bandwidth)},
+	}
+	for _, u := range unsupported {
+		if u.set {
+			return cnierr.New(cnierr.UnsupportedField, "%q: %v is not supported by this version of pier", u.key, u.value)
+		}
+	}
+	if n.LogLevel != "" {
+		if _, err := ParseLogLevel(n.LogLevel); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func nonEmptyList(raw json.RawMessage) bool {
+	var l []json.RawMessage
+	return len(raw) > 0 && json.Unmarshal(raw, &l) == nil && len(l) > 0
+}
+
+func nonEmptyObject(raw json.RawMessage) bool {
+	var m map[string]json.RawMessage
+	return len(raw) > 0 && json.Unmarshal(raw, &m) == nil && len(m) > 0
+}
+
+// validateIfName applies the kernel's rules for an interface name that comes
+// from the config (CNI_IFNAME is checked by skel).
+func validateIfName(key, name string) error {
+	if len(name) > 15 {
+		return cnierr.New(cnierr.InvalidConfig, "%q: %q is longer than the kernel's 15-byte interface name limit", key, name)
+	}
+	if name == "." || name == ".." || strings.ContainsAny(name, "/: \t\n") {
+		return cnierr.New(cnierr.InvalidConfig, "%q: %q is not a valid interface name", key, name)
+	}
+	return nil
+}
+
+func pickMAC(n *NetConf, envArgs string) (net.HardwareAddr, error) {
+	var source, value string
+	if envArgs != "" {
+		e := macEnvArgs{}
+		if err := types.LoadArgs(envArgs, &e); err != nil {
+			return nil, cnierr.Wrap(err, cnierr.InvalidEnv, "CNI_ARGS %q cannot be parsed", envArgs)
+		}
+		source, value = "CNI_ARGS MAC", string(e.MAC)
+	}
+	if n.Args.Cni.Mac != "" {
+		source, value = "args.cni.mac", n.Args.Cni.Mac
+	}
+	if n.RuntimeConfig.Mac != "" {
+		source, value = "runtimeConfig.mac", n.RuntimeConfig.Mac
+	}
+	if value == "" {
+		return nil, nil
+	}
+	mac, err := net.ParseMAC(value)
+	if err != nil || len(mac) != 6 {
+		return nil, cnierr.New(cnierr.InvalidConfig, "%s: %q is not an Ethernet MAC address", source, value)
+	}
+	if mac[0]&1 == 1 {
+		return nil, cnierr.New(cnierr.InvalidConfig, "%s: %q is a multicast address and cannot be an interface's MAC", source, value)
+	}
+	return mac, nil
+}
+
+// String describes the config for logs.
+func (n *NetConf) String() string {
+	return fmt.Sprintf("network %s (bridge %s, ipam %s)", n.Name, n.Bridge, n.IPAM.Type)
+}
