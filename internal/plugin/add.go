@@ -1,0 +1,149 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/vishvananda/netlink"
+
+	"github.com/pier-cni/pier/internal/bridge"
+	"github.com/pier-cni/pier/internal/cnierr"
+	"github.com/pier-cni/pier/internal/nat"
+	"github.com/pier-cni/pier/internal/netns"
+)
+
+// add attaches the container to the bridge. Steps, each undone if a later
+// one fails:
+//
+//	check the netns → ensure the bridge → create the veth pair (container end
+//	straight into the netns) → allocate addresses → put the gateway on the
+//	bridge → configure the container (addresses, routes) → forwarding and
+//	masquerade on the node → result.
+//
+// The veth comes before the allocation on purpose: if the container already
+// has CNI_IFNAME, the ADD fails before IPAM is asked, so a repeated ADD can
+// never release the address a live attachment uses.
+func (c *call) add(ctx context.Context) (_ types.Result, err error) {
+	var undo undoStack
+	defer func() {
+		if err != nil {
+			if uerr := undo.run(c.log); uerr != nil {
+				err = errors.Join(err, cnierr.Wrap(uerr, cnierr.CodeOf(err), "and the rollback failed"))
+			}
+		}
+	}()
+
+	if err := checkContainerNetNS(c.args.Netns); err != nil {
+		return nil, err
+	}
+	br, err := bridge.EnsureBridge(bridge.BridgeConfig{Name: c.conf.Bridge, MTU: c.conf.MTU, Promisc: c.conf.PromiscMode})
+	if err != nil {
+		return nil, err
+	}
+	veth, err := c.createVeth(br)
+	if err != nil {
+		return nil, err
+	}
+	undo.push("delete veth "+veth.Host.Attrs().Name, func() error { return bridge.DeleteHostVeth(veth.Host.Attrs().Name) })
+
+	res, err := c.ipam.Add(ctx)
+	if err != nil {
+		return nil, err
+	}
+	undo.push("release addresses", func() error { return c.ipam.Del(ctx) })
+	if len(res.IPs) == 0 {
+		return nil, cnierr.New(cnierr.InvalidConfig, "IPAM plugin %q returned no address", c.conf.IPAM.Type)
+	}
+	c.completeGateways(res)
+
+	if c.conf.IsGateway {
+		if _, err := bridge.EnsureBridge(c.bridgeConfigWithGateways(res)); err != nil {
+			return nil, err
+		}
+	}
+	if err := bridge.ConfigureContainer(c.args.Netns, c.args.IfName, c.containerIPConfig(res)); err != nil {
+		return nil, err
+	}
+	if err := c.configureHost(res, &undo); err != nil {
+		return nil, err
+	}
+	return c.result(res, br, veth)
+}
+
+func (c *call) createVeth(br *netlink.Bridge) (*bridge.Veth, error) {
+	veth, err := bridge.CreateVeth(bridge.VethConfig{
+		ContainerNetNS: c.args.Netns,
+		IfName:         c.args.IfName,
+		HostName:       bridge.HostVethName(c.args.ContainerID, c.args.IfName),
+		MTU:            c.conf.MTU,
+		MAC:            c.conf.MAC,
+		Bridge:         br,
+		Hairpin:        c.conf.HairpinMode,
+		Alias:          vethAlias(c.conf.Name, c.args.ContainerID, c.args.IfName),
+	})
+	if errors.Is(err, bridge.ErrInterfaceExists) {
+		return nil, cnierr.Wrap(err, cnierr.InterfaceExists, "cannot create the container interface")
+	}
+	return veth, err
+}
+
+// configureHost does the node-side work that depends on the addresses:
+// forwarding when the bridge is the containers' gateway, and masquerade.
+func (c *call) configureHost(res *current.Result, undo *undoStack) error {
+	v4, v6 := families(res)
+	if c.conf.IsGateway {
+		if err := bridge.EnableForwarding(v4, v6); err != nil {
+			return err
+		}
+	}
+	if !c.conf.IPMasq {
+		return nil
+	}
+	network, addrs := c.masqTarget(res)
+	if err := nat.AddMasq(network, addrs, c.owner()); err != nil {
+		return cnierr.Wrap(err, cnierr.IOFailure, "cannot set up masquerade for network %s", c.conf.Name)
+	}
+	undo.push("remove masquerade elements", func() error { return nat.DelMasq(network, addrs) })
+	return nil
+}
+
+// masqTarget is the network's masquerade identity (its subnets, exempt from
+// masquerade) and the container's addresses to add to its sets.
+func (c *call) masqTarget(res *current.Result) (nat.Network, []netip.Addr) {
+	network := nat.Network{Name: c.conf.Name}
+	var addrs []netip.Addr
+	for _, ipc := range res.IPs {
+		p, ok := prefixOf(ipc)
+		if !ok {
+			continue
+		}
+		addrs = append(addrs, p.Addr())
+		network.Subnets = append(network.Subnets, p.Masked())
+	}
+	return network, addrs
+}
+
+func (c *call) owner() string { return c.args.ContainerID + "/" + c.args.IfName }
+
+// vethAlias is written on the host end so `ip link`, GC and `pierctl inspect`
+// can tell which attachment a veth belongs to without any state file.
+func vethAlias(network, containerID, ifName string) string {
+	return "pier:" + network + ":" + containerID + ":" + ifName
+}
+
+// checkContainerNetNS refuses a CNI_NETNS that is not a network namespace or
+// is the plugin's own (the node's): configuring the node as if it were a
+// container would take its interfaces apart.
+func checkContainerNetNS(path string) error {
+	same, err := netns.IsCurrent(path)
+	if err != nil {
+		return cnierr.Wrap(err, cnierr.InvalidEnv, "CNI_NETNS %q is not a usable network namespace", path)
+	}
+	if same {
+		return cnierr.New(cnierr.InvalidEnv, "CNI_NETNS %q is the namespace the plugin runs in (the node's), not a container's", path)
+	}
+	return nil
+}

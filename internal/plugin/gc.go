@@ -1,0 +1,85 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/pier-cni/pier/internal/bridge"
+	"github.com/pier-cni/pier/internal/cnierr"
+	"github.com/pier-cni/pier/internal/nat"
+)
+
+// gc removes everything of this network that no valid attachment owns: IPAM
+// reservations (forwarded to a delegated IPAM), masquerade elements and host
+// veths on the bridge whose alias names this network. An empty list of valid
+// attachments means none is valid. Other networks are never touched. GC goes
+// on past failures and reports them all.
+func (c *call) gc(ctx context.Context) (types.Result, error) {
+	valid := map[string]bool{}
+	for _, a := range c.conf.ValidAttachments {
+		valid[a.ContainerID+"/"+a.IfName] = true
+	}
+	var errs []error
+	if err := c.ipam.GC(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	errs = append(errs, c.gcMasq(valid)...)
+	errs = append(errs, c.gcVeths(valid)...)
+	if len(errs) > 0 {
+		return nil, cnierr.Wrap(errors.Join(errs...), cnierr.IOFailure, "GC of network %s was incomplete", c.conf.Name)
+	}
+	return nil, nil
+}
+
+func (c *call) gcMasq(valid map[string]bool) []error {
+	elems, err := nat.ListMasq(c.conf.Name)
+	if err != nil {
+		return []error{err}
+	}
+	var stale []netip.Addr
+	for _, e := range elems {
+		if !valid[e.Owner] {
+			c.log.Info("GC: removing masquerade element", "addr", e.Addr, "owner", e.Owner)
+			stale = append(stale, e.Addr)
+		}
+	}
+	if len(stale) == 0 {
+		return nil
+	}
+	if err := nat.DelMasq(nat.Network{Name: c.conf.Name}, stale); err != nil {
+		return []error{err}
+	}
+	return nil
+}
+
+func (c *call) gcVeths(valid map[string]bool) []error {
+	ports, err := bridge.BridgePorts(c.conf.Bridge)
+	if err != nil {
+		if errors.Is(err, bridge.ErrNotFound) {
+			return nil
+		}
+		return []error{err}
+	}
+	prefix := "pier:" + c.conf.Name + ":"
+	var errs []error
+	for _, p := range ports {
+		rest, ok := strings.CutPrefix(p.Alias, prefix)
+		if !ok {
+			continue // not ours, or another network's
+		}
+		containerID, ifName, ok := strings.Cut(rest, ":")
+		if !ok || valid[containerID+"/"+ifName] {
+			continue
+		}
+		c.log.Info("GC: deleting veth", "veth", p.Name, "owner", rest)
+		if err := bridge.DeleteHostVeth(p.Name); err != nil {
+			errs = append(errs, fmt.Errorf("delete veth %s: %w", p.Name, err))
+		}
+	}
+	return errs
+}

@@ -1,0 +1,41 @@
+package plugin
+
+import (
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/vishvananda/netlink"
+
+	"github.com/pier-cni/pier/internal/bridge"
+	"github.com/pier-cni/pier/internal/cnierr"
+)
+
+// result builds the ADD result: the bridge, the host veth and the container
+// interface (in that order, as the reference reports them), the addresses
+// bound to the container interface, routes and DNS. With a prevResult (the
+// plugin is chained after another), that result is kept and ours appended,
+// as the spec's chaining rules ask.
+func (c *call) result(res *current.Result, br *netlink.Bridge, veth *bridge.Veth) (types.Result, error) {
+	out := &current.Result{CNIVersion: current.ImplementedSpecVersion, DNS: res.DNS}
+	if c.conf.PrevResult != nil {
+		prev, err := current.NewResultFromResult(c.conf.PrevResult)
+		if err != nil {
+			return nil, cnierr.Wrap(err, cnierr.DecodingFailure, "prevResult cannot be converted")
+		}
+		out = prev
+		if len(res.DNS.Nameservers) > 0 || res.DNS.Domain != "" || len(res.DNS.Search) > 0 {
+			out.DNS = res.DNS
+		}
+	}
+	first := len(out.Interfaces)
+	out.Interfaces = append(out.Interfaces,
+		&current.Interface{Name: br.Attrs().Name, Mac: br.Attrs().HardwareAddr.String()},
+		&current.Interface{Name: veth.Host.Attrs().Name, Mac: veth.Host.Attrs().HardwareAddr.String()},
+		&current.Interface{Name: c.args.IfName, Mac: veth.Container.Attrs().HardwareAddr.String(), Sandbox: c.args.Netns},
+	)
+	for _, ipc := range res.IPs {
+		ipc.Interface = current.Int(first + 2)
+		out.IPs = append(out.IPs, ipc)
+	}
+	out.Routes = append(out.Routes, res.Routes...)
+	return out, nil
+}
