@@ -5,13 +5,13 @@ import (
 	"errors"
 	"net/netip"
 
-	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/pier-cni/pier/internal/cnierr"
 	"github.com/pier-cni/pier/internal/config"
+	"github.com/pier-cni/pier/internal/delegate"
 	"github.com/pier-cni/pier/internal/ipam"
 )
 
@@ -81,7 +81,7 @@ type delegatedIPAM struct {
 }
 
 func (d *delegatedIPAM) Add(ctx context.Context) (*current.Result, error) {
-	r, err := invoke.DelegateAdd(ctx, d.pluginType, d.stdin, nil)
+	r, err := delegate.Add(ctx, d.pluginType, d.stdin)
 	if err != nil {
 		return nil, delegationError(d.pluginType, "ADD", err)
 	}
@@ -93,19 +93,19 @@ func (d *delegatedIPAM) Add(ctx context.Context) (*current.Result, error) {
 }
 
 func (d *delegatedIPAM) Del(ctx context.Context) error {
-	return delegationError(d.pluginType, "DEL", invoke.DelegateDel(ctx, d.pluginType, d.stdin, nil))
+	return delegationError(d.pluginType, "DEL", delegate.Run(ctx, "DEL", d.pluginType, d.stdin))
 }
 
 func (d *delegatedIPAM) Check(ctx context.Context) error {
-	return delegationError(d.pluginType, "CHECK", invoke.DelegateCheck(ctx, d.pluginType, d.stdin, nil))
+	return delegationError(d.pluginType, "CHECK", delegate.Run(ctx, "CHECK", d.pluginType, d.stdin))
 }
 
 func (d *delegatedIPAM) GC(ctx context.Context) error {
-	return delegationError(d.pluginType, "GC", invoke.DelegateGC(ctx, d.pluginType, d.stdin, nil))
+	return delegationError(d.pluginType, "GC", delegate.Run(ctx, "GC", d.pluginType, d.stdin))
 }
 
 func (d *delegatedIPAM) Status(ctx context.Context) error {
-	return delegationError(d.pluginType, "STATUS", invoke.DelegateStatus(ctx, d.pluginType, d.stdin, nil))
+	return delegationError(d.pluginType, "STATUS", delegate.Run(ctx, "STATUS", d.pluginType, d.stdin))
 }
 
 func (d *delegatedIPAM) Held(context.Context) ([]netip.Addr, error) { return nil, nil }
