@@ -2,7 +2,9 @@ package plugin
 
 import (
 	"context"
+	"errors"
 	"net/netip"
+	"slices"
 
 	"github.com/containernetworking/cni/pkg/types"
 
@@ -20,17 +22,41 @@ import (
 // a missing nftables element are all success. Only failures that a retry may
 // fix (store busy, netlink or nftables I/O) are returned.
 //
-// The address is released first, so whatever fails later, the pool does not
-// leak; the addresses are looked up before that, because the masquerade
-// elements to remove are keyed by them.
+// The address is released last, once nothing refers to it any more. The
+// reference releases first; but a released address can be handed to a new
+// container at once, and then this DEL would delete the new container's
+// masquerade element (keyed by address), or the old interface would still
+// hold the address the new container got. If a step fails, DEL returns the
+// error with the address still held; the runtime retries DEL (the spec
+// requires it) or GC reclaims it, so nothing leaks.
 func (c *call) del(ctx context.Context) (types.Result, error) {
 	addrs, err := c.ipam.Held(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if err := c.ipam.Del(ctx); err != nil {
+	addrs = append(addrs, c.prevResultAddrs()...)
+	// Removing the masquerade elements and deleting the veth both wait for
+	// the kernel (an RCU grace period each, ~10 and ~20 ms): run them side by
+	// side. Both act on the node's namespace, which every unlocked thread of
+	// this process is in.
+	masqDone := make(chan error, 1)
+	go func() { masqDone <- c.delMasq(addrs) }()
+	gone, linkErr := c.deleteLinks()
+	masqErr := <-masqDone
+	if linkErr != nil || masqErr != nil {
+		return nil, errors.Join(linkErr, masqErr)
+	}
+	// Addresses only the interface knew (a delegated IPAM and no prevResult).
+	if err := c.delMasq(slices.DeleteFunc(gone, func(a netip.Addr) bool { return slices.Contains(addrs, a) })); err != nil {
 		return nil, err
 	}
+	return nil, c.ipam.Del(ctx)
+}
+
+// deleteLinks removes the container's interface, which takes its veth peer
+// with it, and returns the addresses it had.
+func (c *call) deleteLinks() ([]netip.Addr, error) {
+	var addrs []netip.Addr
 	if c.args.Netns != "" {
 		gone, err := bridge.DeleteContainerLink(c.args.Netns, c.args.IfName)
 		if err != nil {
@@ -42,20 +68,17 @@ func (c *call) del(ctx context.Context) (types.Result, error) {
 	}
 	// The host end normally dies with its peer; this catches a veth whose
 	// container end was never moved or whose netns path the runtime lost.
-	if err := bridge.DeleteHostVeth(bridge.HostVethName(c.args.ContainerID, c.args.IfName)); err != nil {
-		return nil, err
-	}
-	if !c.conf.IPMasq {
-		return nil, nil
-	}
-	addrs = append(addrs, c.prevResultAddrs()...)
-	if len(addrs) == 0 {
-		return nil, nil
+	return addrs, bridge.DeleteHostVeth(bridge.HostVethName(c.args.ContainerID, c.args.IfName))
+}
+
+func (c *call) delMasq(addrs []netip.Addr) error {
+	if !c.conf.IPMasq || len(addrs) == 0 {
+		return nil
 	}
 	if err := nat.DelMasq(nat.Network{Name: c.conf.Name}, dedup(addrs)); err != nil {
-		return nil, cnierr.Wrap(err, cnierr.IOFailure, "cannot remove masquerade elements of network %s", c.conf.Name)
+		return cnierr.Wrap(err, cnierr.IOFailure, "cannot remove masquerade elements of network %s", c.conf.Name)
 	}
-	return nil, nil
+	return nil
 }
 
 // prevResultAddrs returns the container's addresses from the prevResult the
