@@ -1,10 +1,12 @@
 # Pier — the two commands a person runs are `make demo` and `make test`.
 GO ?= go
 
-.PHONY: build demo test deps fuzz clean
+.PHONY: build demo test deps bench clean
 
+# Static binaries (no cgo): the plugins start ~0.6 ms faster without the
+# dynamic loader, and they are exec'd once per container.
 build:
-	$(GO) build -o bin/ ./cmd/...
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/ ./cmd/...
 
 deps:
 	./scripts/deps.sh
@@ -16,6 +18,10 @@ demo: deps build
 test: deps
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 30m ./...
+
+# Pier against the reference bridge + host-local, side by side (root).
+bench: deps build
+	$(GO) run ./bench
 
 clean:
 	rm -rf bin/

@@ -142,11 +142,11 @@ func (d *demo) explain() error {
 	d.step("4. What the plugin built on the node", "The bridge holds the gateway 10.15.20.1/24 because \"isGateway\": the containers' routes point at it.")
 	d.show("ip", "netns", "exec", d.node, "ip", "-br", "addr", "show", "dev", "cni_bridge0")
 	fmt.Fprintln(d.out, "  Each container has a veth pair: the host end is a port of the bridge (hairpin on because \"hairpinMode\"), its alias names the network, container and interface.")
-	d.show("ip", "netns", "exec", d.node, "ip", "-d", "-br", "link", "show", "master", "cni_bridge0")
+	d.show("ip", "netns", "exec", d.node, "ip", "link", "show", "master", "cni_bridge0")
 	d.show("ip", "netns", "exec", d.node, "bridge", "-d", "link", "show")
 	fmt.Fprintln(d.out, "  Forwarding is on inside the node, so it routes for the containers:")
 	d.show("ip", "netns", "exec", d.node, "sysctl", "net.ipv4.ip_forward")
-	fmt.Fprintln(d.out, "  \"ipMasq\": one rule per network masquerades traffic from the set of container addresses to anywhere outside 10.15.20.0/24; each container adds one set element, commented with its id.")
+	fmt.Fprintln(d.out, "  \"ipMasq\": one rule per network looks the source address up in a map of container addresses. Each container adds one element, commented with its id, that jumps to the network's chain: traffic to 10.15.20.0/24 (and multicast) is left alone, everything else is masqueraded. No chain per container.")
 	d.show("ip", "netns", "exec", d.node, "nft", "list", "table", "inet", "pier")
 	d.step("5. What the container sees", "eth0 with its address, a default route via the bridge's gateway (the IPAM route without \"gw\" takes the gateway), and the 1.1.1.1/32 route from the config:")
 	for _, c := range d.ctrs {
@@ -247,7 +247,11 @@ func (d *demo) step(title, text string) {
 // show runs a read-only command and prints it with its output.
 func (d *demo) show(args ...string) {
 	out, err := sh(args...)
-	fmt.Fprintf(d.out, "  $ %s\n", strings.Join(args[min(3, len(args)):], " "))
+	if len(args) > 4 && args[0] == "ip" && args[1] == "netns" && args[2] == "exec" {
+		fmt.Fprintf(d.out, "  [%s] $ %s\n", args[3], strings.Join(args[4:], " "))
+	} else {
+		fmt.Fprintf(d.out, "  $ %s\n", strings.Join(args, " "))
+	}
 	if err != nil {
 		fmt.Fprintf(d.out, "  (%v)\n", err)
 	}

@@ -33,8 +33,10 @@ func Binaries(t testing.TB) string {
 		if buildErr != nil {
 			return
 		}
+		// Built as `make build` does: static, as installed on nodes.
 		cmd := exec.Command("go", "build", "-o", buildDir+"/", "./cmd/...")
 		cmd.Dir = modDir
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		buildOut, buildErr = cmd.CombinedOutput()
 	})
 	if buildErr != nil {
