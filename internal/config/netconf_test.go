@@ -1,0 +1,93 @@
+package config
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/pier-cni/pier/internal/cnierr"
+)
+
+const baseConf = `{"cniVersion": "1.0.0", "name": "net1", "type": "pier", "ipam": {"type": "pier-ipam", "subnet": "10.1.0.0/24"}`
+
+func conf(extra string) []byte {
+	if extra == "" {
+		return []byte(baseConf + "}")
+	}
+	return []byte(baseConf + ", " + extra + "}")
+}
+
+func TestLoadNetConfDefaults(t *testing.T) {
+	n, err := LoadNetConf(conf(""), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.Bridge != DefaultBridge || n.IsGateway || n.IPMasq || n.MTU != 0 || n.MAC != nil {
+		t.Fatalf("defaults: %+v", n)
+	}
+	// Unknown keys are ignored, as the reference does.
+	if _, err := LoadNetConf(conf(`"someRuntimeKey": {"x": 1}`), ""); err != nil {
+		t.Fatalf("unknown key refused: %v", err)
+	}
+}
+
+func TestLoadNetConfRefusals(t *testing.T) {
+	cases := []struct {
+		name  string
+		extra string
+		args  string
+		code  uint
+		words string // the message must name these
+	}{
+		{"vlan", `"vlan": 100`, "", cnierr.UnsupportedField, "vlan"},
+		{"vlanTrunk", `"vlanTrunk": [{"id": 5}]`, "", cnierr.UnsupportedField, "vlanTrunk"},
+		{"macspoofchk", `"macspoofchk": true`, "", cnierr.UnsupportedField, "macspoofchk"},
+		{"iptables backend", `"ipMasqBackend": "iptables"`, "", cnierr.UnsupportedField, "iptables"},
+		{"port mappings", `"runtimeConfig": {"portMappings": [{"hostPort": 80, "containerPort": 80, "protocol": "tcp"}]}`, "", cnierr.UnsupportedField, "portMappings"},
+		{"bandwidth", `"runtimeConfig": {"bandwidth": {"ingressRate": 1000}}`, "", cnierr.UnsupportedField, "bandwidth"},
+		{"mtu too small", `"mtu": 10`, "", cnierr.InvalidConfig, "mtu"},
+		{"bridge name with slash", `"bridge": "a/b"`, "", cnierr.InvalidConfig, "bridge"},
+		{"bad log level", `"logLevel": "loud"`, "", cnierr.InvalidConfig, "logLevel"},
+		{"multicast MAC", `"runtimeConfig": {"mac": "01:00:5e:00:00:01"}`, "", cnierr.InvalidConfig, "multicast"},
+		{"bad MAC in CNI_ARGS", "", "MAC=nope", cnierr.InvalidConfig, "CNI_ARGS MAC"},
+		{"unparseable CNI_ARGS", "", "MAC", cnierr.InvalidEnv, "CNI_ARGS"},
+		{"undecodable prevResult", `"prevResult": {"cniVersion": "1.0.0", "ips": "nope"}`, "", cnierr.DecodingFailure, "prevResult"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := LoadNetConf(conf(tc.extra), tc.args)
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if got := cnierr.CodeOf(err); got != tc.code {
+				t.Fatalf("code %d, want %d: %v", got, tc.code, err)
+			}
+			if !strings.Contains(err.Error(), tc.words) {
+				t.Fatalf("message %q does not name %q", err, tc.words)
+			}
+		})
+	}
+	if _, err := LoadNetConf([]byte(`{"name": `), ""); cnierr.CodeOf(err) != cnierr.DecodingFailure {
+		t.Fatalf("undecodable config: %v", err)
+	}
+	// Empty lists and objects in capabilities ask for nothing: accepted.
+	if _, err := LoadNetConf(conf(`"runtimeConfig": {"portMappings": [], "bandwidth": {}}`), ""); err != nil {
+		t.Fatalf("empty capabilities refused: %v", err)
+	}
+}
+
+func TestMACPrecedence(t *testing.T) {
+	both := `"args": {"cni": {"mac": "02:00:00:00:00:02"}}, "runtimeConfig": {"mac": "02:00:00:00:00:03"}`
+	for _, tc := range []struct{ extra, args, want string }{
+		{"", "IgnoreUnknown=1;K8S_POD_NAME=x;MAC=02:00:00:00:00:01", "02:00:00:00:00:01"},
+		{`"args": {"cni": {"mac": "02:00:00:00:00:02"}}`, "MAC=02:00:00:00:00:01", "02:00:00:00:00:02"},
+		{both, "MAC=02:00:00:00:00:01", "02:00:00:00:00:03"},
+	} {
+		n, err := LoadNetConf(conf(tc.extra), tc.args)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n.MAC.String() != tc.want {
+			t.Errorf("%s / %s: MAC %s, want %s", tc.extra, tc.args, n.MAC, tc.want)
+		}
+	}
+}
