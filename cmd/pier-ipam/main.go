@@ -3,12 +3,10 @@
 package main
 
 import (
-	"github.com/containernetworking/cni/pkg/skel"
-	"github.com/containernetworking/cni/pkg/version"
-
+	"github.com/pier-cni/pier/internal/cnimain"
 	"github.com/pier-cni/pier/internal/ipam/ipamcni"
 )
 
 func main() {
-	skel.PluginMainFuncs(ipamcni.Funcs(), version.All, "pier-ipam: Pier's local IPAM plugin (host-local compatible)")
+	cnimain.Run(ipamcni.Funcs(), "pier-ipam: Pier's local IPAM plugin (host-local compatible)")
 }

@@ -5,9 +5,7 @@ package main
 import (
 	"runtime"
 
-	"github.com/containernetworking/cni/pkg/skel"
-	"github.com/containernetworking/cni/pkg/version"
-
+	"github.com/pier-cni/pier/internal/cnimain"
 	"github.com/pier-cni/pier/internal/plugin"
 )
 
@@ -18,5 +16,5 @@ func init() {
 }
 
 func main() {
-	skel.PluginMainFuncs(plugin.New().Funcs(), version.All, "pier: Pier CNI bridge plugin")
+	cnimain.Run(plugin.New().Funcs(), "pier: Pier CNI bridge plugin")
 }

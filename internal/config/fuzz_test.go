@@ -10,9 +10,9 @@ import (
 // plugin runs first: it must never panic, and every refusal must carry a
 // CNI code a runtime can act on (never the 5 "I/O failure" fallback).
 func FuzzLoadNetConf(f *testing.F) {
-	f.Add([]byte(baseConf+"}"), "")
-	f.Add([]byte(baseConf+`, "mtu": 1400, "runtimeConfig": {"mac": "02:00:00:00:00:09"}}`), "IgnoreUnknown=1;MAC=02:00:00:00:00:01")
-	f.Add([]byte(baseConf+`, "prevResult": {"cniVersion": "1.0.0", "ips": [{"address": "10.1.0.2/24"}]}}`), "IP=10.1.0.9")
+	f.Add(conf(""), "")
+	f.Add(conf(`"mtu": 1400, "runtimeConfig": {"mac": "02:00:00:00:00:09"}`), "IgnoreUnknown=1;MAC=02:00:00:00:00:01")
+	f.Add(conf(`"prevResult": {"cniVersion": "1.0.0", "ips": [{"address": "10.1.0.2/24"}]}`), "IP=10.1.0.9")
 	f.Add([]byte(`{"cniVersion": "0.2.0", "name": "mybridge", "type": "pier", "bridge": "cni_bridge0", "isGateway": true, "ipMasq": true, "ipam": {"type": "pier-ipam", "subnet": "10.15.20.0/24", "routes": [{"dst": "0.0.0.0/0"}]}}`), "")
 	f.Add([]byte(`{`), "MAC")
 	f.Fuzz(func(t *testing.T, stdin []byte, args string) {

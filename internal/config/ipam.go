@@ -150,6 +150,9 @@ func validateNetworkName(name string) error {
 	if name == "" {
 		return cnierr.New(cnierr.InvalidConfig, `the network configuration has no "name"`)
 	}
+	if len(name) > MaxNetworkName {
+		return cnierr.New(cnierr.InvalidConfig, `"name" is %d bytes long; pier supports network names up to %d bytes`, len(name), MaxNetworkName)
+	}
 	for i, c := range name {
 		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
 		if !alnum && (i == 0 || !strings.ContainsRune("_.-", c)) {

@@ -24,6 +24,14 @@ import (
 // DefaultBridge is the bridge name when the config names none.
 const DefaultBridge = "pier0"
 
+// Length limits. The network name, container ID and interface name end up
+// in a host veth's alias (at most 255 bytes), in store file names (255
+// bytes) and in nftables comments; runtimes use 64-character IDs.
+const (
+	MaxNetworkName = 100
+	MaxContainerID = 128
+)
+
 // NetConf is the `pier` plugin's network configuration.
 type NetConf struct {
 	types.NetConf
@@ -60,6 +68,8 @@ type NetConf struct {
 		Bandwidth    json.RawMessage `json:"bandwidth,omitempty"`
 	} `json:"runtimeConfig,omitempty"`
 
+	rawIPAM json.RawMessage
+
 	// MAC is the container interface's address after applying the
 	// reference's precedence: runtimeConfig.mac, then args.cni.mac, then
 	// CNI_ARGS MAC=. Nil lets the kernel choose.
@@ -80,8 +90,18 @@ func LoadNetConf(stdin []byte, envArgs string) (*NetConf, error) {
 	if err := json.Unmarshal(stdin, n); err != nil {
 		return nil, cnierr.Wrap(err, cnierr.DecodingFailure, "cannot decode the network configuration")
 	}
+	var raw struct {
+		IPAM json.RawMessage `json:"ipam"`
+	}
+	_ = json.Unmarshal(stdin, &raw) // stdin decoded without error just above
+	n.rawIPAM = raw.IPAM
 	if n.Bridge == "" {
 		n.Bridge = DefaultBridge
+	}
+	// As with the reference: the default route's gateway must be on the
+	// bridge, so isDefaultGateway implies isGateway.
+	if n.IsDefaultGateway {
+		n.IsGateway = true
 	}
 	if err := n.validate(); err != nil {
 		return nil, err
@@ -100,14 +120,22 @@ func LoadNetConf(stdin []byte, envArgs string) (*NetConf, error) {
 }
 
 func (n *NetConf) validate() error {
-	if n.Name == "" {
-		return cnierr.New(cnierr.InvalidConfig, `the network configuration has no "name"`)
+	if err := validateNetworkName(n.Name); err != nil {
+		return err
+	}
+	if strings.ContainsAny(n.Type, `/\`) {
+		return cnierr.New(cnierr.InvalidConfig, `"type": %q must be a plugin name, not a path`, n.Type)
 	}
 	if err := validateIfName("bridge", n.Bridge); err != nil {
 		return err
 	}
 	if n.MTU != 0 && (n.MTU < 68 || n.MTU > 65535) {
 		return cnierr.New(cnierr.InvalidConfig, `"mtu": %d is out of range (68..65535, or 0 for the kernel default)`, n.MTU)
+	}
+	if n.HairpinMode && n.PromiscMode {
+		// The reference refuses it too: a promiscuous bridge with hairpin
+		// ports sends a container its own frames back.
+		return cnierr.New(cnierr.InvalidConfig, `"hairpinMode" and "promiscMode" cannot both be true`)
 	}
 	if n.IPAM.Type == "" {
 		return cnierr.New(cnierr.InvalidConfig, `the network configuration has no "ipam" section with a "type" (for example "pier-ipam")`)
@@ -134,6 +162,7 @@ func (n *NetConf) refuseUnsupported() error {
 		{"ipMasqBackend", n.IPMasqBackend != "" && n.IPMasqBackend != "nftables", n.IPMasqBackend},
 		{"runtimeConfig.portMappings", nonEmptyList(n.RuntimeConfig.PortMappings), string(n.RuntimeConfig.PortMappings)},
 		{"runtimeConfig.bandwidth", nonEmptyObject(n.RuntimeConfig.Bandwidth), string(n.RuntimeConfig.Bandwidth)},
+		{"ipam.daemonSocket", n.IPAM.Type == "pier-ipam" && n.ipamDaemonSocket() != "", n.ipamDaemonSocket()},
 	}
 	for _, u := range unsupported {
 		if u.set {
@@ -146,6 +175,17 @@ func (n *NetConf) refuseUnsupported() error {
 		}
 	}
 	return nil
+}
+
+// ipamDaemonSocket is ipam.daemonSocket, the key of daemon mode (pierd).
+// Until pierd serves it, a config that names it is refused rather than
+// silently allocating locally, which in a cluster would duplicate addresses.
+func (n *NetConf) ipamDaemonSocket() string {
+	var ipam struct {
+		DaemonSocket string `json:"daemonSocket"`
+	}
+	_ = json.Unmarshal(n.rawIPAM, &ipam) // decoded once already as part of the whole config
+	return ipam.DaemonSocket
 }
 
 func nonEmptyList(raw json.RawMessage) bool {

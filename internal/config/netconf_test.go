@@ -7,11 +7,15 @@ import (
 	"github.com/pier-cni/pier/internal/cnierr"
 )
 
-const baseConf = `{"cniVersion": "1.0.0", "name": "net1", "type": "pier", "ipam": {"type": "pier-ipam", "subnet": "10.1.0.0/24"}`
+const baseConf = `{"cniVersion": "1.0.0", "name": "net1", "type": "pier"`
 
+const baseIPAM = `"ipam": {"type": "pier-ipam", "subnet": "10.1.0.0/24"}`
+
+// conf returns a valid config plus extra keys; an extra "ipam" replaces the
+// default one.
 func conf(extra string) []byte {
-	if extra == "" {
-		return []byte(baseConf + "}")
+	if !strings.Contains(extra, `"ipam"`) {
+		extra = strings.TrimPrefix(extra+", "+baseIPAM, ", ")
 	}
 	return []byte(baseConf + ", " + extra + "}")
 }
@@ -50,6 +54,8 @@ func TestLoadNetConfRefusals(t *testing.T) {
 		{"multicast MAC", `"runtimeConfig": {"mac": "01:00:5e:00:00:01"}`, "", cnierr.InvalidConfig, "multicast"},
 		{"bad MAC in CNI_ARGS", "", "MAC=nope", cnierr.InvalidConfig, "CNI_ARGS MAC"},
 		{"unparseable CNI_ARGS", "", "MAC", cnierr.InvalidEnv, "CNI_ARGS"},
+		{"hairpin with promisc", `"hairpinMode": true, "promiscMode": true`, "", cnierr.InvalidConfig, "promiscMode"},
+		{"daemon mode before pierd", `"ipam": {"type": "pier-ipam", "subnet": "10.1.0.0/24", "daemonSocket": "/run/pier/pierd.sock"}`, "", cnierr.UnsupportedField, "daemonSocket"},
 		{"undecodable prevResult", `"prevResult": {"cniVersion": "1.0.0", "ips": "nope"}`, "", cnierr.DecodingFailure, "prevResult"},
 	}
 	for _, tc := range cases {
@@ -72,6 +78,16 @@ func TestLoadNetConfRefusals(t *testing.T) {
 	// Empty lists and objects in capabilities ask for nothing: accepted.
 	if _, err := LoadNetConf(conf(`"runtimeConfig": {"portMappings": [], "bandwidth": {}}`), ""); err != nil {
 		t.Fatalf("empty capabilities refused: %v", err)
+	}
+}
+
+func TestDefaultGatewayImpliesGateway(t *testing.T) {
+	n, err := LoadNetConf(conf(`"isDefaultGateway": true`), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !n.IsGateway {
+		t.Fatal("isDefaultGateway without isGateway leaves the default route's gateway off the bridge")
 	}
 }
 

@@ -21,19 +21,29 @@ var ErrNotNetNS = errors.New("not a network namespace")
 // Handle is an open network namespace.
 type Handle = vnetns.NsHandle
 
-// Open opens the namespace at path and checks that it is one (a bind mount of
-// nsfs or a /proc/PID/ns/net link), not a regular file.
+// nsGetNSType is NS_GET_NSTYPE from linux/nsfs.h (_IO(0xb7, 0x3)): the
+// kind of namespace an nsfs file descriptor refers to.
+const nsGetNSType = 0xb703
+
+// Open opens the namespace at path and checks that it is a network
+// namespace (a bind mount under /var/run/netns or a /proc/PID/ns/net link),
+// not a regular file, a directory or another kind of namespace.
 func Open(path string) (Handle, error) {
 	var st unix.Statfs_t
 	if err := unix.Statfs(path, &st); err != nil {
 		return vnetns.None(), fmt.Errorf("netns %s: %w", path, err)
 	}
-	if st.Type != unix.NSFS_MAGIC && st.Type != unix.PROC_SUPER_MAGIC {
+	if st.Type != unix.NSFS_MAGIC {
 		return vnetns.None(), fmt.Errorf("netns %s: %w", path, ErrNotNetNS)
 	}
 	h, err := vnetns.GetFromPath(path)
 	if err != nil {
 		return vnetns.None(), fmt.Errorf("netns %s: %w", path, err)
+	}
+	kind, err := unix.IoctlRetInt(int(h), nsGetNSType)
+	if err != nil || kind != unix.CLONE_NEWNET {
+		h.Close() //nolint:errcheck // read-only handle
+		return vnetns.None(), fmt.Errorf("netns %s: %w", path, ErrNotNetNS)
 	}
 	return h, nil
 }
