@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
@@ -53,7 +54,13 @@ func (c *call) add(ctx context.Context) (_ types.Result, err error) {
 	if err != nil {
 		return nil, err
 	}
-	undo.push("release addresses", func() error { return c.ipam.Del(ctx) })
+	undo.push("release addresses", func() error {
+		// The call's deadline may be what failed the ADD: give the release
+		// its own.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
+		defer cancel()
+		return c.ipam.Del(rctx)
+	})
 	if len(res.IPs) == 0 {
 		return nil, cnierr.New(cnierr.InvalidConfig, "IPAM plugin %q returned no address", c.conf.IPAM.Type)
 	}
@@ -72,6 +79,9 @@ func (c *call) add(ctx context.Context) (_ types.Result, err error) {
 	}
 	return c.result(res, br, veth)
 }
+
+// releaseTimeout bounds the release of a failed ADD's addresses.
+const releaseTimeout = 10 * time.Second
 
 func (c *call) createVeth(br *netlink.Bridge) (*bridge.Veth, error) {
 	veth, err := bridge.CreateVeth(bridge.VethConfig{
@@ -127,6 +137,10 @@ func (c *call) masqTarget(res *current.Result) (nat.Network, []netip.Addr) {
 }
 
 func (c *call) owner() string { return c.args.ContainerID + "/" + c.args.IfName }
+
+// masqOwner is the owner as the masquerade element's comment stores it
+// (shortened when very long).
+func (c *call) masqOwner() string { return nat.StoredOwner(c.owner()) }
 
 // vethAlias is written on the host end so `ip link`, GC and `pierctl inspect`
 // can tell which attachment a veth belongs to without any state file.

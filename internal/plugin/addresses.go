@@ -106,7 +106,7 @@ func (c *call) containerIPConfig(res *current.Result) bridge.ContainerIPConfig {
 func containerRoute(r *types.Route, gw4, gw6 netip.Addr) bridge.Route {
 	addr, _ := addrOf(r.Dst.IP)
 	ones, _ := r.Dst.Mask.Size()
-	route := bridge.Route{Dst: netip.PrefixFrom(addr, ones)}
+	route := bridge.Route{Dst: netip.PrefixFrom(addr, ones).Masked()}
 	if gw, ok := addrOf(r.GW); ok && r.GW != nil {
 		route.Gw = gw
 	} else if addr.Is4() {

@@ -47,9 +47,7 @@ func (c *call) checkContainer(prev *current.Result) []error {
 		return []error{err}
 	}
 	var problems []error
-	idx := slices.IndexFunc(prev.Interfaces, func(i *current.Interface) bool {
-		return i.Name == c.args.IfName && i.Sandbox != ""
-	})
+	idx := c.containerIndex(prev)
 	if idx < 0 {
 		return []error{fmt.Errorf("prevResult lists no interface %s in a sandbox", c.args.IfName)}
 	}
@@ -102,12 +100,20 @@ func (c *call) checkHost(prev *current.Result) []error {
 		}
 	}
 	if c.conf.IPMasq {
-		problems = append(problems, c.checkMasq(prev)...)
+		problems = append(problems, c.checkMasq(prev, c.containerIndex(prev))...)
 	}
 	return problems
 }
 
-func (c *call) checkMasq(prev *current.Result) []error {
+// containerIndex is the index of this attachment's interface in a result,
+// or -1.
+func (c *call) containerIndex(res *current.Result) int {
+	return slices.IndexFunc(res.Interfaces, func(i *current.Interface) bool {
+		return i.Name == c.args.IfName && i.Sandbox != ""
+	})
+}
+
+func (c *call) checkMasq(prev *current.Result, idx int) []error {
 	elems, err := nat.ListMasq(c.conf.Name)
 	if err != nil {
 		return []error{err}
@@ -115,10 +121,10 @@ func (c *call) checkMasq(prev *current.Result) []error {
 	var problems []error
 	for _, ipc := range prev.IPs {
 		a, ok := addrOf(ipc.Address.IP)
-		if !ok {
-			continue
+		if !ok || ipc.Interface == nil || *ipc.Interface != idx {
+			continue // another plugin's address: not ours to masquerade
 		}
-		if !slices.Contains(elems, nat.Element{Addr: a, Owner: c.owner()}) {
+		if !slices.Contains(elems, nat.Element{Addr: a, Owner: c.masqOwner()}) {
 			problems = append(problems, fmt.Errorf("masquerade set of network %s lacks %s owned by %s", c.conf.Name, a, c.owner()))
 		}
 	}

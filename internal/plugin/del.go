@@ -11,6 +11,7 @@ import (
 	"github.com/pier-cni/pier/internal/bridge"
 	"github.com/pier-cni/pier/internal/cnierr"
 	"github.com/pier-cni/pier/internal/nat"
+	"github.com/pier-cni/pier/internal/netns"
 )
 
 // del removes the attachment.
@@ -30,27 +31,46 @@ import (
 // error with the address still held; the runtime retries DEL (the spec
 // requires it) or GC reclaims it, so nothing leaks.
 func (c *call) del(ctx context.Context) (types.Result, error) {
-	addrs, err := c.ipam.Held(ctx)
+	if err := refuseNodeNetNS(c.args.Netns); err != nil {
+		return nil, err
+	}
+	held, err := c.ipam.Held(ctx)
 	if err != nil {
 		return nil, err
 	}
-	addrs = append(addrs, c.prevResultAddrs()...)
 	// Removing the masquerade elements and deleting the veth both wait for
 	// the kernel (an RCU grace period each, ~10 and ~20 ms): run them side by
 	// side. Both act on the node's namespace, which every unlocked thread of
 	// this process is in.
 	masqDone := make(chan error, 1)
-	go func() { masqDone <- c.delMasq(addrs) }()
+	go func() { masqDone <- c.delMasq(held) }()
 	gone, linkErr := c.deleteLinks()
 	masqErr := <-masqDone
 	if linkErr != nil || masqErr != nil {
 		return nil, errors.Join(linkErr, masqErr)
 	}
-	// Addresses only the interface knew (a delegated IPAM and no prevResult).
-	if err := c.delMasq(slices.DeleteFunc(gone, func(a netip.Addr) bool { return slices.Contains(addrs, a) })); err != nil {
+	// Addresses IPAM no longer holds for us (a delegated IPAM, a repeated
+	// DEL) may belong to another container by now: their elements are
+	// removed only where the element names this attachment as its owner.
+	maybe := append(gone, c.prevResultAddrs()...)
+	if err := c.delOwnMasq(slices.DeleteFunc(maybe, func(a netip.Addr) bool { return slices.Contains(held, a) })); err != nil {
 		return nil, err
 	}
 	return nil, c.ipam.Del(ctx)
+}
+
+// refuseNodeNetNS stops a DEL whose CNI_NETNS is the node's own namespace:
+// it would delete the node's interface named CNI_IFNAME. A missing netns is
+// fine (already gone).
+func refuseNodeNetNS(path string) error {
+	if path == "" || !netns.Exists(path) {
+		return nil
+	}
+	same, err := netns.IsCurrent(path)
+	if err == nil && same {
+		return cnierr.New(cnierr.InvalidEnv, "CNI_NETNS %q is the namespace the plugin runs in (the node's), not a container's", path)
+	}
+	return nil // not a namespace at all: nothing of ours can be in it
 }
 
 // deleteLinks removes the container's interface, which takes its veth peer
@@ -71,6 +91,8 @@ func (c *call) deleteLinks() ([]netip.Addr, error) {
 	return addrs, bridge.DeleteHostVeth(bridge.HostVethName(c.args.ContainerID, c.args.IfName))
 }
 
+// delMasq removes the masquerade elements of addresses this attachment
+// still holds in IPAM: nobody else can have them, so no ownership check.
 func (c *call) delMasq(addrs []netip.Addr) error {
 	if !c.conf.IPMasq || len(addrs) == 0 {
 		return nil
@@ -79,6 +101,25 @@ func (c *call) delMasq(addrs []netip.Addr) error {
 		return cnierr.Wrap(err, cnierr.IOFailure, "cannot remove masquerade elements of network %s", c.conf.Name)
 	}
 	return nil
+}
+
+// delOwnMasq removes the elements of addrs that name this attachment as
+// their owner, leaving alone an element another container now owns.
+func (c *call) delOwnMasq(addrs []netip.Addr) error {
+	if !c.conf.IPMasq || len(addrs) == 0 {
+		return nil
+	}
+	elems, err := nat.ListMasq(c.conf.Name)
+	if err != nil {
+		return cnierr.Wrap(err, cnierr.IOFailure, "cannot read masquerade elements of network %s", c.conf.Name)
+	}
+	var mine []netip.Addr
+	for _, e := range elems {
+		if e.Owner == c.masqOwner() && slices.Contains(addrs, e.Addr) {
+			mine = append(mine, e.Addr)
+		}
+	}
+	return c.delMasq(mine)
 }
 
 // prevResultAddrs returns the container's addresses from the prevResult the

@@ -21,14 +21,18 @@ import (
 // on past failures and reports them all.
 func (c *call) gc(ctx context.Context) (types.Result, error) {
 	valid := map[string]bool{}
+	validMasq := map[string]bool{}
 	for _, a := range c.conf.ValidAttachments {
 		valid[a.ContainerID+"/"+a.IfName] = true
+		validMasq[nat.StoredOwner(a.ContainerID+"/"+a.IfName)] = true
 	}
 	var errs []error
+	// Masquerade first: it asks IPAM which addresses valid attachments
+	// hold, and IPAM's own GC must not have changed that yet.
+	errs = append(errs, c.gcMasq(ctx, validMasq)...)
 	if err := c.ipam.GC(ctx); err != nil {
 		errs = append(errs, err)
 	}
-	errs = append(errs, c.gcMasq(valid)...)
 	errs = append(errs, c.gcVeths(valid)...)
 	if len(errs) > 0 {
 		return nil, cnierr.Wrap(errors.Join(errs...), cnierr.IOFailure, "GC of network %s was incomplete", c.conf.Name)
@@ -36,14 +40,22 @@ func (c *call) gc(ctx context.Context) (types.Result, error) {
 	return nil, nil
 }
 
-func (c *call) gcMasq(valid map[string]bool) []error {
+// gcMasq removes masquerade elements no valid attachment owns. An element
+// whose address IPAM holds for a valid attachment is kept whatever its
+// comment says: an element re-added for a reused address keeps the comment
+// of its first owner (nftables has no exclusive element add).
+func (c *call) gcMasq(ctx context.Context, valid map[string]bool) []error {
 	elems, err := nat.ListMasq(c.conf.Name)
+	if err != nil {
+		return []error{err}
+	}
+	heldByValid, err := c.ipam.HeldByValid(ctx)
 	if err != nil {
 		return []error{err}
 	}
 	var stale []netip.Addr
 	for _, e := range elems {
-		if !valid[e.Owner] {
+		if !valid[e.Owner] && !heldByValid[e.Addr] {
 			c.log.Info("GC: removing masquerade element", "addr", e.Addr, "owner", e.Owner)
 			stale = append(stale, e.Addr)
 		}

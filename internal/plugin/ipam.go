@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"slices"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -30,6 +31,9 @@ type ipamBackend interface {
 	// Held returns the addresses the attachment holds, when the backend can
 	// tell (the embedded one can; a delegated plugin cannot be asked).
 	Held(ctx context.Context) ([]netip.Addr, error)
+	// HeldByValid returns the addresses held for the config's valid
+	// attachments (GC), when the backend can tell.
+	HeldByValid(ctx context.Context) (map[netip.Addr]bool, error)
 }
 
 func newIPAM(conf *config.NetConf, args *skel.CmdArgs) (ipamBackend, error) {
@@ -73,6 +77,20 @@ func (e *embeddedIPAM) Held(ctx context.Context) ([]netip.Addr, error) {
 	return addrs, err
 }
 
+func (e *embeddedIPAM) HeldByValid(ctx context.Context) (map[netip.Addr]bool, error) {
+	res, err := ipam.List(ctx, e.conf)
+	if err != nil {
+		return nil, err
+	}
+	held := map[netip.Addr]bool{}
+	for _, r := range res {
+		if slices.Contains(e.conf.ValidAttachments, r.Owner) {
+			held[r.Addr] = true
+		}
+	}
+	return held, nil
+}
+
 // delegatedIPAM runs another IPAM plugin from CNI_PATH with the same config,
 // as the spec's delegation section says, for every verb.
 type delegatedIPAM struct {
@@ -109,6 +127,8 @@ func (d *delegatedIPAM) Status(ctx context.Context) error {
 }
 
 func (d *delegatedIPAM) Held(context.Context) ([]netip.Addr, error) { return nil, nil }
+
+func (d *delegatedIPAM) HeldByValid(context.Context) (map[netip.Addr]bool, error) { return nil, nil }
 
 // delegationError keeps the delegated plugin's own code (it knows best) and
 // says which plugin and verb produced it.

@@ -22,9 +22,13 @@ func (c *call) result(res *current.Result, br *netlink.Bridge, veth *bridge.Veth
 			return nil, cnierr.Wrap(err, cnierr.DecodingFailure, "prevResult cannot be converted")
 		}
 		out = prev
-		if len(res.DNS.Nameservers) > 0 || res.DNS.Domain != "" || len(res.DNS.Search) > 0 {
+		if dnsSet(res.DNS) {
 			out.DNS = res.DNS
 		}
+	}
+	// The config's own "dns" overrides IPAM's, as with the reference.
+	if dnsSet(c.conf.DNS) {
+		out.DNS = c.conf.DNS
 	}
 	first := len(out.Interfaces)
 	out.Interfaces = append(out.Interfaces,
@@ -38,4 +42,8 @@ func (c *call) result(res *current.Result, br *netlink.Bridge, veth *bridge.Veth
 	}
 	out.Routes = append(out.Routes, res.Routes...)
 	return out, nil
+}
+
+func dnsSet(d types.DNS) bool {
+	return len(d.Nameservers) > 0 || d.Domain != "" || len(d.Search) > 0 || len(d.Options) > 0
 }

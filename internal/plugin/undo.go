@@ -1,7 +1,6 @@
 package plugin
 
 import (
-	"errors"
 	"fmt"
 	"log/slog"
 )
@@ -22,19 +21,20 @@ func (s *undoStack) push(what string, undo func() error) {
 	s.steps = append(s.steps, undoStep{what, undo})
 }
 
-// run undoes every step, newest first, continuing past failures; the joined
-// failures are logged and returned so the caller can mention them.
+// run undoes the steps newest first and stops at the first undo that fails:
+// the older steps are what the failed one depends on (an address must stay
+// reserved while a veth or a masquerade element still uses it, or it could
+// be handed to another container). What is left is a consistent, smaller
+// attachment that the DEL the runtime sends after a failed ADD removes.
 func (s *undoStack) run(log *slog.Logger) error {
-	var errs []error
+	defer func() { s.steps = nil }()
 	for i := len(s.steps) - 1; i >= 0; i-- {
 		st := s.steps[i]
 		if err := st.undo(); err != nil {
-			log.Error("rollback step failed", "step", st.what, "err", err)
-			errs = append(errs, fmt.Errorf("%s: %w", st.what, err))
-			continue
+			log.Error("rollback step failed; older steps kept for DEL", "step", st.what, "err", err)
+			return fmt.Errorf("%s: %w", st.what, err)
 		}
 		log.Debug("rolled back", "step", st.what)
 	}
-	s.steps = nil
-	return errors.Join(errs...)
+	return nil
 }
