@@ -222,3 +222,27 @@ func TestDelegatedHostLocal(t *testing.T) {
 func withPrevResult(conf, result string) string {
 	return strings.Replace(conf, `"type": "pier",`, `"type": "pier", "prevResult": `+result+`,`, 1)
 }
+
+// TestRepeatedDelAfterReuse: a runtime may repeat a DEL (with the same
+// prevResult) after the address has gone to another container; the repeated
+// DEL must not take the new owner's masquerade element.
+func TestRepeatedDelAfterReuse(t *testing.T) {
+	n := newNode(t)
+	conf := strings.Replace(classicConf("1.0.0", n.dataDir), `"subnet": "10.15.20.0/24"`,
+		`"subnet": "10.15.20.0/24", "rangeStart": "10.15.20.10", "rangeEnd": "10.15.20.10"`, 1)
+	first, second := n.container("reuse-1"), n.container("reuse-2")
+	delConf := withPrevResult(conf, n.mustAdd(first, conf))
+	n.mustDel(first, delConf)
+	if out := n.mustAdd(second, conf); !strings.Contains(out, "10.15.20.10") {
+		t.Fatalf("the one address was not reused: %s", out)
+	}
+	n.mustDel(first, delConf)
+	elems := masqElements(t, n.sb.Node, "mybridge-masq4")
+	if len(elems) != 1 || !strings.Contains(elems[0], "reuse-2") {
+		t.Fatalf("the repeated DEL of reuse-1 took reuse-2's masquerade element: %v", elems)
+	}
+	// DEL refuses the node's own namespace instead of deleting its eth0.
+	n.sb.Node.MustRun(t, "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
+	cniError(t, n.call("DEL", attachment{ns: n.sb.Node, id: "reuse-3", ifName: "eth0"}, conf), 4)
+	n.sb.Node.MustRun(t, "ip", "link", "show", "eth0")
+}

@@ -47,7 +47,7 @@ func TestMACPrecedence(t *testing.T) {
 func TestMTUPromiscAndLogFile(t *testing.T) {
 	n := newNode(t)
 	logFile := n.dataDir + "/pier.log"
-	conf := strings.Replace(classicConf("1.0.0", n.dataDir), `"type": "pier",`,
+	conf := strings.Replace(strings.Replace(classicConf("1.0.0", n.dataDir), `"hairpinMode": true`, `"hairpinMode": false`, 1), `"type": "pier",`,
 		`"type": "pier", "mtu": 1400, "promiscMode": true, "logFile": "`+logFile+`", "logLevel": "debug",`, 1)
 	c := n.container("mtu-1")
 	out := n.mustAdd(c, conf)
