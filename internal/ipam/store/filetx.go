@@ -194,7 +194,10 @@ func (t *fileTx) Release(addr netip.Addr, o Owner) error {
 func (t *fileTx) Discard(addr netip.Addr) error { return t.remove(t.dir, addr.String()) }
 
 // DropIndex makes the removal of o's records durable before removing the
-// index, the mirror image of Reserve's order.
+// index, the mirror image of Reserve's order. It also removes o's temporary
+// index, which an ADD killed while writing it leaves behind: the name is
+// o's alone, and the lock is held, so no write of it is in progress. Without
+// this, nodes whose runtime never sends GC would collect such files.
 func (t *fileTx) DropIndex(o Owner) error {
 	if err := ValidOwner(o); err != nil {
 		return err
@@ -202,7 +205,8 @@ func (t *fileTx) DropIndex(o Owner) error {
 	if err := t.syncDirs(); err != nil {
 		return err
 	}
-	return t.remove(t.ownersPath(), ownerKey(o))
+	key := ownerKey(o)
+	return errors.Join(t.remove(t.ownersPath(), key), t.remove(t.ownersPath(), "."+key+".tmp"))
 }
 
 func (t *fileTx) Sweep() error {
