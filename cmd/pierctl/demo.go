@@ -34,22 +34,52 @@ type demo struct {
 	ctrs     []string
 	dataDir  string
 	conf     []byte
-	narrate  bool
+	keep     bool
+	confDir  string   // holds mybridge.conf, so pierctl inspect can find the network
 	attached []string // container namespaces that got an ADD, for DEL
 }
 
-func runDemo(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	binDir := fs.String("bin-dir", "", "directory holding the pier binary (default: next to pierctl)")
-	if err := fs.Parse(args); err != nil {
-		return exitUsage
+// Demo sandboxes are recognised by these prefixes (--clean removes them).
+const (
+	demoNSPrefix  = "pier-demo-"
+	demoDirPrefix = "pier-demo-"
+)
+
+func demoCommand() command {
+	return command{
+		name: "demo", args: "",
+		summary: "build the classic bridge experiment in a throwaway sandbox and explain it",
+		help: `Creates a node namespace and two container namespaces, runs the pier
+binary in the node for two ADDs, shows and explains what it built, pings
+one container from the other, DELs both and removes the sandbox. It never
+touches the host's interfaces, routes or firewall. Needs root.
+
+With --keep the containers stay attached and the sandbox stays up for
+exploring; 'pierctl demo --clean' removes every sandbox a demo left.`,
+		setup: func(fs *flag.FlagSet) runner {
+			binDir := fs.String("bin-dir", "", "directory holding the pier binary (default: next to pierctl)")
+			keep := fs.Bool("keep", false, "leave the sandbox up (attached containers included) for exploring")
+			clean := fs.Bool("clean", false, "remove the sandboxes and state earlier demos left (--keep, or a killed demo)")
+			return func(e *env, args []string) int {
+				if len(args) > 0 {
+					return usageError(e, "demo", "takes no arguments")
+				}
+				if *clean {
+					return cleanDemos(e)
+				}
+				return runDemo(e, *binDir, *keep)
+			}
+		},
 	}
+}
+
+func runDemo(e *env, binDir string, keep bool) int {
+	stdout, stderr := e.stdout, e.stderr
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(stderr, "pierctl demo: needs root (it creates network namespaces)")
 		return exitError
 	}
-	d := &demo{out: stdout, binDir: *binDir}
+	d := &demo{out: stdout, binDir: binDir, keep: keep}
 	if d.binDir == "" {
 		self, err := os.Executable()
 		if err != nil {
@@ -61,15 +91,21 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	err := d.run(ctx)
-	if cerr := d.cleanup(); cerr != nil {
-		fmt.Fprintln(stderr, "pierctl demo: cleanup:", cerr)
-		if err == nil {
-			err = cerr
+	if err != nil || !keep {
+		if cerr := d.cleanup(); cerr != nil {
+			fmt.Fprintln(stderr, "pierctl demo: cleanup:", cerr)
+			if err == nil {
+				err = cerr
+			}
 		}
 	}
 	if err != nil {
 		fmt.Fprintln(stderr, "pierctl demo:", err)
 		return exitError
+	}
+	if keep {
+		d.explore()
+		return exitOK
 	}
 	fmt.Fprintln(stdout, "\nDemo complete: both containers were attached, talked to each other, and were removed.")
 	return exitOK
@@ -81,13 +117,20 @@ func (d *demo) run(ctx context.Context) error {
 	}
 	suffix := randomSuffix()
 	var err error
-	if d.dataDir, err = os.MkdirTemp("", "pier-demo-"); err != nil {
+	if d.dataDir, err = os.MkdirTemp("", demoDirPrefix); err != nil {
 		return err
 	}
 	d.conf = []byte(fmt.Sprintf(demoConfig, d.dataDir))
-	d.node = "pier-demo-node-" + suffix
+	d.confDir = filepath.Join(d.dataDir, "net.d")
+	if err := os.MkdirAll(d.confDir, 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(d.confDir, "mybridge.conf"), d.conf, 0o644); err != nil {
+		return err
+	}
+	d.node = demoNSPrefix + "node-" + suffix
 	d.step("1. The sandbox", "A node namespace stands in for the host; the plugin runs in it. Two container namespaces sit beside it.")
-	for _, name := range []string{d.node, "pier-demo-c1-" + suffix, "pier-demo-c2-" + suffix} {
+	for _, name := range []string{d.node, demoNSPrefix + "c1-" + suffix, demoNSPrefix + "c2-" + suffix} {
 		if _, err := sh("ip", "netns", "add", name); err != nil {
 			return err
 		}
@@ -113,8 +156,12 @@ func (d *demo) run(ctx context.Context) error {
 	if err := d.explain(); err != nil {
 		return err
 	}
+	d.inspect()
 	if err := d.ping(ctx); err != nil {
 		return err
+	}
+	if d.keep {
+		return nil
 	}
 	return d.delAll()
 }
@@ -157,8 +204,19 @@ func (d *demo) explain() error {
 	return nil
 }
 
+// inspect shows the same attachment as pierctl explains it, run inside the
+// node namespace as an operator on the node would.
+func (d *demo) inspect() {
+	self, err := os.Executable()
+	if err != nil {
+		return // the step is a bonus; the listings above said it all
+	}
+	d.step("6. The same, explained by pierctl", "pierctl inspect gathers one attachment from the kernel, nftables and the IPAM store, and says why each piece is there:")
+	d.show("ip", "netns", "exec", d.node, self, "inspect", "demo-1", "--conf-dir", d.confDir, "--netns", "/var/run/netns/"+d.ctrs[0])
+}
+
 func (d *demo) ping(ctx context.Context) error {
-	d.step("6. Container to container", "The second container pings the first through the bridge:")
+	d.step("7. Container to container", "The second container pings the first through the bridge:")
 	target := "10.15.20.2"
 	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", d.ctrs[1], "ping", "-c", "3", "-i", "0.2", "-W", "1", target)
 	out, err := cmd.CombinedOutput()
@@ -170,7 +228,7 @@ func (d *demo) ping(ctx context.Context) error {
 }
 
 func (d *demo) delAll() error {
-	d.step("7. DEL", "The runtime removes each container: the address is released, the veth pair deleted, the set element removed. The bridge stays for the next container.")
+	d.step("8. DEL", "The runtime removes each container: the address is released, the veth pair deleted, the set element removed. The bridge stays for the next container.")
 	for i := len(d.attached) - 1; i >= 0; i-- {
 		c := d.attached[i]
 		if _, err := d.plugin(d.env("DEL", i, c)); err != nil {
@@ -238,6 +296,60 @@ func (d *demo) plugin(env []string) ([]byte, error) {
 		return nil, fmt.Errorf("%w: %s%s", err, strings.TrimSpace(string(out)), strings.TrimSpace(stderr.String()))
 	}
 	return out, nil
+}
+
+// explore tells how to look around a kept sandbox.
+func (d *demo) explore() {
+	self, err := os.Executable()
+	if err != nil {
+		self = "pierctl"
+	}
+	fmt.Fprintf(d.out, "\nThe sandbox is still up. Look around, for example:\n"+
+		"  ip netns exec %[1]s ip -d link show master cni_bridge0\n"+
+		"  ip netns exec %[1]s nft list table inet pier\n"+
+		"  ip netns exec %[2]s ip route\n"+
+		"  ip netns exec %[1]s %[3]s inspect --network mybridge --conf-dir %[4]s\n"+
+		"  ip netns exec %[1]s %[3]s leases --conf-dir %[4]s\n"+
+		"Remove it with: %[3]s demo --clean\n", d.node, d.ctrs[0], self, d.confDir)
+}
+
+// cleanDemos removes every demo namespace and state directory: those of
+// --keep runs and of demos killed before their cleanup. Deleting the node
+// namespace takes the bridge, the veths and the nftables table with it.
+func cleanDemos(e *env) int {
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(e.stderr, "pierctl demo --clean: needs root")
+		return exitError
+	}
+	names, err := filepath.Glob("/var/run/netns/" + demoNSPrefix + "*")
+	if err != nil {
+		return fail(e, "demo", err)
+	}
+	dirs, err := filepath.Glob(filepath.Join(os.TempDir(), demoDirPrefix+"*"))
+	if err != nil {
+		return fail(e, "demo", err)
+	}
+	code := exitOK
+	for _, n := range names {
+		if _, err := sh("ip", "netns", "del", filepath.Base(n)); err != nil {
+			fmt.Fprintln(e.stderr, "pierctl demo --clean:", err)
+			code = exitError
+			continue
+		}
+		fmt.Fprintf(e.stdout, "removed namespace %s\n", filepath.Base(n))
+	}
+	for _, dir := range dirs {
+		if err := os.RemoveAll(dir); err != nil {
+			fmt.Fprintln(e.stderr, "pierctl demo --clean:", err)
+			code = exitError
+			continue
+		}
+		fmt.Fprintf(e.stdout, "removed %s\n", dir)
+	}
+	if len(names)+len(dirs) == 0 {
+		fmt.Fprintln(e.stdout, "no demo sandbox to remove")
+	}
+	return code
 }
 
 func (d *demo) step(title, text string) {
