@@ -9,16 +9,18 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/ ./cmd/...
 
 deps:
-	./scripts/deps.sh
+	./scripts/deps.sh test
+	./scripts/tools.sh
 
-demo: deps build
+demo: build
+	./scripts/deps.sh demo
 	bin/pierctl demo
 
 # Unit tests everywhere; as root, also the namespace and end-to-end tests;
 # then each fuzzer briefly (its seed corpus always runs with the unit tests).
 test: deps
 	$(GO) vet ./...
-	$(GO) test -count=1 -timeout 30m ./...
+	PIER_CRICTL=$(CURDIR)/bin/tools/crictl $(GO) test -count=1 -timeout 30m ./...
 	$(MAKE) fuzz
 
 FUZZTIME ?= 15s
@@ -30,6 +32,18 @@ fuzz:
 # Pier against the reference bridge + host-local, side by side (root).
 bench: deps build
 	$(GO) run ./bench
+
+# Regenerates the Go code of pierd's gRPC API (internal/ipamrpc/ipamv1);
+# the generated files are committed, so builds and CI need no protoc. Needs
+# protoc (Debian: protobuf-compiler) and, in $(GO) env GOPATH's bin:
+#   go install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+#   go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
+.PHONY: proto
+PROTOS = internal/ipamrpc/ipamv1/ipam.proto internal/ipamrpc/ipamv1/ipamv1grpc/ipam_service.proto
+proto:
+	PATH="$$($(GO) env GOPATH)/bin:$$PATH" protoc -I . \
+		--go_out=. --go_opt=module=github.com/pier-cni/pier \
+		--go-grpc_out=. --go-grpc_opt=module=github.com/pier-cni/pier $(PROTOS)
 
 clean:
 	rm -rf bin/

@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
-# Installs the Debian packages Pier's demo and tests use, when missing:
-# iproute2 (ip), nftables (nft, to show and check rules), iputils-ping,
-# iperf3, and containernetworking-plugins (the reference plugins the tests
-# and benchmarks compare against). Needs root.
+# Installs the Debian packages Pier needs, when missing. Needs root.
+#   scripts/deps.sh demo   what `make demo` needs: iproute2 (ip), nftables
+#                          (nft, to show the rules) and iputils-ping
+#   scripts/deps.sh test   the demo's, plus iptables, iperf3 and
+#                          containernetworking-plugins (the reference plugins
+#                          the tests and benchmarks compare against), and the
+#                          real runtimes of e2e/runtime_*_test.go: podman,
+#                          containerd, runc and busybox-static (their image)
 set -euo pipefail
-pkgs=(iproute2 nftables iptables iputils-ping iperf3 containernetworking-plugins)
+pkgs=(iproute2 nftables iputils-ping)
+if [ "${1:-test}" = test ]; then
+  pkgs+=(iptables iperf3 containernetworking-plugins podman containerd runc busybox-static)
+fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
