@@ -59,6 +59,10 @@ type IPAMConfig struct {
 	Routes     []*types.Route
 	DataDir    string
 	ResolvConf string
+	// DaemonSocket is ipam.daemonSocket: when set, addresses come from
+	// pierd over this unix socket (daemon mode) instead of the local store,
+	// and DataDir is pierd's business.
+	DaemonSocket string
 	// Requested addresses from CNI_ARGS IP=, args.cni.ips and
 	// runtimeConfig.ips, deduplicated, in that order.
 	Requested []netip.Addr
@@ -82,6 +86,8 @@ type ipamJSON struct {
 	Routes     []json.RawMessage `json:"routes"`
 	DataDir    string            `json:"dataDir"`
 	ResolvConf string            `json:"resolvConf"`
+	// DaemonSocket selects daemon mode; see loadDaemonSocket.
+	DaemonSocket string `json:"daemonSocket"`
 }
 
 type ipamNetJSON struct {
@@ -128,7 +134,7 @@ func LoadIPAM(stdin []byte, envArgs string) (*IPAMConfig, error) {
 		ResolvConf: n.IPAM.ResolvConf,
 	}
 	steps := []func(*ipamNetJSON) error{
-		conf.loadType, conf.loadDataDir, conf.loadRanges, conf.loadRoutes,
+		conf.loadType, conf.loadDaemonSocket, conf.loadDataDir, conf.loadRanges, conf.loadRoutes,
 	}
 	for _, step := range steps {
 		if err := step(&n); err != nil {

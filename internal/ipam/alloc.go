@@ -41,7 +41,7 @@ func (a *Allocator) Add(ctx context.Context, owner Owner) (*current.Result, erro
 	// Read DNS before reserving anything, so its failure needs no undo.
 	result := &current.Result{CNIVersion: current.ImplementedSpecVersion, Routes: a.conf.Routes}
 	if a.conf.ResolvConf != "" {
-		if result.DNS, err = parseResolvConf(a.conf.ResolvConf); err != nil {
+		if result.DNS, err = ParseResolvConf(a.conf.ResolvConf); err != nil {
 			return nil, err
 		}
 	}

@@ -10,9 +10,9 @@ import (
 	"github.com/pier-cni/pier/internal/cnierr"
 )
 
-// parseResolvConf reads the DNS settings of a result from a resolv.conf:
+// ParseResolvConf reads the DNS settings of a result from a resolv.conf:
 // nameserver, domain, search and options lines, as the reference does.
-func parseResolvConf(path string) (types.DNS, error) {
+func ParseResolvConf(path string) (types.DNS, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return types.DNS{}, cnierr.Wrap(err, cnierr.InvalidConfig, `"ipam.resolvConf": %q cannot be read`, path)

@@ -20,8 +20,8 @@ import (
 // second exec. Every other type is delegated through CNI_PATH.
 const EmbeddedIPAM = "pier-ipam"
 
-// ipamBackend is what the plugin needs from an IPAM: the embedded allocator or
-// a delegated plugin answer the same questions.
+// ipamBackend is what the plugin needs from an IPAM: the embedded allocator,
+// pierd (daemon mode) or a delegated plugin answer the same questions.
 type ipamBackend interface {
 	Add(ctx context.Context) (*current.Result, error)
 	Del(ctx context.Context) error
@@ -43,6 +43,9 @@ func newIPAM(conf *config.NetConf, args *skel.CmdArgs) (ipamBackend, error) {
 	ic, err := config.LoadIPAM(args.StdinData, args.Args)
 	if err != nil {
 		return nil, err
+	}
+	if ic.DaemonSocket != "" {
+		return newDaemonIPAM(ic, args), nil
 	}
 	return &embeddedIPAM{conf: ic, owner: ipam.Owner{ContainerID: args.ContainerID, IfName: args.IfName}}, nil
 }

@@ -1,0 +1,99 @@
+// Command pierd is Pier's node daemon: the IPAM service over gRPC on a unix
+// socket (daemon mode: "ipam": {"type": "pier-ipam", "daemonSocket": …}),
+// with Prometheus metrics. SIGTERM or SIGINT drains in-flight calls and
+// exits.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/pier-cni/pier/internal/config"
+	"github.com/pier-cni/pier/internal/pierd"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stderr))
+}
+
+func run(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("pierd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	socket := fs.String("socket", pierd.DefaultSocket, "unix socket to serve the IPAM API on")
+	dataDir := fs.String("data-dir", pierd.DefaultDataDir, "where reservations are kept (the local store's layout)")
+	metrics := fs.String("metrics-addr", pierd.DefaultMetricsAddr, "address for /metrics and /healthz; empty disables")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	allow := fs.String("allow-uid", "", "comma-separated uids allowed to call besides root")
+	drain := fs.Duration("drain-timeout", pierd.DefaultDrainTimeout, "how long SIGTERM waits for in-flight calls")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	level, err := config.ParseLogLevel(*logLevel)
+	if err != nil {
+		fmt.Fprintf(stderr, "pierd: --log-level: %v\n", err)
+		return 2
+	}
+	uids, err := parseUIDs(*allow)
+	if err != nil {
+		fmt.Fprintf(stderr, "pierd: --allow-uid: %v\n", err)
+		return 2
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	opts := pierd.Options{
+		Socket: *socket, DataDir: *dataDir, MetricsAddr: *metrics, AllowUIDs: uids,
+		Version: version(), Log: log,
+	}
+	d, err := pierd.Start(opts)
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	select {
+	case <-ctx.Done():
+		log.Info("draining", "timeout", *drain)
+	case <-d.Done():
+		log.Error("serving stopped", "err", d.Err())
+	}
+	dctx, cancel := context.WithTimeout(context.Background(), *drain)
+	defer cancel()
+	if err := d.Stop(dctx); err != nil {
+		log.Error("stop", "err", err)
+		return 1
+	}
+	log.Info("stopped")
+	return 0
+}
+
+func parseUIDs(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		uid, err := strconv.Atoi(f)
+		if err != nil || uid < 0 {
+			return nil, fmt.Errorf("%q is not a uid", f)
+		}
+		out = append(out, uid)
+	}
+	return out, nil
+}
+
+func version() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "dev"
+}

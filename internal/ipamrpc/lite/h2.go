@@ -1,0 +1,621 @@
+package lite
+
+// A gRPC unary client over HTTP/2 with prior knowledge (h2c), on a unix
+// socket: just what one plugin process needs to make a few sequential calls.
+//
+// It speaks the gRPC wire protocol as grpc-go's server expects it
+// (https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-HTTP2.md): a POST
+// to /<service>/<method> with content-type application/grpc, the request
+// as one length-prefixed message, and the status in the trailers
+// (grpc-status, grpc-message, grpc-status-details-bin). What it leaves out,
+// because one short-lived process never needs it: TLS, streaming,
+// compression, name resolution, load balancing, keepalives, retries beyond
+// the initial connect, concurrent streams.
+//
+// Flow control: the client announces a receive window of 1 GiB for the
+// connection and each stream, far more than a plugin process ever
+// receives, so it never has to send WINDOW_UPDATE. It honours the server's
+// windows when sending (a GC request listing many attachments can exceed
+// the default 64 KiB), reading the server's frames while it waits.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/net/http2/hpack"
+)
+
+const (
+	clientPreface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+	frameData         = 0x0
+	frameHeaders      = 0x1
+	frameRSTStream    = 0x3
+	frameSettings     = 0x4
+	framePing         = 0x6
+	frameGoAway       = 0x7
+	frameWindowUpdate = 0x8
+	frameContinuation = 0x9
+
+	flagEndStream  = 0x1
+	flagAck        = 0x1
+	flagEndHeaders = 0x4
+	flagPadded     = 0x8
+	flagPriority   = 0x20
+
+	settingEnablePush        = 0x2
+	settingInitialWindowSize = 0x4
+	settingMaxFrameSize      = 0x5
+
+	defaultWindow   = 65535
+	defaultMaxFrame = 16384
+	recvWindow      = 1 << 30
+	// maxFrameRead bounds what a frame may make us allocate: we announce
+	// no SETTINGS_MAX_FRAME_SIZE, so the server's frames are 16 KiB at most.
+	maxFrameRead = defaultMaxFrame
+	// maxResponse bounds a response message.
+	maxResponse = 64 << 20
+)
+
+// errUnavailable marks failures where the server cannot have acted on the
+// call (no connection, or a GOAWAY before our stream): the caller may say
+// "try again later" with certainty.
+var errUnavailable = errors.New("pierd unavailable")
+
+// rpcStatus is a gRPC status received in a response's trailers.
+type rpcStatus struct {
+	Code    int // gRPC code; 0 is OK
+	Message string
+	Details []byte // grpc-status-details-bin: a google.rpc.Status message
+}
+
+func (s *rpcStatus) Error() string {
+	return fmt.Sprintf("gRPC status %d: %s", s.Code, s.Message)
+}
+
+// gRPC codes the client interprets.
+const (
+	codeOK               = 0
+	codeCanceled         = 1
+	codeDeadlineExceeded = 4
+	codePermissionDenied = 7
+	codeUnavailable      = 14
+	codeUnauthenticated  = 16
+)
+
+// h2conn is one HTTP/2 connection used for sequential unary calls.
+type h2conn struct {
+	c      net.Conn
+	r      *bufio.Reader
+	enc    *hpack.Encoder
+	encBuf bytes.Buffer
+	dec    *hpack.Decoder
+
+	nextID   uint32
+	connWin  int64 // what we may still send on the connection
+	peerInit int64 // the server's SETTINGS_INITIAL_WINDOW_SIZE
+	maxFrame int   // the server's SETTINGS_MAX_FRAME_SIZE
+	goAway   bool  // the server is going away: no new streams here
+	goAwayID uint32
+	// alive: a frame has come from the server. Until then reads are bound
+	// by connectBy, and a failure counts as "could not connect".
+	alive        bool
+	connectBy    time.Time
+	callDeadline time.Time
+
+	hdr [9]byte
+}
+
+// dialH2 connects to the unix socket at path, retrying while it is missing
+// or refuses connections (pierd is starting or restarting) until ctx ends,
+// and sends the client preface. It does not wait for the server's: the
+// first call's request follows at once, and its first read is bounded by
+// connectBy, so a pierd that accepts but never answers (stopped, wedged, or
+// killed with connections in its backlog) still fails within the connect
+// budget, without a round trip spent on a handshake.
+func dialH2(ctx context.Context, path string, connectBy time.Time) (*h2conn, error) {
+	c, err := dialRetry(ctx, path)
+	if err != nil {
+		return nil, err
+	}
+	h := newConn(c, connectBy)
+	if err := h.writePreface(); err != nil {
+		_ = c.Close() // the write error says what went wrong
+		return nil, err
+	}
+	return h, nil
+}
+
+func newConn(c net.Conn, connectBy time.Time) *h2conn {
+	h := &h2conn{
+		c: c, r: newReader(c), nextID: 1, connectBy: connectBy,
+		connWin: defaultWindow, peerInit: defaultWindow, maxFrame: defaultMaxFrame,
+	}
+	h.enc, h.dec = newHpack(h)
+	return h
+}
+
+// sleep waits d or until ctx ends; false when ctx ended.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+func newReader(c net.Conn) *bufio.Reader { return bufio.NewReaderSize(c, 32<<10) }
+
+// newHpack returns h's header encoder (writing into h.encBuf) and decoder,
+// whose strings are bounded like the header blocks that carry them.
+func newHpack(h *h2conn) (*hpack.Encoder, *hpack.Decoder) {
+	dec := hpack.NewDecoder(4096, nil)
+	dec.SetMaxStringLength(maxFrameRead * 4)
+	return hpack.NewEncoder(&h.encBuf), dec
+}
+
+// backoff of the connect retry: start at 10 ms, double, at most 200 ms. A
+// pierd restart takes tens of milliseconds, so the first retries are close.
+const (
+	backoffFirst = 10 * time.Millisecond
+	backoffMax   = 200 * time.Millisecond
+)
+
+// dialRetry connects with net.DialUnix rather than a net.Dialer: the latter
+// links the DNS resolver (~200 KB) into the plugins, and a unix-socket
+// connect(2) never blocks anyway (it succeeds or fails at once).
+func dialRetry(ctx context.Context, path string) (net.Conn, error) {
+	addr := &net.UnixAddr{Name: path, Net: "unix"}
+	wait := backoffFirst
+	for {
+		c, err := net.DialUnix("unix", nil, addr)
+		if err == nil {
+			return c, nil
+		}
+		if !retryableDial(err) {
+			return nil, err
+		}
+		if !sleep(ctx, wait) {
+			return nil, fmt.Errorf("%w: %w (last: %w)", errUnavailable, ctx.Err(), err)
+		}
+		wait = min(2*wait, backoffMax)
+	}
+}
+
+// retryableDial: the socket is not there yet, is stale, or its backlog is
+// full; each goes away when pierd (re)starts or catches up.
+func retryableDial(err error) bool {
+	return errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EAGAIN)
+}
+
+// writePreface sends the connection preface and our SETTINGS; until the
+// server's first frame arrives, the connection is on probation (see alive).
+func (h *h2conn) writePreface() error {
+	_ = h.c.SetDeadline(h.connectBy) // fails only on a closed conn, which Write reports
+	var b []byte
+	b = append(b, clientPreface...)
+	settings := binary.BigEndian.AppendUint16(nil, settingEnablePush)
+	settings = binary.BigEndian.AppendUint32(settings, 0)
+	settings = binary.BigEndian.AppendUint16(settings, settingInitialWindowSize)
+	settings = binary.BigEndian.AppendUint32(settings, recvWindow)
+	b = appendFrame(b, frameSettings, 0, 0, settings)
+	b = appendFrame(b, frameWindowUpdate, 0, 0, binary.BigEndian.AppendUint32(nil, recvWindow-defaultWindow))
+	if _, err := h.c.Write(b); err != nil {
+		return fmt.Errorf("send preface: %w", err)
+	}
+	return nil
+}
+
+// setDeadline bounds the call's I/O by ctx, and by connectBy while the
+// server has not been heard from on this connection.
+func (h *h2conn) setDeadline(ctx context.Context) {
+	dl, ok := ctx.Deadline()
+	if !ok {
+		dl = time.Now().Add(CallTimeout)
+	}
+	h.callDeadline = dl
+	if !h.alive && h.connectBy.Before(dl) {
+		dl = h.connectBy
+	}
+	_ = h.c.SetDeadline(dl) // fails only on a closed conn, which the next I/O reports
+}
+
+// call performs one unary call: method is "/pier.ipam.v1.IPAM/Allocate".
+// A non-OK status is returned as *rpcStatus.
+func (h *h2conn) call(ctx context.Context, method string, req []byte) ([]byte, error) {
+	if h.goAway {
+		return nil, fmt.Errorf("%w: the server is shutting down this connection", errUnavailable)
+	}
+	h.setDeadline(ctx)
+	id := h.nextID
+	h.nextID += 2
+	s := &stream{id: id, sendWin: h.peerInit}
+	if err := h.writeHeaders(ctx, id, method); err != nil {
+		return nil, err
+	}
+	body := make([]byte, 5, 5+len(req))
+	binary.BigEndian.PutUint32(body[1:], uint32(len(req)))
+	body = append(body, req...)
+	if err := h.writeBody(s, body); err != nil {
+		return nil, err
+	}
+	for !s.done {
+		if err := h.step(s); err != nil {
+			return nil, err
+		}
+	}
+	return s.result()
+}
+
+// stream is the state of the one call in flight.
+type stream struct {
+	id        uint32
+	sendWin   int64
+	gotHeader bool
+	done      bool
+	data      []byte
+	status    *rpcStatus
+	err       error
+}
+
+func (h *h2conn) writeHeaders(ctx context.Context, id uint32, method string) error {
+	h.encBuf.Reset()
+	fields := []hpack.HeaderField{
+		{Name: ":method", Value: "POST"},
+		{Name: ":scheme", Value: "http"},
+		{Name: ":path", Value: method},
+		{Name: ":authority", Value: "localhost"},
+		{Name: "content-type", Value: "application/grpc"},
+		{Name: "te", Value: "trailers"},
+		{Name: "user-agent", Value: "pier-lite/1"},
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		fields = append(fields, hpack.HeaderField{Name: "grpc-timeout", Value: grpcTimeout(time.Until(dl))})
+	}
+	for _, f := range fields {
+		if err := h.enc.WriteField(f); err != nil {
+			return err
+		}
+	}
+	block := h.encBuf.Bytes()
+	var b []byte
+	typ, flags := byte(frameHeaders), byte(0)
+	for first := true; first || len(block) > 0; first = false {
+		n := min(len(block), h.maxFrame)
+		if n == len(block) {
+			flags |= flagEndHeaders
+		}
+		b = appendFrame(b, typ, flags, id, block[:n])
+		block = block[n:]
+		typ, flags = frameContinuation, 0
+	}
+	if _, err := h.c.Write(b); err != nil {
+		return h.ioError("send request headers", err)
+	}
+	return nil
+}
+
+// grpcTimeout renders d as a grpc-timeout value: at most 8 digits and a unit.
+func grpcTimeout(d time.Duration) string {
+	if d <= 0 {
+		return "1n"
+	}
+	ms := d.Milliseconds()
+	if ms < 1 {
+		return strconv.FormatInt(d.Microseconds()+1, 10) + "u"
+	}
+	if ms < 1e8 {
+		return strconv.FormatInt(ms, 10) + "m"
+	}
+	return strconv.FormatInt(min(int64(d/time.Second), 99999999), 10) + "S"
+}
+
+// writeBody sends body as DATA frames within the server's flow-control
+// windows, the last one ending the stream.
+func (h *h2conn) writeBody(s *stream, body []byte) error {
+	for len(body) > 0 {
+		n := min(int64(len(body)), int64(h.maxFrame), h.connWin, s.sendWin)
+		if n <= 0 {
+			// Window exhausted: read until the server opens it (or ends
+			// the stream early, e.g. refusing the call).
+			if err := h.step(s); err != nil {
+				return err
+			}
+			if s.done {
+				return nil
+			}
+			continue
+		}
+		flags := byte(0)
+		if int(n) == len(body) {
+			flags = flagEndStream
+		}
+		if _, err := h.c.Write(appendFrame(nil, frameData, flags, s.id, body[:n])); err != nil {
+			return h.ioError("send request", err)
+		}
+		h.connWin -= n
+		s.sendWin -= n
+		body = body[n:]
+	}
+	return nil
+}
+
+// step reads one frame and applies it to the connection or to s.
+func (h *h2conn) step(s *stream) error {
+	typ, flags, id, payload, err := h.readFrame()
+	if err != nil {
+		return h.ioError("read response", err)
+	}
+	if id == 0 {
+		return h.handleConnFrame(typ, flags, payload)
+	}
+	switch typ {
+	case frameHeaders:
+		block, err := h.headerBlock(flags, payload)
+		if err != nil {
+			return err
+		}
+		fields, err := h.dec.DecodeFull(block)
+		if err != nil {
+			return fmt.Errorf("decode response headers: %w", err)
+		}
+		if id == s.id {
+			s.headers(fields)
+		}
+	case frameData:
+		if id == s.id {
+			p, err := unpad(flags, payload)
+			if err != nil {
+				return err
+			}
+			if len(s.data)+len(p) > maxResponse {
+				return fmt.Errorf("response larger than %d bytes", maxResponse)
+			}
+			s.data = append(s.data, p...)
+		}
+	case frameRSTStream:
+		if id == s.id && !s.done {
+			code := uint32(0)
+			if len(payload) >= 4 {
+				code = binary.BigEndian.Uint32(payload)
+			}
+			s.done, s.err = true, fmt.Errorf("the server reset the call (HTTP/2 error %d)", code)
+		}
+		return nil
+	case frameWindowUpdate:
+		if id == s.id && len(payload) == 4 {
+			s.sendWin += int64(binary.BigEndian.Uint32(payload) & 0x7fffffff)
+		}
+	}
+	if id == s.id && flags&flagEndStream != 0 && (typ == frameHeaders || typ == frameData) {
+		s.done = true
+	}
+	return nil
+}
+
+// headerBlock joins a HEADERS frame's fragment with its CONTINUATION
+// frames, dropping padding and priority fields.
+func (h *h2conn) headerBlock(flags byte, payload []byte) ([]byte, error) {
+	p, err := unpad(flags, payload)
+	if err != nil {
+		return nil, err
+	}
+	if flags&flagPriority != 0 {
+		if len(p) < 5 {
+			return nil, errors.New("short HEADERS frame")
+		}
+		p = p[5:]
+	}
+	block := append([]byte(nil), p...)
+	for flags&flagEndHeaders == 0 {
+		var typ byte
+		typ, flags, _, p, err = h.readFrame()
+		if err != nil {
+			return nil, h.ioError("read response headers", err)
+		}
+		if typ != frameContinuation {
+			return nil, fmt.Errorf("HTTP/2 frame type %d inside a header block", typ)
+		}
+		if len(block)+len(p) > maxFrameRead*4 {
+			return nil, errors.New("response header block too large")
+		}
+		block = append(block, p...)
+	}
+	return block, nil
+}
+
+// handleConnFrame applies a frame of stream 0.
+func (h *h2conn) handleConnFrame(typ, flags byte, payload []byte) error {
+	switch typ {
+	case frameSettings:
+		if flags&flagAck == 0 {
+			return h.applySettings(payload)
+		}
+	case framePing:
+		if flags&flagAck == 0 {
+			if _, err := h.c.Write(appendFrame(nil, framePing, flagAck, 0, payload)); err != nil {
+				return h.ioError("answer ping", err)
+			}
+		}
+	case frameWindowUpdate:
+		if len(payload) == 4 {
+			h.connWin += int64(binary.BigEndian.Uint32(payload) & 0x7fffffff)
+		}
+	case frameGoAway:
+		if len(payload) >= 8 {
+			h.goAway = true
+			h.goAwayID = binary.BigEndian.Uint32(payload) & 0x7fffffff
+			if h.goAwayID < h.nextID-2 {
+				// Our stream (nextID-2) was not and will not be processed.
+				return fmt.Errorf("%w: the server is going away", errUnavailable)
+			}
+		}
+	}
+	return nil
+}
+
+// applySettings records the server's SETTINGS and acknowledges them.
+func (h *h2conn) applySettings(p []byte) error {
+	if len(p)%6 != 0 {
+		return errors.New("malformed HTTP/2 SETTINGS frame")
+	}
+	for ; len(p) > 0; p = p[6:] {
+		id, v := binary.BigEndian.Uint16(p), binary.BigEndian.Uint32(p[2:])
+		switch id {
+		case settingInitialWindowSize:
+			// Per RFC 9113 §6.9.2 the change also applies to open streams;
+			// ours are opened after the handshake or are sequential.
+			h.peerInit = int64(v)
+		case settingMaxFrameSize:
+			if v >= defaultMaxFrame && v < 1<<24 {
+				h.maxFrame = int(v)
+			}
+		}
+	}
+	if _, err := h.c.Write(appendFrame(nil, frameSettings, flagAck, 0, nil)); err != nil {
+		return h.ioError("acknowledge settings", err)
+	}
+	return nil
+}
+
+// readFrame reads one frame; its payload is valid until the next read.
+func (h *h2conn) readFrame() (typ, flags byte, id uint32, payload []byte, err error) {
+	if _, err = io.ReadFull(h.r, h.hdr[:]); err != nil {
+		return 0, 0, 0, nil, err
+	}
+	n := int(h.hdr[0])<<16 | int(h.hdr[1])<<8 | int(h.hdr[2])
+	if n > maxFrameRead {
+		return 0, 0, 0, nil, fmt.Errorf("HTTP/2 frame of %d bytes exceeds %d", n, maxFrameRead)
+	}
+	typ, flags = h.hdr[3], h.hdr[4]
+	id = binary.BigEndian.Uint32(h.hdr[5:]) & 0x7fffffff
+	payload = make([]byte, n)
+	if _, err = io.ReadFull(h.r, payload); err != nil {
+		return 0, 0, 0, nil, err
+	}
+	if !h.alive {
+		h.alive = true
+		_ = h.c.SetDeadline(h.callDeadline) // as in setDeadline
+	}
+	return typ, flags, id, payload, nil
+}
+
+func (h *h2conn) close() error { return h.c.Close() }
+
+// ioError names what failed; a timeout says the deadline passed.
+func (h *h2conn) ioError(what string, err error) error {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return fmt.Errorf("%s: pierd did not answer in time: %w", what, context.DeadlineExceeded)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+func appendFrame(b []byte, typ, flags byte, id uint32, payload []byte) []byte {
+	n := len(payload)
+	b = append(b, byte(n>>16), byte(n>>8), byte(n), typ, flags)
+	b = binary.BigEndian.AppendUint32(b, id)
+	return append(b, payload...)
+}
+
+func unpad(flags byte, p []byte) ([]byte, error) {
+	if flags&flagPadded == 0 {
+		return p, nil
+	}
+	if len(p) < 1 || int(p[0]) >= len(p) {
+		return nil, errors.New("malformed HTTP/2 padding")
+	}
+	return p[1 : len(p)-int(p[0])], nil
+}
+
+// headers records a HEADERS block of the call: the response headers, or
+// the trailers (the status), or both in a trailers-only response.
+func (s *stream) headers(fields []hpack.HeaderField) {
+	for _, f := range fields {
+		switch f.Name {
+		case ":status":
+			s.gotHeader = true
+			if f.Value != "200" {
+				s.err = fmt.Errorf("HTTP status %s from pierd", f.Value)
+			}
+		case "grpc-status":
+			code, err := strconv.Atoi(f.Value)
+			if err != nil {
+				code = 2 // Unknown
+			}
+			if s.status == nil {
+				s.status = &rpcStatus{}
+			}
+			s.status.Code = code
+		case "grpc-message":
+			if s.status == nil {
+				s.status = &rpcStatus{}
+			}
+			s.status.Message = percentDecode(f.Value)
+		case "grpc-status-details-bin":
+			if s.status == nil {
+				s.status = &rpcStatus{}
+			}
+			s.status.Details = decodeBin(f.Value)
+		}
+	}
+}
+
+// result is the call's outcome once the stream has ended.
+func (s *stream) result() ([]byte, error) {
+	switch {
+	case s.err != nil && s.status == nil:
+		return nil, s.err
+	case s.status == nil:
+		return nil, errors.New("pierd ended the call without a gRPC status")
+	case s.status.Code != codeOK:
+		return nil, s.status
+	}
+	// One length-prefixed, uncompressed message.
+	d := s.data
+	if len(d) < 5 || d[0] != 0 || int(binary.BigEndian.Uint32(d[1:])) != len(d)-5 {
+		return nil, errors.New("malformed gRPC response message")
+	}
+	return d[5:], nil
+}
+
+// percentDecode undoes grpc-message's percent-encoding.
+func percentDecode(s string) string {
+	if !strings.Contains(s, "%") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '%' && i+2 < len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+3], 16, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 2
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// decodeBin decodes a -bin header: base64, padded or not.
+func decodeBin(v string) []byte {
+	if b, err := base64.RawStdEncoding.DecodeString(strings.TrimRight(v, "=")); err == nil {
+		return b
+	}
+	return nil // undecodable details: the status code and message remain
+}
