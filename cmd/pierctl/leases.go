@@ -21,12 +21,12 @@ import (
 )
 
 // sourceFlags registers how a command reaches a network's reservations and
-// returns the Source to use. Today it is the node's local store; a --socket
-// flag for pierd's IPAM service belongs here, and every command that reads
+// returns the Source to use: pierd at --socket, or at the network's own
+// ipam.daemonSocket, or the node's local store. Every command that reads
 // reservations (leases, status, inspect) goes through it.
 func sourceFlags(fs *flag.FlagSet) func() (leases.Source, error) {
-	_ = fs // no flags yet: the local store needs none
-	return func() (leases.Source, error) { return leases.Local{}, nil }
+	socket := fs.String("socket", "", "read reservations from pierd at this socket (default: the network's ipam.daemonSocket, else the local store)")
+	return func() (leases.Source, error) { return leases.Daemon{Socket: *socket}, nil }
 }
 
 // outputFlag is -o text|json.
