@@ -6,11 +6,12 @@
 #                          containernetworking-plugins (the reference plugins
 #                          the tests and benchmarks compare against), and the
 #                          real runtimes of e2e/runtime_*_test.go: podman,
-#                          containerd, runc and busybox-static (their image)
+#                          containerd, runc and busybox-static (their image),
+#                          and etcd-server (the cluster-mode tests' etcd)
 set -euo pipefail
 pkgs=(iproute2 nftables iputils-ping)
 if [ "${1:-test}" = test ]; then
-  pkgs+=(iptables iperf3 containernetworking-plugins podman containerd runc busybox-static)
+  pkgs+=(iptables iperf3 containernetworking-plugins podman containerd runc busybox-static etcd-server)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

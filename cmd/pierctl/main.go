@@ -56,6 +56,8 @@ func commands() []command {
 		netnsCommand(),
 		demoCommand(),
 		completionCommand(),
+		clusterCommand(),
+		nodeCommand(),
 	)
 	return cmds
 }

@@ -1,6 +1,8 @@
 // Command pierd is Pier's node daemon: the IPAM service over gRPC on a unix
 // socket (daemon mode: "ipam": {"type": "pier-ipam", "daemonSocket": …}),
-// with Prometheus metrics. SIGTERM or SIGINT drains in-flight calls and
+// with Prometheus metrics. With --etcd-endpoints it runs in cluster mode
+// (package cluster: addresses from the cluster's blocks in etcd, routes to
+// the other nodes' blocks). SIGTERM or SIGINT drains in-flight calls and
 // exits.
 package main
 
@@ -34,6 +36,7 @@ func run(args []string, stderr io.Writer) int {
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	allow := fs.String("allow-uid", "", "comma-separated uids allowed to call besides root")
 	drain := fs.Duration("drain-timeout", pierd.DefaultDrainTimeout, "how long SIGTERM waits for in-flight calls")
+	cf := clusterFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -54,6 +57,15 @@ func run(args []string, stderr io.Writer) int {
 	opts := pierd.Options{
 		Socket: *socket, DataDir: *dataDir, MetricsAddr: *metrics, AllowUIDs: uids,
 		Version: version(), Log: log,
+	}
+	cl, err := cf.start(*dataDir, opts.Version, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "pierd: cluster mode: %v\n", err)
+		return 1
+	}
+	if cl != nil {
+		defer cl.Close()
+		opts.IPAM = cl
 	}
 	d, err := pierd.Start(opts)
 	if err != nil {

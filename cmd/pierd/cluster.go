@@ -1,0 +1,53 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"log/slog"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/pier-cni/pier/internal/cluster"
+)
+
+// clusterOpts are the cluster-mode flags; --etcd-endpoints turns it on.
+type clusterOpts struct {
+	endpoints, cacert, cert, key, nodeName, nodeIP *string
+	wait, grace                                    *time.Duration
+}
+
+func clusterFlags(fs *flag.FlagSet) *clusterOpts {
+	return &clusterOpts{
+		endpoints: fs.String("etcd-endpoints", "", "comma-separated etcd URLs: cluster mode (addresses from the cluster's blocks, routes between nodes)"),
+		cacert:    fs.String("etcd-cacert", "", "CA bundle to verify etcd (TLS)"),
+		cert:      fs.String("etcd-cert", "", "client certificate for etcd (TLS)"),
+		key:       fs.String("etcd-key", "", "client key for etcd (TLS)"),
+		nodeName:  fs.String("node-name", "", "this node's name in the cluster (default: the host name)"),
+		nodeIP:    fs.String("node-ip", "", "this node's underlay IP, the next hop other nodes route its blocks to"),
+		wait:      fs.Duration("etcd-wait", 30*time.Second, "how long start-up waits for etcd and the cluster settings"),
+		grace:     fs.Duration("block-grace", cluster.BlockGrace, "how long an empty address block stays with this node before it is given back"),
+	}
+}
+
+// start returns nil without --etcd-endpoints.
+func (c *clusterOpts) start(dataDir, version string, log *slog.Logger) (*cluster.Cluster, error) {
+	if *c.endpoints == "" {
+		return nil, nil
+	}
+	name := *c.nodeName
+	if name == "" {
+		name, _ = os.Hostname()
+	}
+	ip, err := netip.ParseAddr(*c.nodeIP)
+	if err != nil {
+		return nil, errors.New("--node-ip must be an IP address")
+	}
+	if err := os.MkdirAll(dataDir, 0o755); err != nil {
+		return nil, err
+	}
+	return cluster.Start(cluster.Options{
+		Etcd:     cluster.EtcdOptions{Endpoints: cluster.ParseEndpoints(*c.endpoints), CACert: *c.cacert, Cert: *c.cert, KeyPEM: *c.key},
+		NodeName: name, NodeIP: ip, DataDir: dataDir, Version: version, Log: log, BlockGrace: *c.grace,
+	}, *c.wait)
+}

@@ -1,0 +1,112 @@
+// Package cluster is pierd's cluster mode: one address space across the
+// nodes of a cluster, kept in etcd, and the routes between nodes.
+//
+// # Keys
+//
+// Everything lives under /pier/ in etcd:
+//
+//	/pier/config               cluster settings (CIDRs, block sizes, routing mode), written once by `pierctl cluster init`
+//	/pier/nodes/<name>         a live node: its underlay IP; bound to the node's lease (TTL LeaseTTL)
+//	/pier/blocks/<addr>-<bits> an address block: its node (affinity), the node's IP, and every allocation in it
+//
+// # Blocks and affinity
+//
+// A cluster CIDR is cut into blocks (/26 for IPv4, /122 for IPv6 by
+// default). A node claims the lowest block nobody holds (found with a
+// keys-only read of /pier/blocks/) with a transaction
+// that succeeds only if the block key does not exist (CreateRevision = 0)
+// and the node's own key is still held by the node's current lease: a node
+// whose lease has lapsed cannot claim, and two nodes racing for one block
+// see one winner; the loser moves to the next. The block key itself carries
+// no lease: a node that dies keeps its blocks, so an address it handed out
+// is never handed out again by someone else, even if its pierd or its
+// lease comes back later (flannel's lapsed-lease reuse, its issues 29 and
+// 1289, cannot happen). Blocks come back only when they are empty (the
+// owning node gives back a block empty for longer than BlockGrace,
+// keeping at least one; pierd --block-grace) or when an operator says the
+// node is gone
+// (`pierctl node forget NAME`: its allocations are dropped and its blocks
+// deleted, each with a compare-and-swap on the block's revision).
+//
+// The node lease (TTL LeaseTTL, kept alive by pierd, re-granted when it
+// lapses) therefore says only "this node is alive": it guards claims and
+// lets operators see which nodes run, but an expired lease frees nothing.
+//
+// # Allocations
+//
+// An allocation (network, container ID, ifname) is recorded inside its
+// block's value, Calico-style, so the common ADD touches exactly one key,
+// written with compare-and-swap on the block's ModRevision: a writer that
+// raced us (forget, a second pierd for the same node name) makes the
+// transaction fail, pierd reloads the blocks and retries (bounded:
+// MaxRetries). Every node's blocks hold their owners, so `pierctl leases`
+// and GC see the whole cluster with one range read.
+//
+// Batching: a node's calls go through one goroutine. It takes every call
+// waiting (up to MaxBatch), allocates or releases all of them in its
+// in-memory copy of the node's blocks, and commits every changed block in
+// ONE etcd transaction (one Compare per block, one Put per block). Under
+// load a transaction carries tens of allocations, so the rate is bounded by
+// etcd's fsync per transaction rather than per address; unloaded, an ADD
+// costs one round trip and one fsync.
+//
+// The node is the only writer of its blocks, so its in-memory copy is
+// current: CHECK (and DEL's first step, which asks what the owner holds)
+// answers from it without a round trip to etcd.
+//
+// Measured on 2 cores with Debian's etcd 3.4 (client v3.6), three pierd in
+// one sandbox: one allocation at a time ≈ 1 ms (one fsync); 600 at once
+// over three nodes in ~30 transactions, 6,000–10,000/s, against ~2,000/s
+// for raw compare-and-swap by three writers on their own keys.
+//
+// # Gateways and addresses (the cost of blocks)
+//
+// A container gets its address with its block's prefix length (e.g.
+// 10.244.3.7/26) and the block's first host address as gateway, which the
+// plugin puts on the node's bridge (isGateway). So each block costs its
+// network address, gateway and (IPv4) broadcast: 61 containers per /26;
+// the bridge holds one address per block of the node; containers of one
+// node in two blocks talk through the node (one routed hop), not at L2.
+// The gain is that no proxy ARP and no per-container route is needed:
+// every node routes whole blocks. A block given back keeps its gateway on
+// the old node's bridge until the agent sees another node claim it; the
+// agent then removes that address, whose connected route would otherwise
+// capture the block's traffic.
+//
+// Masquerade: the plugin exempts the prefixes of the addresses it got
+// (here a block), so pod-to-pod traffic between nodes is exempt only once
+// the plugin also exempts its IPAM ranges (the cluster CIDR); until then
+// cluster networks run with ipMasq false or accept SNAT between nodes.
+//
+// # Routes between nodes (Agent)
+//
+// Each pierd watches /pier/blocks/ and keeps, for every block of another
+// node, one route in the main table with protocol RouteProtocol (so it
+// can find and remove its own routes and no other):
+//
+//   - host-gw: "block via <node IP>": nodes on one L2 link, no
+//     encapsulation, no MTU cost.
+//   - vxlan: a pier.vxlan device (VNI 1, UDP 8472, learning off) whose MAC
+//     is derived from the node IP (MACFor), and per remote node one FDB
+//     entry (its MAC → its IP) and one permanent neighbour entry (its IP →
+//     its MAC) on pier.vxlan, and "block via <node IP> dev pier.vxlan
+//     onlink". Unlike flannel no VTEP address is needed: the remote node IP
+//     is only a neighbour key on pier.vxlan. Cost: 50 bytes per packet
+//     (container MTU 1450 on a 1500 underlay).
+//
+// The watch resumes from the revision after the last full read; a compacted
+// revision or a broken watch triggers a full re-read (and so does a
+// timer, every ResyncEvery). A full read carries every block's allocations
+// (about 100 bytes per container), the price of one key per block. Routes of a block whose node died stay while
+// the block exists: containers that outlive pierd keep their connectivity.
+//
+// # etcd failures
+//
+// Every etcd operation of a call has OpTimeout (1.5 s): with etcd down an
+// ADD fails with code 11 within 2 s (1.5 s measured); STATUS reads the config key and
+// answers 50 when it cannot; DEL is queued (in memory and in
+// <data-dir>/cluster-del-queue.json) and answered with success, the
+// addresses stay allocated in etcd (so never reused) until the queue is
+// drained, every DrainEvery, once etcd answers. Routes are never removed
+// because etcd is unreachable: the agent only acts on what it read.
+package cluster
