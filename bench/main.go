@@ -13,6 +13,7 @@
 //
 //	make build && go run ./bench                 # full run, writes docs/benchmarks.md
 //	go run ./bench -n 0,200 -runs 20 -bursts 20  # quicker
+//	go run ./bench -chain                        # port mappings + bandwidth vs the reference chain
 package main
 
 import (
@@ -30,6 +31,7 @@ type options struct {
 	runs           int
 	iperf          bool
 	out            string
+	chain          bool
 }
 
 func main() {
@@ -42,6 +44,7 @@ func main() {
 	flag.IntVar(&o.runs, "runs", 30, "measured ADD/DEL pairs per implementation, N and masq setting")
 	flag.BoolVar(&o.iperf, "iperf", true, "measure iperf3 throughput (needs iperf3)")
 	flag.StringVar(&o.out, "out", "docs/benchmarks.md", "markdown report to write (empty: none)")
+	flag.BoolVar(&o.chain, "chain", false, "only compare ADD/DEL with two port mappings and a bandwidth limit: pier vs the reference chain bridge + portmap + bandwidth (see chain.go)")
 	flag.Parse()
 	var err error
 	if o.counts, err = intList(counts); err != nil {
@@ -52,6 +55,10 @@ func main() {
 	}
 	if os.Geteuid() != 0 {
 		fatal("needs root: it creates network namespaces")
+	}
+	run := run
+	if o.chain {
+		run = runChain
 	}
 	if err := run(o); err != nil {
 		fatal("%v", err)

@@ -319,7 +319,7 @@ func hardenedCases(n *node, good string, live attachment) []hardenedCase {
 		// user fixes the number.
 		{"ipMasqBackend iptables", nil, withKey(`"ipMasqBackend": "iptables"`), 2, []string{"ipMasqBackend", "iptables"}},
 		{"vlan 5000", nil, withKey(`"vlan": 5000`), 2, []string{"vlan", "5000"}},
-		{"portMappings requested", nil, withKey(`"runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]}`), 2, []string{"portMappings"}},
+		{"portMappings protocol icmp", nil, withKey(`"runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "icmp"}]}`), 2, []string{"portMappings", "icmp"}},
 
 		// Other config values.
 		{"bridge name of 16 bytes", nil, strings.Replace(good, "cni_bridge0", "cni_bridge012345", 1), 7, []string{"bridge"}},

@@ -1,7 +1,8 @@
 // Package bridge is the kernel side of one Pier attachment: the node's bridge
 // and its gateway addresses, the veth pair joining a container to it, the
-// container's addresses and routes, and the forwarding sysctls. Everything
-// is done over netlink; nothing here execs `ip`.
+// container's addresses and routes, the forwarding and hardening sysctls,
+// and bandwidth shaping (shaping.go). Everything is done over netlink;
+// nothing here execs `ip` or `tc`.
 //
 // Namespaces. The plugin runs in the node's network namespace, so functions
 // that act on the node use the calling thread's namespace. Container
@@ -67,31 +68,39 @@ type BridgeConfig struct {
 // lookup by name and, with gateways, one address dump filtered by the kernel
 // to the bridge.
 func EnsureBridge(cfg BridgeConfig) (*netlink.Bridge, error) {
+	br, _, err := EnsureBridgeReport(cfg)
+	return br, err
+}
+
+// EnsureBridgeReport is EnsureBridge that also reports whether this call
+// created the bridge (and lost no creation race): node-wide setup that a
+// new bridge needs once is done by its creator.
+func EnsureBridgeReport(cfg BridgeConfig) (br *netlink.Bridge, created bool, err error) {
 	if cfg.Name == "" {
-		return nil, errors.New("ensure bridge: empty name")
+		return nil, false, errors.New("ensure bridge: empty name")
 	}
 	n, err := openNode()
 	if err != nil {
-		return nil, fmt.Errorf("ensure bridge %s: %w", cfg.Name, err)
+		return nil, false, fmt.Errorf("ensure bridge %s: %w", cfg.Name, err)
 	}
 	defer n.close()
 
-	br, err := n.bridgeByName(cfg.Name)
+	br, err = n.bridgeByName(cfg.Name)
 	if errors.Is(err, ErrNotFound) {
-		br, err = n.createBridge(cfg)
+		br, created, err = n.createBridge(cfg)
 	}
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if err := n.reconcileBridge(br, cfg); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	for _, gw := range cfg.Gateways {
 		if err := n.ensureGateway(br, gw, cfg.ForceAddress); err != nil {
-			return nil, err
+			return nil, false, err
 		}
 	}
-	return br, nil
+	return br, created, nil
 }
 
 // bridgeByName reads the link called name and insists that it is a bridge.
@@ -116,10 +125,10 @@ func (n *node) bridgeByName(name string) (*netlink.Bridge, error) {
 // veths come and go, which leaves containers with a stale ARP entry for the
 // gateway; an explicitly set address is kept (the reference plugin pins it
 // after the fact for the same reason).
-func (n *node) createBridge(cfg BridgeConfig) (*netlink.Bridge, error) {
+func (n *node) createBridge(cfg BridgeConfig) (*netlink.Bridge, bool, error) {
 	mac, err := randomMAC()
 	if err != nil {
-		return nil, fmt.Errorf("create bridge %s: %w", cfg.Name, err)
+		return nil, false, fmt.Errorf("create bridge %s: %w", cfg.Name, err)
 	}
 	attrs := netlink.NewLinkAttrs()
 	attrs.Name = cfg.Name
@@ -127,21 +136,24 @@ func (n *node) createBridge(cfg BridgeConfig) (*netlink.Bridge, error) {
 	attrs.HardwareAddr = mac
 	attrs.Flags = net.FlagUp
 	err = n.h.LinkAdd(&netlink.Bridge{LinkAttrs: attrs})
+	created := err == nil
 	switch {
 	case errors.Is(err, unix.EEXIST):
 		// Another plugin process created it first (or a non-bridge link has
 		// the name, which bridgeByName reports).
 	case err != nil:
-		return nil, fmt.Errorf("create bridge %s: %w", cfg.Name, err)
+		return nil, false, fmt.Errorf("create bridge %s: %w", cfg.Name, err)
 	default:
 		// We own the routes on this bridge; router advertisements must not
-		// add any. Only the creator writes it, so reuse costs nothing. A
-		// node without IPv6 has no such file, which is fine.
+		// add any. The creator writes it; DisableRA re-checks it for
+		// bridges Pier did not create. A node without IPv6 has no such
+		// file, which is fine.
 		if err := writeSysctlIfNot("net/ipv6/conf/"+cfg.Name+"/accept_ra", "0"); err != nil && !errors.Is(err, unix.ENOENT) {
-			return nil, fmt.Errorf("create bridge %s: %w", cfg.Name, err)
+			return nil, false, fmt.Errorf("create bridge %s: %w", cfg.Name, err)
 		}
 	}
-	return n.bridgeByName(cfg.Name)
+	br, err := n.bridgeByName(cfg.Name)
+	return br, created, err
 }
 
 // reconcileBridge applies the parts of cfg an existing bridge may lack. Each

@@ -44,7 +44,17 @@ type VethConfig struct {
 	// Alias is set as IFLA_IFALIAS on the host end so tools can trace the
 	// link to its attachment, e.g. "pier:<network>:<containerID>:<ifname>".
 	Alias string
+	// Group is the host end's device group (IFLA_GROUP), set in the
+	// creating request; 0 leaves the default group. Pier's RA guard
+	// recognises its host veths by it (see PortGroup).
+	Group uint32
 }
+
+// PortGroup is the device group of Pier's host veths: "pier" in ASCII, a
+// value no one picks by accident. nftables matches it (meta iifgroup) to
+// drop router advertisements from containers without an element per
+// container.
+const PortGroup uint32 = 0x70696572
 
 // Veth is a created pair. Host is read back from the kernel; Container is
 // built from what was requested (name, MAC, MTU) and the peer index the
@@ -125,6 +135,9 @@ func vethRequest(n *node, cfg VethConfig, nsFd int, mac net.HardwareAddr) *nl.Ne
 	req.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
 	req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(cfg.HostName)))
 	req.AddData(nl.NewRtAttr(unix.IFLA_MASTER, nl.Uint32Attr(uint32(cfg.Bridge.Index))))
+	if cfg.Group != 0 {
+		req.AddData(nl.NewRtAttr(unix.IFLA_GROUP, nl.Uint32Attr(cfg.Group)))
+	}
 	if cfg.MTU > 0 {
 		req.AddData(nl.NewRtAttr(unix.IFLA_MTU, nl.Uint32Attr(uint32(cfg.MTU))))
 	}
@@ -174,11 +187,22 @@ func (n *node) setPort(host netlink.Link, cfg VethConfig) error {
 
 // disableIPv6 turns IPv6 off on a link of the caller's namespace. A node
 // without IPv6 (no /proc/sys/net/ipv6) has nothing to turn off. The link is
-// new, so its value is the default 0 and is written without reading it.
+// new, so its values are the defaults and are written without reading them.
+//
+// accept_ra=0 first, as the reference does for its host veths: with IPv6
+// off it changes nothing today, but whoever turns IPv6 back on for every
+// interface (net.ipv6.conf.all.disable_ipv6=0 does) must not find the
+// node's bridge ports taking routes from a container's router
+// advertisement (CVE-2020-10749).
 func disableIPv6(name string) error {
-	err := os.WriteFile("/proc/sys/net/ipv6/conf/"+name+"/disable_ipv6", []byte("1"), 0o644)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("disable ipv6 on %s: %w", name, err)
+	for _, kv := range [][2]string{{"accept_ra", "0"}, {"disable_ipv6", "1"}} {
+		err := os.WriteFile("/proc/sys/net/ipv6/conf/"+name+"/"+kv[0], []byte(kv[1]), 0o644)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("set %s=%s on %s: %w", kv[0], kv[1], name, err)
+		}
 	}
 	return nil
 }

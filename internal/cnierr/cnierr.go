@@ -38,6 +38,9 @@ const (
 	PoolExhausted uint = 102
 	// NATConflict: the nftables state cannot be made to match the config.
 	NATConflict uint = 103
+	// PortConflict: a requested host port (protocol, port, host address) is
+	// already mapped to another container.
+	PortConflict uint = 104
 )
 
 // Error is an error with a CNI code. Msg is what a person reads first; the

@@ -15,6 +15,7 @@ func FuzzLoadNetConf(f *testing.F) {
 	f.Add(conf(`"prevResult": {"cniVersion": "1.0.0", "ips": [{"address": "10.1.0.2/24"}]}`), "IP=10.1.0.9")
 	f.Add([]byte(`{"cniVersion": "0.2.0", "name": "mybridge", "type": "pier", "bridge": "cni_bridge0", "isGateway": true, "ipMasq": true, "ipam": {"type": "pier-ipam", "subnet": "10.15.20.0/24", "routes": [{"dst": "0.0.0.0/0"}]}}`), "")
 	f.Add([]byte(`{`), "MAC")
+	f.Add(conf(`"macspoofchk": true, "ingressRate": 8000, "ingressBurst": 800, "runtimeConfig": {"portMappings": [{"hostPort": 80, "containerPort": 8080, "protocol": "udp", "hostIP": "::"}], "bandwidth": {"egressRate": 1}}`), "")
 	f.Fuzz(func(t *testing.T, stdin []byte, args string) {
 		n, err := LoadNetConf(stdin, args)
 		if err != nil {

@@ -47,9 +47,18 @@ type NetConf struct {
 	PromiscMode      bool   `json:"promiscMode"`
 	EnableDAD        bool   `json:"enabledad,omitempty"`
 	Vlan             int    `json:"vlan"`
+	// MacSpoofChk drops frames from the container whose source MAC is not
+	// its interface's (nftables, table bridge pier).
+	MacSpoofChk bool `json:"macspoofchk,omitempty"`
+
+	// The reference bandwidth plugin's top-level keys (bits/s, bits); when
+	// any is set they win over runtimeConfig.bandwidth, as there.
+	IngressRate  *uint64 `json:"ingressRate,omitempty"`
+	IngressBurst *uint64 `json:"ingressBurst,omitempty"`
+	EgressRate   *uint64 `json:"egressRate,omitempty"`
+	EgressBurst  *uint64 `json:"egressBurst,omitempty"`
 
 	// Reference keys Pier does not implement yet; refused when set.
-	MacSpoofChk               bool            `json:"macspoofchk,omitempty"`
 	VlanTrunk                 json.RawMessage `json:"vlanTrunk,omitempty"`
 	DisableContainerInterface bool            `json:"disableContainerInterface,omitempty"`
 	PortIsolation             bool            `json:"portIsolation,omitempty"`
@@ -63,10 +72,14 @@ type NetConf struct {
 		} `json:"cni,omitempty"`
 	} `json:"args,omitempty"`
 	RuntimeConfig struct {
-		Mac          string          `json:"mac,omitempty"`
-		PortMappings json.RawMessage `json:"portMappings,omitempty"`
-		Bandwidth    json.RawMessage `json:"bandwidth,omitempty"`
+		Mac          string        `json:"mac,omitempty"`
+		PortMappings []PortMapping `json:"portMappings,omitempty"`
+		Bandwidth    *Bandwidth    `json:"bandwidth,omitempty"`
 	} `json:"runtimeConfig,omitempty"`
+
+	// Bandwidth is the limits to apply, from the top-level keys or the
+	// capability (see resolveFeatures); nil when nothing is limited.
+	Bandwidth *Bandwidth `json:"-"`
 
 	rawIPAM json.RawMessage
 
@@ -143,6 +156,9 @@ func (n *NetConf) validate() error {
 	if strings.ContainsAny(n.IPAM.Type, `/\`) || n.IPAM.Type == "." || n.IPAM.Type == ".." {
 		return cnierr.New(cnierr.InvalidConfig, `"ipam.type": %q must be a plugin name, not a path`, n.IPAM.Type)
 	}
+	if err := n.resolveFeatures(); err != nil {
+		return err
+	}
 	return n.refuseUnsupported()
 }
 
@@ -156,13 +172,9 @@ func (n *NetConf) refuseUnsupported() error {
 	}{
 		{"vlan", n.Vlan != 0, n.Vlan},
 		{"vlanTrunk", len(n.VlanTrunk) > 0 && string(n.VlanTrunk) != "null", string(n.VlanTrunk)},
-		{"macspoofchk", n.MacSpoofChk, true},
 		{"disableContainerInterface", n.DisableContainerInterface, true},
 		{"portIsolation", n.PortIsolation, true},
 		{"ipMasqBackend", n.IPMasqBackend != "" && n.IPMasqBackend != "nftables", n.IPMasqBackend},
-		{"runtimeConfig.portMappings", nonEmptyList(n.RuntimeConfig.PortMappings), string(n.RuntimeConfig.PortMappings)},
-		{"runtimeConfig.bandwidth", nonEmptyObject(n.RuntimeConfig.Bandwidth), string(n.RuntimeConfig.Bandwidth)},
-		{"ipam.daemonSocket", n.IPAM.Type == "pier-ipam" && n.ipamDaemonSocket() != "", n.ipamDaemonSocket()},
 	}
 	for _, u := range unsupported {
 		if u.set {
@@ -175,27 +187,6 @@ func (n *NetConf) refuseUnsupported() error {
 		}
 	}
 	return nil
-}
-
-// ipamDaemonSocket is ipam.daemonSocket, the key of daemon mode (pierd).
-// Until pierd serves it, a config that names it is refused rather than
-// silently allocating locally, which in a cluster would duplicate addresses.
-func (n *NetConf) ipamDaemonSocket() string {
-	var ipam struct {
-		DaemonSocket string `json:"daemonSocket"`
-	}
-	_ = json.Unmarshal(n.rawIPAM, &ipam) // decoded once already as part of the whole config
-	return ipam.DaemonSocket
-}
-
-func nonEmptyList(raw json.RawMessage) bool {
-	var l []json.RawMessage
-	return len(raw) > 0 && json.Unmarshal(raw, &l) == nil && len(l) > 0
-}
-
-func nonEmptyObject(raw json.RawMessage) bool {
-	var m map[string]json.RawMessage
-	return len(raw) > 0 && json.Unmarshal(raw, &m) == nil && len(m) > 0
 }
 
 // validateIfName applies the kernel's rules for an interface name that comes

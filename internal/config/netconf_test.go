@@ -44,10 +44,9 @@ func TestLoadNetConfRefusals(t *testing.T) {
 	}{
 		{"vlan", `"vlan": 100`, "", cnierr.UnsupportedField, "vlan"},
 		{"vlanTrunk", `"vlanTrunk": [{"id": 5}]`, "", cnierr.UnsupportedField, "vlanTrunk"},
-		{"macspoofchk", `"macspoofchk": true`, "", cnierr.UnsupportedField, "macspoofchk"},
 		{"iptables backend", `"ipMasqBackend": "iptables"`, "", cnierr.UnsupportedField, "iptables"},
-		{"port mappings", `"runtimeConfig": {"portMappings": [{"hostPort": 80, "containerPort": 80, "protocol": "tcp"}]}`, "", cnierr.UnsupportedField, "portMappings"},
-		{"bandwidth", `"runtimeConfig": {"bandwidth": {"ingressRate": 1000}}`, "", cnierr.UnsupportedField, "bandwidth"},
+		{"port mapping protocol", `"runtimeConfig": {"portMappings": [{"hostPort": 80, "containerPort": 80, "protocol": "icmp"}]}`, "", cnierr.UnsupportedField, "portMappings[0]"},
+		{"bandwidth rate without burst", `"runtimeConfig": {"bandwidth": {"ingressRate": 1000}}`, "", cnierr.InvalidConfig, "ingressBurst"},
 		{"mtu too small", `"mtu": 10`, "", cnierr.InvalidConfig, "mtu"},
 		{"bridge name with slash", `"bridge": "a/b"`, "", cnierr.InvalidConfig, "bridge"},
 		{"bad log level", `"logLevel": "loud"`, "", cnierr.InvalidConfig, "logLevel"},
@@ -55,7 +54,6 @@ func TestLoadNetConfRefusals(t *testing.T) {
 		{"bad MAC in CNI_ARGS", "", "MAC=nope", cnierr.InvalidConfig, "CNI_ARGS MAC"},
 		{"unparseable CNI_ARGS", "", "MAC", cnierr.InvalidEnv, "CNI_ARGS"},
 		{"hairpin with promisc", `"hairpinMode": true, "promiscMode": true`, "", cnierr.InvalidConfig, "promiscMode"},
-		{"daemon mode before pierd", `"ipam": {"type": "pier-ipam", "subnet": "10.1.0.0/24", "daemonSocket": "/run/pier/pierd.sock"}`, "", cnierr.UnsupportedField, "daemonSocket"},
 		{"undecodable prevResult", `"prevResult": {"cniVersion": "1.0.0", "ips": "nope"}`, "", cnierr.DecodingFailure, "prevResult"},
 	}
 	for _, tc := range cases {

@@ -20,9 +20,10 @@ import (
 // one fails:
 //
 //	check the netns → ensure the bridge → create the veth pair (container end
-//	straight into the netns) → allocate addresses → put the gateway on the
-//	bridge → configure the container (addresses, routes) → forwarding and
-//	masquerade on the node → result.
+//	straight into the netns) → bandwidth limits → allocate addresses → put
+//	the gateway on the bridge → configure the container (addresses, routes)
+//	→ forwarding, and masquerade, host ports and MAC check in one nftables
+//	transaction on the node → result.
 //
 // The veth comes before the allocation on purpose: if the container already
 // has CNI_IFNAME, the ADD fails before IPAM is asked, so a repeated ADD can
@@ -40,7 +41,7 @@ func (c *call) add(ctx context.Context) (_ types.Result, err error) {
 	if err := checkContainerNetNS(c.args.Netns); err != nil {
 		return nil, err
 	}
-	br, err := bridge.EnsureBridge(bridge.BridgeConfig{Name: c.conf.Bridge, MTU: c.conf.MTU, Promisc: c.conf.PromiscMode})
+	br, created, err := bridge.EnsureBridgeReport(bridge.BridgeConfig{Name: c.conf.Bridge, MTU: c.conf.MTU, Promisc: c.conf.PromiscMode})
 	if err != nil {
 		return nil, err
 	}
@@ -49,6 +50,10 @@ func (c *call) add(ctx context.Context) (_ types.Result, err error) {
 		return nil, err
 	}
 	undo.push("delete veth "+veth.Host.Attrs().Name, func() error { return bridge.DeleteHostVeth(veth.Host.Attrs().Name) })
+	ifb, err := c.applyLimits(veth, &undo)
+	if err != nil {
+		return nil, err
+	}
 
 	res, err := c.ipam.Add(ctx)
 	if err != nil {
@@ -74,10 +79,10 @@ func (c *call) add(ctx context.Context) (_ types.Result, err error) {
 	if err := bridge.ConfigureContainer(c.args.Netns, c.args.IfName, c.containerIPConfig(res)); err != nil {
 		return nil, err
 	}
-	if err := c.configureHost(res, &undo); err != nil {
+	if err := c.configureHost(res, hostSide{bridge: br.Attrs().Name, created: created, veth: veth}, &undo); err != nil {
 		return nil, err
 	}
-	return c.result(res, br, veth)
+	return c.result(res, br, veth, ifb)
 }
 
 // releaseTimeout bounds the release of a failed ADD's addresses.
@@ -93,6 +98,7 @@ func (c *call) createVeth(br *netlink.Bridge) (*bridge.Veth, error) {
 		Bridge:         br,
 		Hairpin:        c.conf.HairpinMode,
 		Alias:          vethAlias(c.conf.Name, c.args.ContainerID, c.args.IfName),
+		Group:          bridge.PortGroup,
 	})
 	if errors.Is(err, bridge.ErrInterfaceExists) {
 		return nil, cnierr.Wrap(err, cnierr.InterfaceExists, "cannot create the container interface")
@@ -100,24 +106,30 @@ func (c *call) createVeth(br *netlink.Bridge) (*bridge.Veth, error) {
 	return veth, err
 }
 
+// hostSide is what the ADD built on the node before the addresses came.
+type hostSide struct {
+	bridge  string
+	created bool // this ADD created the bridge
+	veth    *bridge.Veth
+}
+
 // configureHost does the node-side work that depends on the addresses:
-// forwarding when the bridge is the containers' gateway, and masquerade.
-func (c *call) configureHost(res *current.Result, undo *undoStack) error {
+// forwarding when the bridge is the containers' gateway (IPv4 and IPv6, as
+// the ranges ask), router advertisements ignored on the bridge, and the
+// nftables work: masquerade, host ports, MAC check (configureNAT).
+func (c *call) configureHost(res *current.Result, h hostSide, undo *undoStack) error {
 	v4, v6 := families(res)
 	if c.conf.IsGateway {
 		if err := bridge.EnableForwarding(v4, v6); err != nil {
 			return err
 		}
 	}
-	if !c.conf.IPMasq {
-		return nil
+	if !h.created { // the creator set it already
+		if err := bridge.DisableRA(h.bridge); err != nil {
+			return err
+		}
 	}
-	network, addrs := c.masqTarget(res)
-	if err := nat.AddMasq(network, addrs, c.owner()); err != nil {
-		return cnierr.Wrap(err, cnierr.IOFailure, "cannot set up masquerade for network %s", c.conf.Name)
-	}
-	undo.push("remove masquerade elements", func() error { return nat.DelMasq(network, addrs) })
-	return nil
+	return c.configureNAT(res, h, undo)
 }
 
 // masqTarget is the network's masquerade identity (its subnets, exempt from

@@ -18,7 +18,8 @@ import (
 // check verifies that the attachment described by prevResult still exists as
 // built: the IPAM reservation, the container interface with its MAC,
 // addresses and routes, the host veth on the bridge with hairpin as
-// configured, the gateway on the bridge, the masquerade elements. Extra
+// configured, the gateway on the bridge, the masquerade elements, host
+// ports, MAC check and bandwidth limits. Extra
 // addresses or routes (a later chained plugin may add some) are tolerated.
 // Every finding is reported, each naming what is missing or wrong.
 func (c *call) check(ctx context.Context) (types.Result, error) {
@@ -102,7 +103,7 @@ func (c *call) checkHost(prev *current.Result) []error {
 	if c.conf.IPMasq {
 		problems = append(problems, c.checkMasq(prev, c.containerIndex(prev))...)
 	}
-	return problems
+	return append(problems, c.checkFeatures(prev, c.containerIndex(prev))...)
 }
 
 // containerIndex is the index of this attachment's interface in a result,

@@ -38,16 +38,16 @@ func (c *call) del(ctx context.Context) (types.Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Removing the masquerade elements and deleting the veth both wait for
-	// the kernel (an RCU grace period each, ~10 and ~20 ms): run them side by
-	// side. Both act on the node's namespace, which every unlocked thread of
-	// this process is in.
-	masqDone := make(chan error, 1)
-	go func() { masqDone <- c.delMasq(held) }()
+	// Removing nftables elements and deleting links each wait for the
+	// kernel (an RCU grace period each, ~10 and ~20 ms): run them side by
+	// side — masquerade elements, host port and MAC check elements, the
+	// bandwidth limit's ifb, the veth. All act on the node's namespace,
+	// which every unlocked thread of this process is in. Host ports point
+	// at the address, so they too go before it is released.
+	wait := concurrently(func() error { return c.delMasq(held) }, c.delNodeElements, c.removeLimits)
 	gone, linkErr := c.deleteLinks()
-	masqErr := <-masqDone
-	if linkErr != nil || masqErr != nil {
-		return nil, errors.Join(linkErr, masqErr)
+	if err := errors.Join(linkErr, wait()); err != nil {
+		return nil, err
 	}
 	// Addresses IPAM no longer holds for us (a delegated IPAM, a repeated
 	// DEL) may belong to another container by now: their elements are

@@ -15,25 +15,32 @@ import (
 )
 
 // gc removes everything of this network that no valid attachment owns: IPAM
-// reservations (forwarded to a delegated IPAM), masquerade elements and host
-// veths on the bridge whose alias names this network. An empty list of valid
-// attachments means none is valid. Other networks are never touched. GC goes
-// on past failures and reports them all.
+// reservations (forwarded to a delegated IPAM), masquerade elements, host
+// port and MAC check elements (their comment names the network), host
+// veths on the bridge whose alias names this network, and ifb devices whose
+// veth is gone (of any network: such an ifb shapes nothing any more). An
+// empty list of valid attachments means none is valid. Other networks'
+// attachments are never touched. GC goes on past failures and reports them
+// all.
 func (c *call) gc(ctx context.Context) (types.Result, error) {
 	valid := map[string]bool{}
 	validMasq := map[string]bool{}
+	validNode := map[string]bool{}
 	for _, a := range c.conf.ValidAttachments {
 		valid[a.ContainerID+"/"+a.IfName] = true
 		validMasq[nat.StoredOwner(a.ContainerID+"/"+a.IfName)] = true
+		validNode[nat.NodeOwner(c.conf.Name, a.ContainerID+"/"+a.IfName)] = true
 	}
 	var errs []error
-	// Masquerade first: it asks IPAM which addresses valid attachments
+	// nftables first: it asks IPAM which addresses valid attachments
 	// hold, and IPAM's own GC must not have changed that yet.
 	errs = append(errs, c.gcMasq(ctx, validMasq)...)
+	errs = append(errs, c.gcNodeElements(ctx, validNode)...)
 	if err := c.ipam.GC(ctx); err != nil {
 		errs = append(errs, err)
 	}
 	errs = append(errs, c.gcVeths(valid)...)
+	errs = append(errs, c.gcIfbs()...) // after the veths: theirs are orphans now
 	if len(errs) > 0 {
 		return nil, cnierr.Wrap(errors.Join(errs...), cnierr.IOFailure, "GC of network %s was incomplete", c.conf.Name)
 	}

@@ -13,8 +13,9 @@ import (
 // interface (in that order, as the reference reports them), the addresses
 // bound to the container interface, routes and DNS. With a prevResult (the
 // plugin is chained after another), that result is kept and ours appended,
-// as the spec's chaining rules ask.
-func (c *call) result(res *current.Result, br *netlink.Bridge, veth *bridge.Veth) (types.Result, error) {
+// as the spec's chaining rules ask. An ifb shaping the container's egress
+// comes last, as the reference bandwidth plugin reports it.
+func (c *call) result(res *current.Result, br *netlink.Bridge, veth *bridge.Veth, ifb *current.Interface) (types.Result, error) {
 	out := &current.Result{CNIVersion: current.ImplementedSpecVersion, DNS: res.DNS}
 	if c.conf.PrevResult != nil {
 		prev, err := current.NewResultFromResult(c.conf.PrevResult)
@@ -39,6 +40,9 @@ func (c *call) result(res *current.Result, br *netlink.Bridge, veth *bridge.Veth
 	for _, ipc := range res.IPs {
 		ipc.Interface = current.Int(first + 2)
 		out.IPs = append(out.IPs, ipc)
+	}
+	if ifb != nil {
+		out.Interfaces = append(out.Interfaces, ifb)
 	}
 	out.Routes = append(out.Routes, res.Routes...)
 	return out, nil
