@@ -217,7 +217,7 @@ func (n *clusterNode) kill() {
 
 func clusterConf(socket string, mtu int) string {
 	return fmt.Sprintf(`{ "cniVersion": "1.1.0", "name": "clnet", "type": "pier",
-  "bridge": "pier-c0", "isGateway": true, "ipMasq": false, "mtu": %d,
+  "bridge": "pier-c0", "isGateway": true, "ipMasq": true, "mtu": %d,
   "ipam": { "type": "pier-ipam", "subnet": %q, "daemonSocket": %q,
             "routes": [ { "dst": "0.0.0.0/0" } ] } }`, mtu, clusterCIDR, socket)
 }
@@ -378,6 +378,13 @@ func testClusterPing(t *testing.T, mode string, mtu int) {
 		})
 	}
 	same, cross := pingAll(t, cs)
+	// Traffic between nodes keeps the container's source address: with
+	// ipMasq, masquerade exempts the whole cluster CIDR, not only the block.
+	startEcho(t, cs[len(cs)-1].a.ns, "tcp/:7")
+	reply, err := echoFrom(t, cs[0].a.ns, "tcp/"+netip.AddrPortFrom(cs[len(cs)-1].ip, 7).String())
+	if err != nil || !strings.HasPrefix(reply, cs[0].ip.String()+":") {
+		t.Fatalf("cross-node echo from %s: reply %q, err %v: the source address did not survive", cs[0].ip, reply, err)
+	}
 	sort.Slice(addLat, func(i, j int) bool { return addLat[i] < addLat[j] })
 	t.Logf("MEASURE %s: ADD latency (pier binary, cluster mode) median %v max %v", mode, addLat[len(addLat)/2], addLat[len(addLat)-1])
 	t.Logf("MEASURE %s: ping RTT same-node %.3f ms, cross-node %.3f ms", mode, mean(same), mean(cross))

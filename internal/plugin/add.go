@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -133,9 +134,12 @@ func (c *call) configureHost(res *current.Result, h hostSide, undo *undoStack) e
 }
 
 // masqTarget is the network's masquerade identity (its subnets, exempt from
-// masquerade) and the container's addresses to add to its sets.
+// masquerade) and the container's addresses to add to its sets. The
+// exempt subnets are the configured ranges' (in cluster mode the whole
+// cluster CIDR: traffic to other nodes' containers keeps its source) plus
+// any result prefix they do not cover (a delegated IPAM's).
 func (c *call) masqTarget(res *current.Result) (nat.Network, []netip.Addr) {
-	network := nat.Network{Name: c.conf.Name}
+	network := nat.Network{Name: c.conf.Name, Subnets: c.ipam.Subnets()}
 	var addrs []netip.Addr
 	for _, ipc := range res.IPs {
 		p, ok := prefixOf(ipc)
@@ -143,7 +147,9 @@ func (c *call) masqTarget(res *current.Result) (nat.Network, []netip.Addr) {
 			continue
 		}
 		addrs = append(addrs, p.Addr())
-		network.Subnets = append(network.Subnets, p.Masked())
+		if !slices.ContainsFunc(network.Subnets, func(s netip.Prefix) bool { return s.Contains(p.Addr()) && s.Bits() <= p.Bits() }) {
+			network.Subnets = append(network.Subnets, p.Masked())
+		}
 	}
 	return network, addrs
 }

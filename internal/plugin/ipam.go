@@ -34,6 +34,22 @@ type ipamBackend interface {
 	// HeldByValid returns the addresses held for the config's valid
 	// attachments (GC), when the backend can tell.
 	HeldByValid(ctx context.Context) (map[netip.Addr]bool, error)
+	// Subnets returns the configured ranges' subnets, when the backend has
+	// them (pier-ipam; in cluster mode, the cluster CIDR).
+	Subnets() []netip.Prefix
+}
+
+// rangeSubnets lists the subnets of a pier-ipam config's ranges.
+func rangeSubnets(conf *config.IPAMConfig) []netip.Prefix {
+	var out []netip.Prefix
+	for _, set := range conf.RangeSets {
+		for _, r := range set {
+			if !slices.Contains(out, r.Subnet) {
+				out = append(out, r.Subnet)
+			}
+		}
+	}
+	return out
 }
 
 func newIPAM(conf *config.NetConf, args *skel.CmdArgs) (ipamBackend, error) {
@@ -132,6 +148,10 @@ func (d *delegatedIPAM) Status(ctx context.Context) error {
 func (d *delegatedIPAM) Held(context.Context) ([]netip.Addr, error) { return nil, nil }
 
 func (d *delegatedIPAM) HeldByValid(context.Context) (map[netip.Addr]bool, error) { return nil, nil }
+
+func (d *delegatedIPAM) Subnets() []netip.Prefix { return nil }
+
+func (e *embeddedIPAM) Subnets() []netip.Prefix { return rangeSubnets(e.conf) }
 
 // delegationError keeps the delegated plugin's own code (it knows best) and
 // says which plugin and verb produced it.

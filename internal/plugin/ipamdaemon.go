@@ -41,6 +41,8 @@ func newDaemonIPAM(conf *config.IPAMConfig, args *skel.CmdArgs) *daemonIPAM {
 	}
 }
 
+func (d *daemonIPAM) Subnets() []netip.Prefix { return rangeSubnets(d.conf) }
+
 func (d *daemonIPAM) Add(ctx context.Context) (*current.Result, error) {
 	return d.client.Add(ctx, d.conf, d.owner)
 }
