@@ -110,8 +110,8 @@ func TestPoolUsage(t *testing.T) {
 		{r("fd00::1", "fd00:0:0:1::", "fd00::1"), math.MaxUint64},
 	}
 	for _, tc := range cases {
-		if got := rangeSize(tc.r); got != tc.want {
-			t.Errorf("rangeSize(%v) = %d, want %d", tc.r, got, tc.want)
+		if got := tc.r.Size(); got != tc.want {
+			t.Errorf("Size(%v) = %d, want %d", tc.r, got, tc.want)
 		}
 	}
 	sets := []config.RangeSet{{r("10.0.0.1", "10.0.0.9", "10.0.0.1"), r("10.0.1.1", "10.0.1.9", "10.0.1.1")}}

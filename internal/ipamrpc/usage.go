@@ -2,7 +2,6 @@ package ipamrpc
 
 import (
 	"context"
-	"math"
 	"net/netip"
 
 	"github.com/pier-cni/pier/internal/config"
@@ -67,7 +66,7 @@ func poolUsage(sets []config.RangeSet, res []ipam.Reservation) []*ipamv1.PoolUsa
 			out = append(out, &ipamv1.PoolUsage{
 				RangeSet: uint32(i), Subnet: r.Subnet.String(),
 				RangeStart: r.RangeStart.String(), RangeEnd: r.RangeEnd.String(),
-				Size: rangeSize(r),
+				Size: r.Size(),
 			})
 		}
 	}
@@ -80,36 +79,4 @@ func poolUsage(sets []config.RangeSet, res []ipam.Reservation) []*ipamv1.PoolUsa
 		}
 	}
 	return out
-}
-
-// rangeSize is the number of addresses of r that can be handed out: the
-// range less its gateway, saturated at 2^64-1 for huge IPv6 ranges.
-func rangeSize(r config.Range) uint64 {
-	n := addrDiff(r.RangeStart, r.RangeEnd)
-	if n == math.MaxUint64 {
-		return n
-	}
-	n++
-	if r.Contains(r.Gateway) {
-		n--
-	}
-	return n
-}
-
-// addrDiff returns b-a for b >= a of one family, saturated at MaxUint64.
-func addrDiff(a, b netip.Addr) uint64 {
-	x, y := a.As16(), b.As16()
-	var hiA, hiB, loA, loB uint64
-	for i := range 8 {
-		hiA, hiB = hiA<<8|uint64(x[i]), hiB<<8|uint64(y[i])
-		loA, loB = loA<<8|uint64(x[i+8]), loB<<8|uint64(y[i+8])
-	}
-	hi := hiB - hiA
-	if loB < loA {
-		hi--
-	}
-	if hi != 0 {
-		return math.MaxUint64
-	}
-	return loB - loA
 }

@@ -11,7 +11,6 @@ package leases
 import (
 	"context"
 	"errors"
-	"math"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -119,7 +118,7 @@ func Usage(conf *config.IPAMConfig, res []ipam.Reservation) *Status {
 			st.Ranges = append(st.Ranges, RangeUsage{
 				RangeSet: i, Range: j, Subnet: r.Subnet.String(),
 				Start: r.RangeStart.String(), End: r.RangeEnd.String(), Gateway: r.Gateway.String(),
-				Size: rangeSize(r),
+				Size: r.Size(),
 			})
 		}
 	}
@@ -143,36 +142,4 @@ func rangeOf(conf *config.IPAMConfig, usage []RangeUsage, a netip.Addr) (int, bo
 		}
 	}
 	return 0, false
-}
-
-// rangeSize is the number of addresses in [RangeStart, RangeEnd] minus the
-// gateway when it lies inside (it is never handed out).
-func rangeSize(r config.Range) uint64 {
-	n := addrDiff(r.RangeStart, r.RangeEnd)
-	if n == math.MaxUint64 {
-		return n // saturated: "at least 2^64-1" either way
-	}
-	n++
-	if r.Contains(r.Gateway) {
-		n--
-	}
-	return n
-}
-
-// addrDiff returns b-a (b >= a, same family), saturated at MaxUint64.
-func addrDiff(a, b netip.Addr) uint64 {
-	x, y := a.As16(), b.As16()
-	var hiA, hiB, loA, loB uint64
-	for i := 0; i < 8; i++ {
-		hiA, hiB = hiA<<8|uint64(x[i]), hiB<<8|uint64(y[i])
-		loA, loB = loA<<8|uint64(x[i+8]), loB<<8|uint64(y[i+8])
-	}
-	hi := hiB - hiA
-	if loB < loA {
-		hi--
-	}
-	if hi != 0 {
-		return math.MaxUint64
-	}
-	return loB - loA
 }

@@ -52,7 +52,7 @@ func TestAddrDiff(t *testing.T) {
 		{"fd00::", "fd00:0:0:1::", math.MaxUint64},
 	}
 	for _, c := range cases {
-		if got := addrDiff(netip.MustParseAddr(c.a), netip.MustParseAddr(c.b)); got != c.want {
+		if got := config.AddrDiff(netip.MustParseAddr(c.a), netip.MustParseAddr(c.b)); got != c.want {
 			t.Errorf("%s..%s: %d, want %d", c.a, c.b, got, c.want)
 		}
 	}
