@@ -20,8 +20,10 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/signal"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 type options struct {
@@ -71,6 +73,15 @@ func run(o options) error {
 		return err
 	}
 	defer sb.close()
+	// Ctrl-C or a timeout's SIGTERM must not leave the sandbox behind.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-sigs
+		fmt.Fprintln(os.Stderr, "bench: interrupted; removing the sandbox")
+		sb.close()
+		os.Exit(1)
+	}()
 	impls, err := implementations(o, sb.dataDir)
 	if err != nil {
 		return err

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -16,6 +17,8 @@ import (
 // sandbox is the node namespace every plugin runs in, the container
 // namespaces made for the run, and the IPAM data directory.
 type sandbox struct {
+	mu      sync.Mutex // guards ctrs: close may run from the signal handler
+	closed  sync.Once
 	prefix  string
 	node    string
 	nodeNS  string
@@ -78,6 +81,12 @@ func newSandbox() (*sandbox, error) {
 // close removes every namespace the run made (the node's goes last and
 // takes the bridges, veths and firewall state with it) and the data.
 func (sb *sandbox) close() {
+	sb.closed.Do(sb.remove)
+}
+
+func (sb *sandbox) remove() {
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
 	for _, c := range sb.ctrs {
 		if err := ipNetns("del", c); err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
@@ -96,19 +105,23 @@ func (sb *sandbox) newContainer() (string, error) {
 	if err := ipNetns("add", name); err != nil {
 		return "", err
 	}
+	sb.mu.Lock()
 	sb.ctrs = append(sb.ctrs, name)
+	sb.mu.Unlock()
 	return "/var/run/netns/" + name, nil
 }
 
 // dropContainer deletes a namespace made by newContainer.
 func (sb *sandbox) dropContainer(path string) error {
 	name := filepath.Base(path)
+	sb.mu.Lock()
 	for i, c := range sb.ctrs {
 		if c == name {
 			sb.ctrs = append(sb.ctrs[:i], sb.ctrs[i+1:]...)
 			break
 		}
 	}
+	sb.mu.Unlock()
 	return ipNetns("del", name)
 }
 
