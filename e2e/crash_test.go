@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -72,7 +71,7 @@ func TestCrashSafety(t *testing.T) {
 		t.Errorf("%d iterations left state their DEL did not clean", st.leaks)
 	}
 
-	gc := crashGCConf(conf, live)
+	gc := withValidAttachments(conf, live...)
 	if r := n.call("GC", attachment{}, gc); r.ExitCode != 0 || r.Stdout != "" {
 		t.Fatalf("GC: exit %d\nstdout: %s\nstderr: %s", r.ExitCode, r.Stdout, r.Stderr)
 	}
@@ -447,20 +446,6 @@ func crashTempFiles(t *testing.T, dataDir string) []string {
 		}
 	}
 	return temps
-}
-
-// crashGCConf is conf with cni.dev/valid-attachments naming the live ones.
-func crashGCConf(conf string, valid []attachment) string {
-	type att struct {
-		ContainerID string `json:"containerID"`
-		IfName      string `json:"ifname"`
-	}
-	list := []att{}
-	for _, a := range valid {
-		list = append(list, att{a.id, a.ifName})
-	}
-	b, _ := json.Marshal(list) // a slice of plain structs always marshals
-	return strings.Replace(conf, `"type": "pier",`, `"type": "pier", "cni.dev/valid-attachments": `+string(b)+`,`, 1)
 }
 
 // crashLiveAddrs reads each live container's IPv4 address from its eth0.
