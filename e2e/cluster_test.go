@@ -36,19 +36,22 @@ const (
 )
 
 type clusterEnv struct {
-	t        *testing.T
-	bin      string
-	underlay *testnet.NS
-	etcdDir  string
-	etcd     *exec.Cmd
-	etcdLog  *bytes.Buffer
-	nodes    []*clusterNode
-	tlsDir   string // with ca.crt, server.{crt,key}, client.{crt,key}: etcd over TLS
+	t         *testing.T
+	bin       string
+	underlay  *testnet.NS
+	etcdDir   string
+	etcd      *exec.Cmd
+	etcdLog   *bytes.Buffer
+	nodes     []*clusterNode
+	dual      bool     // nodes get IPv6 underlay addresses too
+	tlsDir    string   // with ca.crt, server.{crt,key}, client.{crt,key}: etcd over TLS
+	pierdArgs []string // extra pierd flags for nodes started from now on
 }
 
 type clusterNode struct {
 	env      *clusterEnv
 	name, ip string
+	ip6      string // with clusterEnv.dual
 	sb       *testnet.Sandbox
 	socket   string
 	dataDir  string
@@ -83,11 +86,18 @@ func newCluster(t *testing.T, n int, mode string) *clusterEnv {
 
 func newClusterTLS(t *testing.T, n int, mode string, withTLS bool) *clusterEnv {
 	t.Helper()
+	return newClusterWith(t, n, mode, withTLS, clusterCIDR)
+}
+
+// newClusterWith is newClusterTLS with the cluster CIDRs (comma-separated);
+// with an IPv6 CIDR the nodes also get IPv6 underlay addresses (--node-ip6).
+func newClusterWith(t *testing.T, n int, mode string, withTLS bool, cidrs string) *clusterEnv {
+	t.Helper()
 	testnet.RequireRoot(t)
 	if _, err := exec.LookPath("etcd"); err != nil {
 		t.Skip("etcd is not installed (Debian package etcd-server)")
 	}
-	c := &clusterEnv{t: t, bin: testnet.Binaries(t), underlay: testnet.NewNS(t, "pt-ul-"), etcdDir: t.TempDir()}
+	c := &clusterEnv{t: t, bin: testnet.Binaries(t), underlay: testnet.NewNS(t, "pt-ul-"), etcdDir: t.TempDir(), dual: strings.Contains(cidrs, ":")}
 	if withTLS {
 		c.tlsDir = writeTestPKI(t, etcdIP)
 	}
@@ -95,7 +105,7 @@ func newClusterTLS(t *testing.T, n int, mode string, withTLS bool) *clusterEnv {
 	c.underlay.MustRun(t, "ip", "addr", "add", etcdIP+"/24", "dev", "ul")
 	c.underlay.MustRun(t, "ip", "link", "set", "ul", "up")
 	c.startEtcd()
-	initArgs := append([]string{filepath.Join(c.bin, "pierctl"), "cluster", "init", "--cidr", clusterCIDR, "--mode", mode}, c.etcdArgs()...)
+	initArgs := append([]string{filepath.Join(c.bin, "pierctl"), "cluster", "init", "--cidr", cidrs, "--mode", mode}, c.etcdArgs()...)
 	out, err := c.underlay.Run(initArgs...)
 	for end := time.Now().Add(20 * time.Second); err != nil && time.Now().Before(end); {
 		time.Sleep(200 * time.Millisecond) // etcd may still be starting
@@ -161,6 +171,10 @@ func (c *clusterEnv) addNode(i int) *clusterNode {
 	c.underlay.MustRun(t, "ip", "link", "set", peer, "master", "ul", "up")
 	n.sb.Node.MustRun(t, "ip", "addr", "add", n.ip+"/24", "dev", "ul0")
 	n.sb.Node.MustRun(t, "ip", "link", "set", "ul0", "up")
+	if c.dual {
+		n.ip6 = fmt.Sprintf("fd00:192::%d", i)
+		n.sb.Node.MustRun(t, "ip", "addr", "add", n.ip6+"/64", "dev", "ul0", "nodad")
+	}
 	dir := t.TempDir()
 	n.socket, n.dataDir = filepath.Join(dir, "pierd.sock"), filepath.Join(dir, "data")
 	client, err := ipamrpc.Dial(n.socket)
@@ -187,6 +201,10 @@ func (n *clusterNode) start() {
 	n.cmd = exec.Command(bin, "--socket", n.socket, "--data-dir", n.dataDir,
 		"--metrics-addr", "", "--node-name", n.name, "--node-ip", n.ip, "--log-level", "debug", "--block-grace", "1s")
 	n.cmd.Args = append(n.cmd.Args, n.env.etcdArgs()...)
+	n.cmd.Args = append(n.cmd.Args, n.env.pierdArgs...)
+	if n.ip6 != "" {
+		n.cmd.Args = append(n.cmd.Args, "--node-ip6", n.ip6)
+	}
 	n.stderr = new(bytes.Buffer)
 	n.cmd.Stderr = n.stderr
 	if err := testnet.StartIn(n.sb.Node.Path, n.cmd); err != nil {

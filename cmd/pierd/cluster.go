@@ -13,8 +13,8 @@ import (
 
 // clusterOpts are the cluster-mode flags; --etcd-endpoints turns it on.
 type clusterOpts struct {
-	endpoints, cacert, cert, key, nodeName, nodeIP *string
-	wait, grace                                    *time.Duration
+	endpoints, cacert, cert, key, nodeName, nodeIP, nodeIP6 *string
+	wait, grace, ttl                                        *time.Duration
 }
 
 func clusterFlags(fs *flag.FlagSet) *clusterOpts {
@@ -25,8 +25,10 @@ func clusterFlags(fs *flag.FlagSet) *clusterOpts {
 		key:       fs.String("etcd-key", "", "client key for etcd (TLS)"),
 		nodeName:  fs.String("node-name", "", "this node's name in the cluster (default: the host name)"),
 		nodeIP:    fs.String("node-ip", "", "this node's underlay IP, the next hop other nodes route its blocks to"),
+		nodeIP6:   fs.String("node-ip6", "", "this node's IPv6 underlay address: the next hop of its IPv6 blocks (host-gw, dual-stack clusters)"),
 		wait:      fs.Duration("etcd-wait", 30*time.Second, "how long start-up waits for etcd and the cluster settings"),
 		grace:     fs.Duration("block-grace", cluster.BlockGrace, "how long an empty address block stays with this node before it is given back"),
+		ttl:       fs.Duration("node-ttl", cluster.LeaseTTL*time.Second, "the node lease's TTL, whole seconds (for tests: a lapsed lease frees nothing)"),
 	}
 }
 
@@ -43,11 +45,20 @@ func (c *clusterOpts) start(dataDir, version string, log *slog.Logger) (*cluster
 	if err != nil {
 		return nil, errors.New("--node-ip must be an IP address")
 	}
+	var ip6 netip.Addr
+	if *c.nodeIP6 != "" {
+		if ip6, err = netip.ParseAddr(*c.nodeIP6); err != nil || !ip6.Is6() || ip6.Is4In6() {
+			return nil, errors.New("--node-ip6 must be an IPv6 address")
+		}
+	}
+	if *c.ttl < time.Second {
+		return nil, errors.New("--node-ttl must be at least 1s")
+	}
 	if err := os.MkdirAll(dataDir, 0o755); err != nil {
 		return nil, err
 	}
 	return cluster.Start(cluster.Options{
 		Etcd:     cluster.EtcdOptions{Endpoints: cluster.ParseEndpoints(*c.endpoints), CACert: *c.cacert, Cert: *c.cert, KeyPEM: *c.key},
-		NodeName: name, NodeIP: ip, DataDir: dataDir, Version: version, Log: log, BlockGrace: *c.grace,
+		NodeName: name, NodeIP: ip, NodeIP6: ip6, DataDir: dataDir, Version: version, Log: log, BlockGrace: *c.grace, NodeTTL: *c.ttl,
 	}, *c.wait)
 }

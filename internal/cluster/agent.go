@@ -34,7 +34,10 @@ type Agent struct {
 	Cfg    Config
 	Node   string
 	NodeIP netip.Addr
-	Log    *slog.Logger
+	// NodeIP6 is the node's IPv6 underlay address, if any: its IPv6 blocks
+	// are routed via it (host-gw).
+	NodeIP6 netip.Addr
+	Log     *slog.Logger
 }
 
 // Run watches the blocks and reconciles routes until ctx ends.
@@ -42,6 +45,9 @@ func (g *Agent) Run(ctx context.Context) {
 	for ctx.Err() == nil {
 		if err := g.session(ctx); err != nil && ctx.Err() == nil {
 			g.Log.Warn("route agent: resyncing", "err", err)
+			if errors.Is(err, rpctypes.ErrCompacted) {
+				continue // etcd answers: re-read now
+			}
 			select {
 			case <-ctx.Done():
 			case <-time.After(time.Second):
@@ -135,7 +141,13 @@ func (g *Agent) reconcile(blocks map[netip.Prefix]*Block) error {
 	remotes := map[netip.Addr]bool{}
 	for _, p := range sortedPrefixes(blocks) {
 		b := blocks[p]
-		if b.Node == g.Node || !b.NodeIP.IsValid() || b.NodeIP == g.NodeIP {
+		if b.Node == g.Node || !b.NodeIP.IsValid() || b.NodeIP == g.NodeIP || b.NodeIP == g.NodeIP6 {
+			continue
+		}
+		if b.NodeIP.Is4() != p.Addr().Is4() || (g.Cfg.Mode == ModeVXLAN && !p.Addr().Is4()) {
+			// An IPv6 block of a node without --node-ip6 (no next hop of
+			// its family), or IPv6 in vxlan mode: not routed.
+			g.Log.Debug("route agent: block not routable", "block", p, "via", b.NodeIP, "mode", g.Cfg.Mode)
 			continue
 		}
 		r := &netlink.Route{Dst: ipNet(p), Gw: b.NodeIP.AsSlice(), Protocol: RouteProtocol}

@@ -44,6 +44,7 @@ type op struct {
 	kind  opKind
 	owner Alloc
 	pools []int          // opAdd: the cluster CIDR index for each address wanted
+	want  []netip.Addr   // opAdd: a requested address per pool (invalid: any)
 	valid map[Alloc]bool // opGC: owners to keep (of owner.Network)
 	queue bool           // opDel: queue the release when etcd is down
 	done  chan opResult
@@ -227,6 +228,7 @@ func (s *batchState) block(p netip.Prefix) *Block {
 		return b
 	}
 	b := s.a.blocks[p].b.Clone()
+	b.NodeIP = s.a.nextHop(p) // a node IP given since the block's claim
 	s.dirty[p] = b
 	return b
 }
@@ -352,11 +354,24 @@ func (s *batchState) add(ctx context.Context, o *op) opResult {
 	var taken []netip.Addr
 	for i, pool := range o.pools {
 		cidr := s.a.cfg.CIDRs[pool]
+		var want netip.Addr
+		if i < len(o.want) {
+			want = o.want[i]
+		}
 		if j := slices.IndexFunc(held, cidr.Contains); j >= 0 {
+			if want.IsValid() && held[j] != want {
+				return opResult{err: cnierr.New(cnierr.AddressUnavailable, "requested %s, but container %s (%s) already holds %s", want, o.owner.ContainerID, o.owner.IfName, held[j])}
+			}
 			out[i] = held[j]
 			continue
 		}
-		addr, err := s.take(ctx, cidr, o.owner)
+		var addr netip.Addr
+		var err error
+		if want.IsValid() {
+			addr, err = s.takeAddr(ctx, cidr, want, o.owner)
+		} else {
+			addr, err = s.take(ctx, cidr, o.owner)
+		}
 		if err != nil {
 			for _, t := range taken { // nothing of a failed op stays
 				s.block(s.blockOf(t)).Release(t, o.owner, s.now)
@@ -406,6 +421,50 @@ func (s *batchState) take(ctx context.Context, cidr netip.Prefix, owner Alloc) (
 	return addr, nil
 }
 
+// takeAddr allocates the requested address want of cidr: in one of the
+// node's blocks, or in a free block the node claims for it.
+func (s *batchState) takeAddr(ctx context.Context, cidr netip.Prefix, want netip.Addr, owner Alloc) (netip.Addr, error) {
+	p := netip.PrefixFrom(want, s.a.cfg.BlockBits(cidr)).Masked()
+	if _, own := s.a.blocks[p]; !own {
+		if err := s.a.claimThis(ctx, p); err != nil {
+			return netip.Addr{}, err
+		}
+	}
+	if err := s.block(p).TakeAddr(owner, want); err != nil {
+		return netip.Addr{}, cnierr.Wrap(err, cnierr.AddressUnavailable, "requested address %s", want)
+	}
+	return want, nil
+}
+
+// claimThis claims block p (for a requested address); it fails with
+// AddressUnavailable when another node holds p.
+func (a *Allocator) claimThis(ctx context.Context, p netip.Prefix) error {
+	b := &Block{CIDR: p, Node: a.node, NodeIP: a.nextHop(p), EmptySince: time.Now().UTC()}
+	cctx, cancel := context.WithTimeout(ctx, OpTimeout)
+	rev, ok, holder, err := a.mem.claimHolder(cctx, b)
+	cancel()
+	switch {
+	case errors.Is(err, errNoLease):
+		return cnierr.Wrap(err, cnierr.TryAgainLater, "node %s is not registered in etcd yet", a.node)
+	case err != nil:
+		return unavailable(err)
+	case !ok:
+		return cnierr.New(cnierr.AddressUnavailable, "the requested address's block %s belongs to node %s: request an address in a block of node %s or in a free block", p, holder, a.node)
+	}
+	a.log.Info("claimed block", "block", p, "for", "requested address")
+	a.blocks[p] = &ownBlock{b: b, rev: rev}
+	return nil
+}
+
+// nextHop is the node address other nodes route block p via: the IPv6
+// node IP for an IPv6 block when the node has one.
+func (a *Allocator) nextHop(p netip.Prefix) netip.Addr {
+	if !p.Addr().Is4() && a.mem.node.IP6.IsValid() {
+		return a.mem.node.IP6
+	}
+	return a.ip
+}
+
 // claimBlock claims the lowest free block of cidr for the node.
 func (a *Allocator) claimBlock(ctx context.Context, cidr netip.Prefix) (netip.Prefix, error) {
 	bits := a.cfg.BlockBits(cidr)
@@ -422,7 +481,7 @@ func (a *Allocator) claimBlock(ctx context.Context, cidr netip.Prefix) (netip.Pr
 		}
 		// Empty from its claim: a claim whose first allocation is never
 		// committed does not leak the block.
-		b := &Block{CIDR: p, Node: a.node, NodeIP: a.ip, EmptySince: time.Now().UTC()}
+		b := &Block{CIDR: p, Node: a.node, NodeIP: a.nextHop(p), EmptySince: time.Now().UTC()}
 		cctx, cancel := context.WithTimeout(ctx, OpTimeout)
 		rev, ok, err := a.mem.claim(cctx, b)
 		cancel()

@@ -156,6 +156,27 @@ func (b *Block) Take(a Alloc, hint netip.Addr) (netip.Addr, bool) {
 	return netip.Addr{}, false
 }
 
+// TakeAddr records a as the owner of addr (a requested address). It fails
+// with the reason when addr is not allocatable in the block or is held.
+func (b *Block) TakeAddr(a Alloc, addr netip.Addr) error {
+	first, last := hostRange(b.CIDR)
+	if !b.CIDR.Contains(addr) || addr.Compare(first) < 0 || addr.Compare(last) > 0 {
+		return fmt.Errorf("%s is reserved in block %s (network, gateway %s or broadcast address)", addr, b.CIDR, b.Gateway())
+	}
+	if h, held := b.Allocs[addr.String()]; held {
+		if h == a {
+			return nil
+		}
+		return fmt.Errorf("%s is held by container %s (%s) on node %s", addr, h.ContainerID, h.IfName, b.Node)
+	}
+	if b.Allocs == nil {
+		b.Allocs = map[string]Alloc{}
+	}
+	b.Allocs[addr.String()] = a
+	b.EmptySince = time.Time{}
+	return nil
+}
+
 // Release frees addr if a holds it.
 func (b *Block) Release(addr netip.Addr, a Alloc, now time.Time) bool {
 	if cur, ok := b.Allocs[addr.String()]; !ok || cur != a {

@@ -3,6 +3,7 @@ package cluster
 import (
 	"encoding/json"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 )
@@ -116,5 +117,31 @@ func TestConfigValidate(t *testing.T) {
 func TestMACFor(t *testing.T) {
 	if m := MACFor(netip.MustParseAddr("192.0.2.7")).String(); m != "0a:58:c0:00:02:07" {
 		t.Fatal(m)
+	}
+}
+
+func TestTakeAddr(t *testing.T) {
+	b := &Block{CIDR: netip.MustParsePrefix("10.244.0.64/26"), Node: "n1", EmptySince: time.Now()}
+	a1 := Alloc{Network: "net", ContainerID: "c1", IfName: "eth0"}
+	a2 := Alloc{Network: "net", ContainerID: "c2", IfName: "eth0"}
+	if err := b.TakeAddr(a1, netip.MustParseAddr("10.244.0.70")); err != nil || !b.EmptySince.IsZero() {
+		t.Fatalf("take: %v (emptySince %v)", err, b.EmptySince)
+	}
+	if err := b.TakeAddr(a1, netip.MustParseAddr("10.244.0.70")); err != nil {
+		t.Fatalf("same owner again: %v", err)
+	}
+	if err := b.TakeAddr(a2, netip.MustParseAddr("10.244.0.70")); err == nil || !strings.Contains(err.Error(), "held by container c1") {
+		t.Fatalf("held: %v", err)
+	}
+	for _, s := range []string{"10.244.0.64", "10.244.0.65", "10.244.0.127", "10.244.0.128"} {
+		if err := b.TakeAddr(a2, netip.MustParseAddr(s)); err == nil {
+			t.Errorf("%s: taken, want refused", s)
+		}
+	}
+	if err := b.TakeAddr(a2, netip.MustParseAddr("10.244.0.126")); err != nil {
+		t.Fatalf("last host: %v", err)
+	}
+	if got, ok := b.Take(a2, netip.MustParseAddr("10.244.0.69")); !ok || got != netip.MustParseAddr("10.244.0.71") {
+		t.Fatalf("Take skips requested addresses: got %v", got)
 	}
 }

@@ -28,9 +28,22 @@
 // (`pierctl node forget NAME`: its allocations are dropped and its blocks
 // deleted, each with a compare-and-swap on the block's revision).
 //
-// The node lease (TTL LeaseTTL, kept alive by pierd, re-granted when it
-// lapses) therefore says only "this node is alive": it guards claims and
-// lets operators see which nodes run, but an expired lease frees nothing.
+// The node lease (TTL LeaseTTL, pierd --node-ttl; kept alive by pierd,
+// re-granted when it lapses) therefore says only "this node is alive": it
+// guards claims and lets operators see which nodes run, but an expired
+// lease frees nothing. A node paused or cut off past its TTL registers
+// again under a new lease and keeps allocating in its blocks (e2e
+// TestClusterLeaseLapse).
+//
+// # Requested addresses
+//
+// A requested address (CNI_ARGS IP=, the ips capability) is honoured when
+// it lies in one of the node's blocks, or in a free block, which the node
+// then claims for it (same claim transaction as above). It fails with
+// code 101 and the reason when its block belongs to another node, when it
+// is held, when it is the block's network, gateway or broadcast address,
+// or when it lies outside the cluster CIDRs: a block's addresses are only
+// ever written by its node.
 //
 // # Allocations
 //
@@ -85,18 +98,23 @@
 // can find and remove its own routes and no other):
 //
 //   - host-gw: "block via <node IP>": nodes on one L2 link, no
-//     encapsulation, no MTU cost.
+//     encapsulation, no MTU cost. An IPv6 block goes via the node's IPv6
+//     underlay address (pierd --node-ip6, recorded as the block's nodeIP);
+//     an IPv6 block of a node without one is not routed.
 //   - vxlan: a pier.vxlan device (VNI 1, UDP 8472, learning off) whose MAC
 //     is derived from the node IP (MACFor), and per remote node one FDB
 //     entry (its MAC → its IP) and one permanent neighbour entry (its IP →
 //     its MAC) on pier.vxlan, and "block via <node IP> dev pier.vxlan
 //     onlink". Unlike flannel no VTEP address is needed: the remote node IP
 //     is only a neighbour key on pier.vxlan. Cost: 50 bytes per packet
-//     (container MTU 1450 on a 1500 underlay).
+//     (container MTU 1450 on a 1500 underlay). IPv4 only: IPv6 blocks
+//     are not routed in vxlan mode.
 //
 // The watch resumes from the revision after the last full read; a compacted
-// revision or a broken watch triggers a full re-read (and so does a
-// timer, every ResyncEvery). A full read carries every block's allocations
+// revision (at once) or a broken watch (after a second) triggers a full
+// re-read, and so does a timer, every ResyncEvery (e2e
+// TestClusterWatchCompacted: a node cut off while etcd is compacted past
+// its watch converges within seconds of reaching etcd again). A full read carries every block's allocations
 // (about 100 bytes per container), the price of one key per block. Routes of a block whose node died stay while
 // the block exists: containers that outlive pierd keep their connectivity.
 //

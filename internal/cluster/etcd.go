@@ -207,6 +207,7 @@ func commit(ctx context.Context, cli *clientv3.Client, ws []blockWrite) (int64, 
 type nodeRecord struct {
 	Name string     `json:"name"`
 	IP   netip.Addr `json:"ip"`
+	IP6  netip.Addr `json:"ip6,omitzero"` // --node-ip6: next hop of its IPv6 blocks
 }
 
 // membership keeps the node's key alive under a lease and re-registers
@@ -215,6 +216,8 @@ type membership struct {
 	cli  *clientv3.Client
 	node nodeRecord
 	log  *slog.Logger
+
+	ttl int64 // lease TTL in seconds (0: LeaseTTL)
 
 	mu    sync.Mutex // guards lease
 	lease clientv3.LeaseID
@@ -230,7 +233,11 @@ func (m *membership) current() clientv3.LeaseID {
 
 // register grants a lease and puts the node key under it.
 func (m *membership) register(ctx context.Context) (<-chan *clientv3.LeaseKeepAliveResponse, error) {
-	g, err := m.cli.Grant(ctx, LeaseTTL)
+	ttl := m.ttl
+	if ttl <= 0 {
+		ttl = LeaseTTL
+	}
+	g, err := m.cli.Grant(ctx, ttl)
 	if err != nil {
 		return nil, err
 	}
@@ -279,6 +286,12 @@ func (m *membership) run(ctx context.Context) {
 // claim creates block b if nobody holds it and the node's lease is ours.
 // It returns the block's revision, or ok=false when the block is taken.
 func (m *membership) claim(ctx context.Context, b *Block) (rev int64, ok bool, err error) {
+	rev, ok, _, err = m.claimHolder(ctx, b)
+	return rev, ok, err
+}
+
+// claimHolder is claim that also names the node holding a taken block.
+func (m *membership) claimHolder(ctx context.Context, b *Block) (rev int64, ok bool, holder string, err error) {
 	v, _ := json.Marshal(b)
 	k := BlockKey(b.CIDR)
 	resp, err := m.cli.Txn(ctx).If(
@@ -286,13 +299,16 @@ func (m *membership) claim(ctx context.Context, b *Block) (rev int64, ok bool, e
 		clientv3.Compare(clientv3.LeaseValue(m.key()), "=", m.current()),
 	).Then(clientv3.OpPut(k, string(v))).Else(clientv3.OpGet(k)).Commit()
 	if err != nil {
-		return 0, false, err
+		return 0, false, "", err
 	}
 	if resp.Succeeded {
-		return resp.Header.Revision, true, nil
+		return resp.Header.Revision, true, "", nil
 	}
-	if len(resp.Responses[0].GetResponseRange().Kvs) == 0 {
-		return 0, false, errNoLease
+	kvs := resp.Responses[0].GetResponseRange().Kvs
+	if len(kvs) == 0 {
+		return 0, false, "", errNoLease
 	}
-	return 0, false, nil
+	var held Block
+	_ = json.Unmarshal(kvs[0].Value, &held)
+	return 0, false, held.Node, nil
 }

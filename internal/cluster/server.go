@@ -23,12 +23,16 @@ type Options struct {
 	Etcd     EtcdOptions
 	NodeName string
 	NodeIP   netip.Addr
-	DataDir  string // for the release queue
+	NodeIP6  netip.Addr // optional: the next hop of the node's IPv6 blocks
+	DataDir  string     // for the release queue
 	Version  string
 	Log      *slog.Logger
 	// BlockGrace is how long an empty block stays with the node (0:
 	// BlockGrace).
 	BlockGrace time.Duration
+	// NodeTTL is the node lease's TTL, whole seconds (0: LeaseTTL); tests
+	// shorten it to see a lease lapse quickly.
+	NodeTTL time.Duration
 	// NoRoutes disables the route agent (tests of the allocator alone).
 	NoRoutes bool
 }
@@ -57,6 +61,9 @@ func Start(o Options, timeout time.Duration) (*Cluster, error) {
 	if o.NodeName == "" || !o.NodeIP.IsValid() {
 		return nil, cnierr.New(cnierr.InvalidConfig, "cluster mode needs --node-name and --node-ip")
 	}
+	if o.NodeIP6.IsValid() && (o.NodeIP6.Is4() || o.NodeIP6.Is4In6()) {
+		return nil, cnierr.New(cnierr.InvalidConfig, "--node-ip6 %s is not an IPv6 address", o.NodeIP6)
+	}
 	cli, err := Connect(o.Etcd)
 	if err != nil {
 		return nil, err
@@ -77,7 +84,7 @@ func Start(o Options, timeout time.Duration) (*Cluster, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	mem := &membership{cli: cli, node: nodeRecord{Name: o.NodeName, IP: o.NodeIP}, log: o.Log}
+	mem := &membership{cli: cli, node: nodeRecord{Name: o.NodeName, IP: o.NodeIP, IP6: o.NodeIP6}, log: o.Log, ttl: int64(o.NodeTTL.Round(time.Second) / time.Second)}
 	c := &Cluster{cli: cli, cfg: cfg, opts: o, started: time.Now(), cancel: cancel, done: make(chan struct{})}
 	c.alloc = newAllocator(cli, cfg, mem, o.DataDir, o.BlockGrace, o.Log)
 	go mem.run(ctx)
@@ -85,7 +92,7 @@ func Start(o Options, timeout time.Duration) (*Cluster, error) {
 	finished := make(chan struct{}, 2)
 	go func() { c.alloc.run(ctx); finished <- struct{}{} }()
 	if !o.NoRoutes {
-		c.agent = &Agent{Cli: cli, Cfg: cfg, Node: o.NodeName, NodeIP: o.NodeIP, Log: o.Log}
+		c.agent = &Agent{Cli: cli, Cfg: cfg, Node: o.NodeName, NodeIP: o.NodeIP, NodeIP6: o.NodeIP6, Log: o.Log}
 		running++
 		go func() { c.agent.Run(ctx); finished <- struct{}{} }()
 	}
@@ -172,14 +179,15 @@ func (c *Cluster) Allocate(ctx context.Context, req *ipamv1.AllocateRequest) (*i
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	if len(req.GetRequested()) > 0 {
-		return nil, toStatus(cnierr.New(cnierr.AddressUnavailable, "cluster mode does not hand out requested addresses (%v): addresses come from the node's blocks", req.GetRequested()))
+	want, err := c.requested(req.GetRequested(), pools)
+	if err != nil {
+		return nil, toStatus(err)
 	}
 	owner := allocOf(req.GetNetwork().GetName(), req.GetOwner())
 	if err := checkOwner(owner); err != nil {
 		return nil, toStatus(err)
 	}
-	r := c.alloc.call(ctx, &op{kind: opAdd, owner: owner, pools: pools})
+	r := c.alloc.call(ctx, &op{kind: opAdd, owner: owner, pools: pools, want: want})
 	if r.err != nil {
 		return nil, toStatus(r.err)
 	}
@@ -192,6 +200,33 @@ func (c *Cluster) Allocate(ctx context.Context, req *ipamv1.AllocateRequest) (*i
 		})
 	}
 	return resp, nil
+}
+
+// requested maps requested addresses (CNI_ARGS IP=, the ips capability)
+// to the pools: each must lie in one pool's cluster CIDR, at most one per
+// pool. The allocator then takes it in a block of the node or claims its
+// free block (package doc, "Requested addresses").
+func (c *Cluster) requested(reqs []string, pools []int) ([]netip.Addr, error) {
+	if len(reqs) == 0 {
+		return nil, nil
+	}
+	want := make([]netip.Addr, len(pools))
+	for _, r := range reqs {
+		a, err := netip.ParseAddr(r)
+		if err != nil || a.Zone() != "" {
+			return nil, cnierr.New(cnierr.InvalidConfig, "requested address %q is not an IP address", r)
+		}
+		a = a.Unmap()
+		i := slices.IndexFunc(pools, func(p int) bool { return c.cfg.CIDRs[p].Contains(a) })
+		switch {
+		case i < 0:
+			return nil, cnierr.New(cnierr.AddressUnavailable, "requested address %s is outside the network's cluster CIDRs", a)
+		case want[i].IsValid():
+			return nil, cnierr.New(cnierr.AddressUnavailable, "requested addresses %s and %s are in the same cluster CIDR %s: one address per range set", want[i], a, c.cfg.CIDRs[pools[i]])
+		}
+		want[i] = a
+	}
+	return want, nil
 }
 
 // Release implements the API. With etcd down the release is queued and
