@@ -81,8 +81,6 @@ type NetConf struct {
 	// capability (see resolveFeatures); nil when nothing is limited.
 	Bandwidth *Bandwidth `json:"-"`
 
-	rawIPAM json.RawMessage
-
 	// MAC is the container interface's address after applying the
 	// reference's precedence: runtimeConfig.mac, then args.cni.mac, then
 	// CNI_ARGS MAC=. Nil lets the kernel choose.
@@ -103,11 +101,6 @@ func LoadNetConf(stdin []byte, envArgs string) (*NetConf, error) {
 	if err := json.Unmarshal(stdin, n); err != nil {
 		return nil, cnierr.Wrap(err, cnierr.DecodingFailure, "cannot decode the network configuration")
 	}
-	var raw struct {
-		IPAM json.RawMessage `json:"ipam"`
-	}
-	_ = json.Unmarshal(stdin, &raw) // stdin decoded without error just above
-	n.rawIPAM = raw.IPAM
 	if n.Bridge == "" {
 		n.Bridge = DefaultBridge
 	}
