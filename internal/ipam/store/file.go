@@ -1,6 +1,7 @@
 package store
 
-// The file store: one directory per network, readable with ls and cat.
+// The file store: one directory per network, readable with ls and cat (by
+// root: see dirs.go for who may write it and why).
 //
 //	<dataDir>/<network>/
 //	  lock                  flock(2) target; serializes every operation
@@ -59,8 +60,8 @@ const (
 	bootIDName   = "boot_id"
 	ownersDir    = "owners"
 	lastResvName = "last_reserved."
-	dirMode      = 0o755
-	fileMode     = 0o644
+	dirMode      = 0o700 // see dirs.go for who may write the store
+	fileMode     = 0o600
 )
 
 // File is the local, crash-safe store of one network.
@@ -76,17 +77,19 @@ type File struct {
 	Durable bool
 }
 
-// NewFile opens (creating if needed) the store of network under dataDir.
-// network must already be validated as a plain name (config.LoadIPAM does).
+// NewFile opens (creating if needed) the store of network under dataDir,
+// after checking that nobody but root (or Pier's own user) can write its
+// directories (dirs.go). network must already be validated as a plain name
+// (config.LoadIPAM does).
 func NewFile(dataDir, network string) (*File, error) {
 	if network == "" || network == "." || network == ".." || filepath.Base(network) != network {
 		return nil, fmt.Errorf("network name %q cannot name a directory", network)
 	}
-	s := &File{Dir: filepath.Join(dataDir, network), BootIDPath: DefaultBootIDPath, Timeout: DefaultTimeout}
-	if err := os.MkdirAll(filepath.Join(s.Dir, ownersDir), dirMode); err != nil {
-		return nil, fmt.Errorf("create IPAM store: %w", err)
+	dir, err := prepareDirs(dataDir, network)
+	if err != nil {
+		return nil, err
 	}
-	return s, nil
+	return &File{Dir: dir, BootIDPath: DefaultBootIDPath, Timeout: DefaultTimeout}, nil
 }
 
 // Update implements Store.
@@ -142,7 +145,7 @@ func (s *File) checkBoot(tx *fileTx) error {
 		return fmt.Errorf("read boot id: %w", err)
 	}
 	current = bytes.TrimSpace(current)
-	recorded, err := os.ReadFile(filepath.Join(s.Dir, bootIDName))
+	recorded, err := readRegular(filepath.Join(s.Dir, bootIDName))
 	switch {
 	case err == nil && bytes.Equal(bytes.TrimSpace(recorded), current):
 		return nil

@@ -3,9 +3,12 @@ package store
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // tempName is where name is staged. One writer at a time holds the lock, so a
@@ -26,8 +29,17 @@ func (t *fileTx) replaceFile(dir, name string, data []byte, sync bool) error {
 	return nil
 }
 
+// writeTemp writes data to a new file at path: O_EXCL, so it is always a
+// fresh inode of ours, never a file someone linked there. A temp file left
+// by a crash is removed first (unlink does not follow links).
 func writeTemp(path string, data []byte, sync bool) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, fileMode)
+	f, err := createExcl(path)
+	if errors.Is(err, os.ErrExist) {
+		if rerr := os.Remove(path); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+			return fmt.Errorf("remove stale temp file: %w", rerr)
+		}
+		f, err = createExcl(path)
+	}
 	if err != nil {
 		return fmt.Errorf("create temp file: %w", err)
 	}
@@ -44,6 +56,43 @@ func writeTemp(path string, data []byte, sync bool) error {
 	return nil
 }
 
+func createExcl(path string) (*os.File, error) {
+	return os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, fileMode)
+}
+
+// maxFileSize bounds what reading one record, index or hint may allocate;
+// real ones are a few hundred bytes.
+const maxFileSize = 1 << 20
+
+// errNotRegular: a store file is a symlink, a FIFO, a device or a
+// directory. Pier creates only regular files, so someone else made it.
+var errNotRegular = errors.New("not a regular file (Pier does not follow links in its store)")
+
+// readRegular reads a store file without following a symlink, and without
+// blocking on a FIFO or reading a device planted under a store name.
+func readRegular(path string) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
+	if errors.Is(err, unix.ELOOP) {
+		return nil, fmt.Errorf("%s: %w", path, errNotRegular)
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close() //nolint:errcheck // read-only: nothing to flush
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: %w", path, errNotRegular)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
+	if err == nil && len(b) > maxFileSize {
+		err = fmt.Errorf("%s is larger than %d bytes", path, maxFileSize)
+	}
+	return b, err
+}
+
 // hintWidth is the fixed size of a hint file: the longest address text (39
 // bytes of IPv6) and a newline. A fixed size lets a hint be rewritten in
 // place without truncating, which on ext4 frees and reallocates a block
@@ -51,9 +100,12 @@ func writeTemp(path string, data []byte, sync bool) error {
 const hintWidth = 40
 
 // writeHint rewrites a round-robin hint in place, space-padded. A hint cut
-// short by a crash only fails to parse, which restarts the rotation.
+// short by a crash only fails to parse, which restarts the rotation. What
+// is at the hint's name must be Pier's own single-link regular file (an
+// in-place write through a planted hard link would change its other
+// names); anything else is replaced by a new file.
 func writeHint(path, addr string) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE, fileMode)
+	f, err := openHint(path)
 	if err != nil {
 		return err
 	}
@@ -63,6 +115,24 @@ func writeHint(path, addr string) error {
 		err = cerr
 	}
 	return err
+}
+
+func openHint(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return createExcl(path)
+	}
+	if err == nil {
+		var st unix.Stat_t
+		if err = unix.Fstat(int(f.Fd()), &st); err == nil && st.Mode&unix.S_IFMT == unix.S_IFREG && st.Nlink == 1 {
+			return f, nil
+		}
+		_ = f.Close() // not ours to write: replaced below
+	}
+	if rerr := os.Remove(path); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+		return nil, errors.Join(err, rerr)
+	}
+	return createExcl(path)
 }
 
 // link makes dir/name a new name of src; ErrTaken when the name exists.

@@ -29,7 +29,7 @@ func (t *fileTx) addrPath(a netip.Addr) string { return filepath.Join(t.dir, a.S
 func (t *fileTx) ownersPath() string { return filepath.Join(t.dir, ownersDir) }
 
 func (t *fileTx) Holder(addr netip.Addr) (Owner, bool, error) {
-	b, err := os.ReadFile(t.addrPath(addr))
+	b, err := readRegular(t.addrPath(addr))
 	if errors.Is(err, os.ErrNotExist) {
 		return Owner{}, false, nil
 	}
@@ -47,7 +47,7 @@ func (t *fileTx) Listed(o Owner) ([]netip.Addr, error) {
 	if err := ValidOwner(o); err != nil {
 		return nil, err
 	}
-	b, err := os.ReadFile(filepath.Join(t.ownersPath(), ownerKey(o)))
+	b, err := readRegular(filepath.Join(t.ownersPath(), ownerKey(o)))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
@@ -65,7 +65,7 @@ func (t *fileTx) Listed(o Owner) ([]netip.Addr, error) {
 }
 
 func (t *fileTx) LastReserved(set int) netip.Addr {
-	b, err := os.ReadFile(filepath.Join(t.dir, lastResvName+strconv.Itoa(set)))
+	b, err := readRegular(filepath.Join(t.dir, lastResvName+strconv.Itoa(set)))
 	if err != nil {
 		return netip.Addr{} // no hint yet, or a lost one: rotation restarts
 	}

@@ -22,7 +22,12 @@ import (
 //
 // timeout bounds the wait when ctx has no deadline.
 func lockFile(ctx context.Context, path string, timeout time.Duration) (release func() error, err error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	// O_NOFOLLOW: a symlink planted at the lock's name is refused, not
+	// created through. Nothing is ever written to the lock file.
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW, fileMode)
+	if errors.Is(err, unix.ELOOP) {
+		return nil, fmt.Errorf("lock file %s: %w", path, errNotRegular)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open lock file: %w", err)
 	}

@@ -1,0 +1,144 @@
+package store
+
+// Who can write the store's directories decides where a root plugin can be
+// made to write. A user who may create entries in a network's directory
+// could plant a symlink (or a hard link) named like a record, a temp file or
+// the round-robin hint, and the next ADD would overwrite its target: any
+// file on the node. So, before anything is opened:
+//
+//   - the data directory and the store's own directories (<network>/ and
+//     owners/) must be real directories, owned by root or by the user Pier
+//     runs as, and not writable by group or others;
+//   - every directory above the data directory must not be writable by
+//     group or others unless it is sticky (like /tmp: there only an entry's
+//     owner may rename or remove it, so the data directory cannot be swapped
+//     for another). Their owners are not checked: inside a user namespace
+//     (rootless runtimes) root's directories show as the overflow uid.
+//
+// The directories Pier creates are 0700 and its files 0600: reservations
+// are root's business (`ls` and `cat` as root still show everything). The
+// files themselves are opened with O_NOFOLLOW, and created with O_EXCL, or
+// checked to be single-link regular files before being written in place
+// (fileio.go), so a link planted by someone who could write the directory
+// anyway (root, or before the mode was fixed) is never followed either.
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"syscall"
+)
+
+// PrepareDataDir creates dataDir when missing and checks it and the
+// directories above it as NewFile does, for the data directory's other
+// users (pierd's own state, cluster mode's queue). It returns dataDir with
+// symlinks resolved.
+func PrepareDataDir(dataDir string) (string, error) {
+	if !filepath.IsAbs(dataDir) {
+		return "", fmt.Errorf("IPAM data directory %q must be an absolute path", dataDir)
+	}
+	return dataRoot(filepath.Clean(dataDir))
+}
+
+// prepareDirs creates what is missing of dataDir/network/owners and checks
+// every directory on the way (see the file comment). It returns the
+// network's directory with symlinks above it resolved, so that later
+// operations do not walk a link someone could repoint.
+func prepareDirs(dataDir, network string) (string, error) {
+	root, err := PrepareDataDir(dataDir)
+	if err != nil {
+		return "", err
+	}
+	dir := filepath.Join(root, network)
+	for _, d := range []string{dir, filepath.Join(dir, ownersDir)} {
+		if err := ensureDir(d); err != nil {
+			return "", err
+		}
+		if err := checkOwnDir(d, "IPAM store directory"); err != nil {
+			return "", err
+		}
+	}
+	return dir, nil
+}
+
+// dataRoot creates dataDir when missing (its parents 0755, itself 0700),
+// resolves symlinks in its path and checks it and its ancestors.
+func dataRoot(dataDir string) (string, error) {
+	if _, err := os.Lstat(dataDir); errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(filepath.Dir(dataDir), 0o755); err != nil {
+			return "", fmt.Errorf("create IPAM data directory: %w", err)
+		}
+		if err := ensureDir(dataDir); err != nil {
+			return "", err
+		}
+	}
+	root, err := filepath.EvalSymlinks(dataDir)
+	if err != nil {
+		return "", fmt.Errorf("IPAM data directory: %w", err)
+	}
+	if err := checkOwnDir(root, "IPAM data directory"); err != nil {
+		return "", err
+	}
+	for p := filepath.Dir(root); ; p = filepath.Dir(p) {
+		if err := checkAncestor(p, root); err != nil {
+			return "", err
+		}
+		if p == "/" {
+			return root, nil
+		}
+	}
+}
+
+// ensureDir creates dir (0700) unless it exists; a concurrent creator is
+// fine, whatever it made is checked next.
+func ensureDir(dir string) error {
+	err := os.Mkdir(dir, dirMode)
+	if err != nil && !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("create IPAM store: %w", err)
+	}
+	return nil
+}
+
+// checkOwnDir checks a directory Pier writes in: a real directory, owned by
+// root or Pier's user, not writable by group or others.
+func checkOwnDir(dir, what string) error {
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	euid := os.Geteuid()
+	switch {
+	case fi.Mode()&fs.ModeSymlink != 0:
+		return fmt.Errorf("%s %s is a symbolic link; Pier does not follow links inside its data directory: replace it with a directory", what, dir)
+	case !fi.IsDir():
+		return fmt.Errorf("%s %s is not a directory", what, dir)
+	case !ok:
+		return fmt.Errorf("%s %s: cannot read its owner", what, dir)
+	case st.Uid != 0 && int(st.Uid) != euid:
+		return fmt.Errorf("%s %s is owned by uid %d, so that user could make Pier overwrite any file: "+
+			"it must belong to root (or to uid %d, which Pier runs as); fix: chown %d %s", what, dir, st.Uid, euid, euid, dir)
+	case fi.Mode().Perm()&0o022 != 0:
+		return fmt.Errorf("%s %s is writable by group or others (mode %04o), so they could make Pier overwrite any file; "+
+			"fix: chmod go-w %s", what, dir, fi.Mode().Perm(), dir)
+	}
+	return nil
+}
+
+// checkAncestor refuses a directory above the data directory that others
+// may write to without the sticky bit: they could rename the data directory
+// away and put their own in its place.
+func checkAncestor(p, root string) error {
+	fi, err := os.Lstat(p)
+	if err != nil {
+		return fmt.Errorf("IPAM data directory %s: %w", root, err)
+	}
+	if fi.Mode().Perm()&0o022 != 0 && fi.Mode()&fs.ModeSticky == 0 {
+		return fmt.Errorf("%s, above the IPAM data directory %s, is writable by group or others (mode %04o) and not sticky, "+
+			"so they could swap the data directory for their own; fix: chmod go-w %s, or choose a dataDir under a directory only root writes",
+			p, root, fi.Mode().Perm(), p)
+	}
+	return nil
+}
