@@ -10,6 +10,8 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 )
 
 // TableName is the nftables table Pier owns, in family inet.
@@ -153,11 +155,12 @@ func (o objects) setComment() string {
 }
 
 // StoredOwner returns the comment AddMasq stores for owner, which is what
-// ListMasq reports back: owner itself, or, when it is longer than nft's
-// comment limit, its first bytes followed by "~" and a hash of the whole, so
-// two long owners still compare unequal. Compare ListMasq owners against
-// StoredOwner(owner), not owner.
+// ListMasq reports back: owner escaped for nft (escapeComment), or, when
+// that is longer than nft's comment limit, its first bytes followed by "~"
+// and a hash of the whole, so two long owners still compare unequal.
+// Compare ListMasq owners against StoredOwner(owner), not owner.
 func StoredOwner(owner string) string {
+	owner = escapeComment(owner)
 	if len(owner) <= maxCommentLen {
 		return owner
 	}
@@ -165,6 +168,42 @@ func StoredOwner(owner string) string {
 	tail := "~" + hex.EncodeToString(sum[:8])
 	return truncateUTF8(owner, maxCommentLen-len(tail)) + tail
 }
+
+// escapeComment makes s safe to print inside an nftables comment. nft lists
+// a comment between double quotes exactly as stored, and its parser knows
+// no escapes, so a '"' ends the string early: the listing of the whole
+// node's ruleset then fails to load with `nft -f`, which is how rulesets
+// are saved and restored. A '"' is legal in an interface name (the kernel
+// refuses only '/', ':' and whitespace, and CNI only those), and so in the
+// "<containerID>/<ifname>" owners Pier writes. Control characters (an
+// escape sequence would reach the terminal of whoever lists the ruleset)
+// and bytes that are not UTF-8 are no better. Each byte of such a
+// character becomes %XX,
+// and '%' itself %25, so two owners never escape to the same comment.
+func escapeComment(s string) string {
+	if !slices.ContainsFunc([]byte(s), func(c byte) bool { return needsEscape(c) || c >= utf8.RuneSelf }) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		bad := r == utf8.RuneError && size == 1 ||
+			size == 1 && needsEscape(s[i]) ||
+			size > 1 && !unicode.IsPrint(r) // C1 controls, odd spaces
+		if !bad {
+			b.WriteString(s[i : i+size])
+		}
+		for ; bad && size > 0; size-- {
+			fmt.Fprintf(&b, "%%%02X", s[i])
+			i++
+		}
+		i += size
+	}
+	return b.String()
+}
+
+// needsEscape: the single bytes escapeComment rewrites.
+func needsEscape(c byte) bool { return c == '"' || c == '%' || c < 0x20 || c == 0x7f }
 
 func validateOwner(owner string) error {
 	if strings.ContainsRune(owner, 0) {

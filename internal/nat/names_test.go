@@ -215,3 +215,33 @@ func TestDaddrIn(t *testing.T) {
 		t.Errorf("/45 payload %+v, want 16 bytes at 24", p)
 	}
 }
+
+// TestEscapeComment: what could break `nft -f` of a listing, or a terminal
+// showing it, is escaped; readable owners are kept as they are; distinct
+// owners stay distinct.
+func TestEscapeComment(t *testing.T) {
+	for in, want := range map[string]string{
+		"c0ffee/eth0":          "c0ffee/eth0",
+		`c1/e"0`:               "c1/e%220",
+		"c2/e%22":              "c2/e%2522",
+		"c3/\x1b[31m":          "c3/%1B[31m",
+		"c4/a\x7f\x01":         "c4/a%7F%01",
+		"c5/\xff\xfe":          "c5/%FF%FE",
+		"c6/é'\\;#{}$":         "c6/é'\\;#{}$",
+		"c7/\u0085x":           "c7/%C2%85x", // NEL, a C1 control
+		"c8/\u00a0x":           "c8/%C2%A0x", // no-break space
+		"net/c9/if\"":          "net/c9/if%22",
+		strings.Repeat("a", 3): "aaa",
+	} {
+		if got := escapeComment(in); got != want {
+			t.Errorf("escapeComment(%q) = %q, want %q", in, got, want)
+		}
+	}
+	if escapeComment(`a"`) == escapeComment("a%22") {
+		t.Error("two owners escape to the same comment")
+	}
+	long := strings.Repeat(`"`, 100)
+	if s := StoredOwner(long); len(s) > maxCommentLen || strings.Contains(s, `"`) {
+		t.Errorf("StoredOwner of a long quoted owner: %q (%d bytes)", s, len(s))
+	}
+}
