@@ -15,8 +15,6 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
-	"strconv"
-	"strings"
 	"syscall"
 
 	"github.com/pier-cni/pier/internal/config"
@@ -34,7 +32,7 @@ func run(args []string, stderr io.Writer) int {
 	dataDir := fs.String("data-dir", pierd.DefaultDataDir, "where reservations are kept (the local store's layout)")
 	metrics := fs.String("metrics-addr", pierd.DefaultMetricsAddr, "address for /metrics and /healthz; empty disables")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
-	allow := fs.String("allow-uid", "", "comma-separated uids allowed to call besides root")
+	access := addAccessFlags(fs)
 	drain := fs.Duration("drain-timeout", pierd.DefaultDrainTimeout, "how long SIGTERM waits for in-flight calls")
 	cf := clusterFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -45,9 +43,9 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "pierd: --log-level: %v\n", err)
 		return 2
 	}
-	uids, err := parseUIDs(*allow)
+	limits, err := access.limits()
 	if err != nil {
-		fmt.Fprintf(stderr, "pierd: --allow-uid: %v\n", err)
+		fmt.Fprintf(stderr, "pierd: %v\n", err)
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
@@ -55,7 +53,7 @@ func run(args []string, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	opts := pierd.Options{
-		Socket: *socket, DataDir: *dataDir, MetricsAddr: *metrics, AllowUIDs: uids,
+		Socket: *socket, DataDir: *dataDir, MetricsAddr: *metrics, Allow: access.grants, Limits: limits,
 		Version: version(), Log: log,
 	}
 	cl, err := cf.start(*dataDir, opts.Version, log)
@@ -86,21 +84,6 @@ func run(args []string, stderr io.Writer) int {
 	}
 	log.Info("stopped")
 	return 0
-}
-
-func parseUIDs(s string) ([]int, error) {
-	var out []int
-	for _, f := range strings.Split(s, ",") {
-		if f = strings.TrimSpace(f); f == "" {
-			continue
-		}
-		uid, err := strconv.Atoi(f)
-		if err != nil || uid < 0 {
-			return nil, fmt.Errorf("%q is not a uid", f)
-		}
-		out = append(out, uid)
-	}
-	return out, nil
 }
 
 func version() string {

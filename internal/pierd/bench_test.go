@@ -27,7 +27,7 @@ func BenchmarkAllocateRelease8Clients(b *testing.B) { benchClients(b, 8, true) }
 func benchClients(b *testing.B, clients int, release bool) {
 	dir := b.TempDir()
 	socket := filepath.Join(dir, "pierd.sock")
-	d, err := Start(Options{Socket: socket, DataDir: filepath.Join(dir, "data"), AllowUIDs: []int{0, 65534}})
+	d, err := Start(Options{Socket: socket, DataDir: filepath.Join(dir, "data")})
 	if err != nil {
 		b.Fatal(err)
 	}

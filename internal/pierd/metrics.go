@@ -29,6 +29,7 @@ type metrics struct {
 	errors   *prometheus.CounterVec
 	allocs   *prometheus.CounterVec
 	releases *prometheus.CounterVec
+	refused  *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -52,8 +53,12 @@ func newMetrics() *metrics {
 			Namespace: namespace, Name: "ipam_releases_total",
 			Help: "Addresses released (DEL and GC), by network.",
 		}, []string{"network"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "connections_refused_total",
+			Help: "Connections refused at accept: reason uid (may not call) or limit (too many connections).",
+		}, []string{"reason"}),
 	}
-	m.reg.MustRegister(m.latency, m.errors, m.allocs, m.releases,
+	m.reg.MustRegister(m.latency, m.errors, m.allocs, m.releases, m.refused,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -67,6 +72,8 @@ func (m *metrics) Changed(network string, reserved, released int) {
 		m.releases.WithLabelValues(network).Add(float64(released))
 	}
 }
+
+func (m *metrics) connRefused(reason string) { m.refused.WithLabelValues(reason).Inc() }
 
 // observe records each call's latency and failure code.
 func (m *metrics) observe() grpc.UnaryServerInterceptor {

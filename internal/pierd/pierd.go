@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/pier-cni/pier/internal/config"
+	"github.com/pier-cni/pier/internal/ipam/store"
 	"github.com/pier-cni/pier/internal/ipamrpc"
 	"github.com/pier-cni/pier/internal/ipamrpc/ipamv1/ipamv1grpc"
 )
@@ -47,11 +48,15 @@ type Options struct {
 	Socket      string
 	DataDir     string
 	MetricsAddr string // "" disables metrics and /healthz
-	// AllowUIDs may call besides root; non-empty opens the socket's file
-	// modes (see socket.go) and leaves SO_PEERCRED as the gate.
-	AllowUIDs []int
-	Version   string
-	Log       *slog.Logger
+	// Allow lets uids other than root (and pierd's own) call, each about
+	// its networks only (authz.go); non-empty opens the socket's file modes
+	// (socket.go) and leaves SO_PEERCRED as the gate.
+	Allow []Grant
+	// Limits bound the connections pierd holds, per uid and in total
+	// (gate.go).
+	Limits  ConnLimits
+	Version string
+	Log     *slog.Logger
 	// IPAM, when set, serves the API instead of the local-store server
 	// (cluster mode: package cluster); DataDir is then its business.
 	IPAM ipamv1grpc.IPAMServer
@@ -62,6 +67,7 @@ type Daemon struct {
 	log      *slog.Logger
 	grpc     *grpc.Server
 	lock     *socketLock
+	gate     *gate
 	http     *http.Server
 	httpAddr string
 	draining atomic.Bool
@@ -79,6 +85,13 @@ func Start(o Options) (*Daemon, error) {
 	log := o.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	acc, err := newAccess(o.Allow)
+	if err != nil {
+		return nil, fmt.Errorf("--allow-uid: %w", err)
+	}
+	if _, err := store.PrepareDataDir(o.DataDir); err != nil {
+		return nil, err
 	}
 	m := newMetrics()
 	d := &Daemon{log: log, served: make(chan struct{})}
@@ -99,21 +112,25 @@ func Start(o Options) (*Daemon, error) {
 			return nil, err
 		}
 	}
-	lis, lock, err := listen(o.Socket, len(o.AllowUIDs) > 0)
+	lis, lock, err := listen(o.Socket, acc.shared())
 	if err != nil {
 		return nil, errors.Join(err, d.stopMetrics(context.Background()))
 	}
 	d.lock = lock
+	d.gate = newGate(lis, o.Limits, acc, log, m.connRefused)
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "connections", Help: "Connections pierd holds on its socket.",
+	}, func() float64 { return float64(d.gate.open()) }))
 	d.grpc = grpc.NewServer(
 		grpc.Creds(peerCreds{}),
-		grpc.ChainUnaryInterceptor(d.count, m.observe(), authorize(o.AllowUIDs), defaultDeadline),
+		grpc.ChainUnaryInterceptor(d.count, m.observe(), acc.authorize, defaultDeadline),
 	)
 	ipamv1grpc.RegisterIPAMServer(d.grpc, srv)
 	go func() {
-		d.serveErr = d.grpc.Serve(lis)
+		d.serveErr = d.grpc.Serve(d.gate)
 		close(d.served)
 	}()
-	log.Info("pierd serving", "socket", o.Socket, "dataDir", o.DataDir, "metrics", d.httpAddr, "allowUIDs", o.AllowUIDs)
+	log.Info("pierd serving", "socket", o.Socket, "dataDir", o.DataDir, "metrics", d.httpAddr, "allow", o.Allow, "limits", d.gate.limits)
 	return d, nil
 }
 

@@ -73,6 +73,41 @@ const (
 // "try again later" with certainty.
 var errUnavailable = errors.New("pierd unavailable")
 
+// errRefused marks a connection pierd refused for good: the caller's uid
+// may not call it (GOAWAY INADEQUATE_SECURITY). Retrying cannot help.
+var errRefused = errors.New("pierd refused the connection")
+
+// HTTP/2 error codes pierd's gate sends in a GOAWAY before any stream.
+const (
+	errCodeEnhanceYourCalm    = 0xb // too many connections: try again later
+	errCodeInadequateSecurity = 0xc // this uid may not call
+)
+
+// goAwayError is the error of a call whose stream the server refused with
+// a GOAWAY, saying why in its debug data when it did.
+func goAwayError(code uint32, debug []byte) error {
+	why := "the server is going away"
+	if len(debug) > 0 {
+		why = printable(debug)
+	}
+	if code == errCodeInadequateSecurity {
+		return fmt.Errorf("%w: %s", errRefused, why)
+	}
+	return fmt.Errorf("%w: %s", errUnavailable, why)
+}
+
+// printable is the server's debug text, bounded and without control
+// characters, for an error message.
+func printable(b []byte) string {
+	s := []rune(string(b[:min(len(b), 256)]))
+	for i, r := range s {
+		if r < 0x20 || r == 0x7f {
+			s[i] = '?'
+		}
+	}
+	return string(s)
+}
+
 // rpcStatus is a gRPC status received in a response's trailers.
 type rpcStatus struct {
 	Code    int // gRPC code; 0 is OK
@@ -461,7 +496,7 @@ func (h *h2conn) handleConnFrame(typ, flags byte, payload []byte) error {
 			h.goAwayID = binary.BigEndian.Uint32(payload) & 0x7fffffff
 			if h.goAwayID < h.nextID-2 {
 				// Our stream (nextID-2) was not and will not be processed.
-				return fmt.Errorf("%w: the server is going away", errUnavailable)
+				return goAwayError(binary.BigEndian.Uint32(payload[4:]), payload[8:])
 			}
 		}
 	}
@@ -486,9 +521,10 @@ func (h *h2conn) applySettings(p []byte) error {
 			}
 		}
 	}
-	if _, err := h.c.Write(appendFrame(nil, frameSettings, flagAck, 0, nil)); err != nil {
-		return h.ioError("acknowledge settings", err)
-	}
+	// A failed write is not the call's end yet: what the server sent before
+	// closing (a GOAWAY saying why) can still be read, and the next read
+	// reports the broken connection otherwise.
+	_, _ = h.c.Write(appendFrame(nil, frameSettings, flagAck, 0, nil))
 	return nil
 }
 

@@ -138,6 +138,9 @@ func (c *Client) invoke(ctx context.Context, method string, req []byte) ([]byte,
 		if errors.As(err, &st) {
 			return nil, statusError(method, st)
 		}
+		if errors.Is(err, errRefused) {
+			return nil, cnierr.Wrap(err, cnierr.IOFailure, "pierd at %s", c.Socket)
+		}
 		timedOut := ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded)
 		switch {
 		case errors.Is(err, errNoConnection):
@@ -177,7 +180,10 @@ func (c *Client) attempt(ctx context.Context, connectBy time.Time, method string
 	if err != nil && !errors.As(err, &st) {
 		alive := c.conn.alive
 		_ = c.Close() // broken mid-call: the next attempt dials afresh
-		if !alive {
+		// Never heard from pierd, or turned away before our stream (too
+		// many connections, or a GOAWAY as it stops): pierd did not act
+		// on the call, so it is retried like a failed connect.
+		if !alive || errors.Is(err, errUnavailable) {
 			return nil, fmt.Errorf("%w: %w", errNoConnection, err)
 		}
 	}
