@@ -25,7 +25,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -452,38 +451,12 @@ func writeRemembered(path string, sets []config.RangeSet) error {
 // loadRemembered reads the recorded ranges of every network; a record that
 // does not parse any more is skipped (the next request rewrites it).
 func (s *Server) loadRemembered() {
-	dir := filepath.Join(s.opts.DataDir, stateDir, "networks")
-	entries, err := os.ReadDir(dir)
+	recorded, err := readRemembered(s.opts.DataDir, s.opts.Log)
 	if err != nil {
 		s.opts.Log.Warn("cannot read recorded network ranges", "err", err)
 		return
 	}
-	for _, e := range entries {
-		name, ok := strings.CutSuffix(e.Name(), ".json")
-		if !ok || config.ValidateNetworkName(name) != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
-		var doc [][]rangeJSON
-		if err == nil {
-			err = json.Unmarshal(b, &doc)
-		}
-		var specs [][]config.RangeSpec
-		for _, set := range doc {
-			var ss []config.RangeSpec
-			for _, r := range set {
-				ss = append(ss, config.RangeSpec(r))
-			}
-			specs = append(specs, ss)
-		}
-		var sets []config.RangeSet
-		if err == nil {
-			sets, err = config.ParseRangeSets(name, specs)
-		}
-		if err != nil {
-			s.opts.Log.Warn("ignoring recorded ranges", "network", name, "err", err)
-			continue
-		}
+	for name, sets := range recorded {
 		s.nets[name] = &network{name: name, sem: make(chan struct{}, 1), sets: sets}
 	}
 }
@@ -542,30 +515,4 @@ func CNICode(err error) uint {
 		return cnierr.TryAgainLater
 	}
 	return cnierr.IOFailure
-}
-
-// PoolUsage returns the pool usage of every network whose ranges pierd
-// knows, keyed by network, for metrics.
-func (s *Server) PoolUsage(ctx context.Context) (map[string][]PoolUsage, error) {
-	names, err := s.networkNames("")
-	if err != nil {
-		return nil, err
-	}
-	out := map[string][]PoolUsage{}
-	for _, name := range names {
-		n, err := s.network(name)
-		if err != nil {
-			return nil, err
-		}
-		sets := n.rangeSets()
-		if len(sets) == 0 {
-			continue
-		}
-		res, err := s.list(ctx, n, sets)
-		if err != nil {
-			return nil, err
-		}
-		out[name] = pools(poolUsage(sets, res))
-	}
-	return out, nil
 }

@@ -1,15 +1,19 @@
 package pierd
 
 // Metrics, in Prometheus' text format on --metrics-addr (/metrics), with
-// /healthz beside them. Allocation and release counters come from the
-// service itself (what each call reserved and released); pool size and use
-// per range are read from the store at each scrape, so they are right even
-// when local-mode plugins share a network's store.
+// /healthz beside them. The listener has no authentication, so it is on
+// 127.0.0.1 unless the operator says otherwise, and nothing a scrape does
+// takes a lock that a call takes. Allocation and release counters come from
+// the service itself (what each call reserved and released); pool size and
+// use per range are read from the stores' directories (a snapshot, without
+// their locks), so they are right even when local-mode plugins share a
+// network's store.
 
 import (
 	"context"
 	"net/http"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -22,6 +26,9 @@ import (
 )
 
 const namespace = "pierd"
+
+// maxScrapes bounds the /metrics requests served at once.
+const maxScrapes = 4
 
 type metrics struct {
 	reg      *prometheus.Registry
@@ -98,16 +105,29 @@ func methodName(full string) string {
 	return full
 }
 
-// poolCollector reports pool size and use per range at scrape time.
+// poolCollector reports pool size and use per range from a snapshot
+// (ipamrpc.PoolSnapshot) that takes none of the locks an ADD takes: a
+// scrape, which anyone who can reach the metrics address may send, never
+// makes an ADD wait. Concurrent scrapes share one snapshot at most
+// snapshotMaxAge old, so scraping in a loop costs one directory listing
+// per network and second, not one per request.
 type poolCollector struct {
-	srv        *ipamrpc.Server
+	read       func() (map[string][]ipamrpc.PoolUsage, error)
 	size, used *prometheus.Desc
+
+	mu   sync.Mutex // guards the cached snapshot; held while one scrape reads it
+	last map[string][]ipamrpc.PoolUsage
+	err  error
+	at   time.Time
 }
 
-func newPoolCollector(srv *ipamrpc.Server) *poolCollector {
+// snapshotMaxAge: how stale a scrape's pool figures may be.
+const snapshotMaxAge = time.Second
+
+func newPoolCollector(read func() (map[string][]ipamrpc.PoolUsage, error)) *poolCollector {
 	labels := []string{"network", "range_set", "range"}
 	return &poolCollector{
-		srv:  srv,
+		read: read,
 		size: prometheus.NewDesc(namespace+"_ipam_pool_size", "Addresses a range can hand out (gateway excluded).", labels, nil),
 		used: prometheus.NewDesc(namespace+"_ipam_pool_used", "Addresses of a range that are reserved.", labels, nil),
 	}
@@ -119,9 +139,7 @@ func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	usage, err := c.srv.PoolUsage(ctx)
+	usage, err := c.snapshot()
 	if err != nil {
 		ch <- prometheus.NewInvalidMetric(c.used, err)
 		return
@@ -135,10 +153,22 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
+func (c *poolCollector) snapshot() (map[string][]ipamrpc.PoolUsage, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.at.IsZero() || time.Since(c.at) >= snapshotMaxAge {
+		c.last, c.err = c.read()
+		c.at = time.Now()
+	}
+	return c.last, c.err
+}
+
 // handler serves /metrics and /healthz; healthz fails once draining.
 func (m *metrics) handler(draining *atomic.Bool) http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
+	// A few scrapes at a time are plenty for Prometheus; more are answered
+	// 503, so a local user scraping in a loop cannot take pierd's CPU.
+	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{MaxRequestsInFlight: maxScrapes}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		if draining.Load() {
 			http.Error(w, "draining", http.StatusServiceUnavailable)

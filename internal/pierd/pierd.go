@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -68,6 +69,7 @@ type Daemon struct {
 	grpc     *grpc.Server
 	lock     *socketLock
 	gate     *gate
+	pools    *poolCollector // nil in cluster mode
 	http     *http.Server
 	httpAddr string
 	draining atomic.Bool
@@ -104,7 +106,10 @@ func Start(o Options) (*Daemon, error) {
 		if err != nil {
 			return nil, err
 		}
-		m.reg.MustRegister(newPoolCollector(local))
+		d.pools = newPoolCollector(func() (map[string][]ipamrpc.PoolUsage, error) {
+			return ipamrpc.PoolSnapshot(o.DataDir, log)
+		})
+		m.reg.MustRegister(d.pools)
 		srv = local
 	}
 	if o.MetricsAddr != "" {
@@ -140,6 +145,9 @@ func (d *Daemon) startMetrics(addr string, m *metrics) error {
 		return fmt.Errorf("metrics address: %w", err)
 	}
 	d.httpAddr = lis.Addr().String()
+	if ap, err := netip.ParseAddrPort(d.httpAddr); err == nil && !ap.Addr().IsLoopback() {
+		d.log.Warn("serving /metrics without authentication beyond this host", "addr", d.httpAddr)
+	}
 	d.http = &http.Server{Handler: m.handler(&d.draining), ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := d.http.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {

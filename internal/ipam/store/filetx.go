@@ -83,14 +83,21 @@ func (t *fileTx) Reservations() ([]Reservation, error) {
 	}
 	var res []Reservation
 	for _, e := range entries {
-		a, err := netip.ParseAddr(e.Name())
-		if err != nil || a.String() != e.Name() {
+		a, ok := recordAddr(e.Name())
+		if !ok {
 			continue // lock, boot_id, hints, owners/, temp files: not records
 		}
 		o, _, err := t.Holder(a)
 		res = append(res, Reservation{Addr: a, Owner: o, Err: err})
 	}
 	return res, nil
+}
+
+// recordAddr returns the address a file name records, if it is one: the
+// address in canonical form.
+func recordAddr(name string) (netip.Addr, bool) {
+	a, err := netip.ParseAddr(name)
+	return a, err == nil && a.String() == name
 }
 
 func (t *fileTx) Indexes() ([]Index, error) {
