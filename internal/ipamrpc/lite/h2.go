@@ -219,6 +219,9 @@ func dialRetry(ctx context.Context, path string) (net.Conn, error) {
 	for {
 		c, err := net.DialUnix("unix", nil, addr)
 		if err == nil {
+			if err := checkServer(c, path); err != nil {
+				return nil, errors.Join(err, c.Close())
+			}
 			return c, nil
 		}
 		if !retryableDial(err) {

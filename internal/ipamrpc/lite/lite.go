@@ -94,6 +94,10 @@ func (c *Client) Warm() {
 	if err != nil {
 		return // the first call meets it again, with retries
 	}
+	if err := checkServer(conn, c.Socket); err != nil {
+		_ = conn.Close() // the first call dials again and reports it
+		return
+	}
 	h := newConn(conn, time.Now().Add(ConnectTimeout))
 	if err := h.writePreface(); err != nil {
 		_ = conn.Close() // as above: the first call dials afresh
@@ -138,7 +142,7 @@ func (c *Client) invoke(ctx context.Context, method string, req []byte) ([]byte,
 		if errors.As(err, &st) {
 			return nil, statusError(method, st)
 		}
-		if errors.Is(err, errRefused) {
+		if errors.Is(err, errRefused) || errors.Is(err, errUntrusted) {
 			return nil, cnierr.Wrap(err, cnierr.IOFailure, "pierd at %s", c.Socket)
 		}
 		timedOut := ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded)
