@@ -32,6 +32,7 @@ import (
 	"github.com/pier-cni/pier/internal/ipam/store"
 	"github.com/pier-cni/pier/internal/ipamrpc"
 	"github.com/pier-cni/pier/internal/ipamrpc/ipamv1/ipamv1grpc"
+	"github.com/pier-cni/pier/internal/ipamrpc/lite"
 )
 
 // Defaults of cmd/pierd's flags.
@@ -43,6 +44,11 @@ const (
 	// DefaultCallTimeout bounds a call whose client sent no deadline.
 	DefaultCallTimeout = 30 * time.Second
 )
+
+// maxStreams bounds the calls one connection may have open at once, so
+// a connection's memory is bounded too (each call's message up to
+// lite.MaxRequest).
+const maxStreams = 8
 
 // Options configures a daemon.
 type Options struct {
@@ -128,6 +134,11 @@ func Start(o Options) (*Daemon, error) {
 	}, func() float64 { return float64(d.gate.open()) }))
 	d.grpc = grpc.NewServer(
 		grpc.Creds(peerCreds{}),
+		// What the plugins' client relies on instead of flow control.
+		grpc.InitialWindowSize(lite.ServerWindow), grpc.InitialConnWindowSize(lite.ServerWindow),
+		grpc.MaxRecvMsgSize(lite.MaxRequest),
+		// One call at a time is what a plugin makes; pierctl a few.
+		grpc.MaxConcurrentStreams(maxStreams),
 		grpc.ChainUnaryInterceptor(d.count, m.observe(), acc.authorize, defaultDeadline),
 	)
 	ipamv1grpc.RegisterIPAMServer(d.grpc, srv)

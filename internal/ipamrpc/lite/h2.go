@@ -12,11 +12,35 @@ package lite
 // compression, name resolution, load balancing, keepalives, retries beyond
 // the initial connect, concurrent streams.
 //
-// Flow control: the client announces a receive window of 1 GiB for the
-// connection and each stream, far more than a plugin process ever
-// receives, so it never has to send WINDOW_UPDATE. It honours the server's
-// windows when sending (a GC request listing many attachments can exceed
-// the default 64 KiB), reading the server's frames while it waits.
+// # What it relies on instead of flow control
+//
+// HTTP/2 flow control lets a receiver stop a sender that outruns it. A
+// plugin process makes a handful of calls whose messages are small (a GC
+// listing every attachment of a network is the largest: ~75 bytes each),
+// to one server that Pier configures itself, so the client does none:
+//
+//   - Receiving: it announces a window of 1 GiB for the connection and each
+//     stream and never sends WINDOW_UPDATE; responses are capped at
+//     maxResponse, and a connection that has received more than
+//     recvWindow-maxResponse is not used for another call.
+//   - Sending: it ignores the server's windows and WINDOW_UPDATEs. pierd
+//     announces ServerWindow (8 MiB) for the connection and every stream
+//     (grpc.InitialWindowSize, InitialConnWindowSize in package pierd) and
+//     enforces that limit from the connection's first byte, so a request of
+//     up to MaxRequest (4 MiB, also pierd's receive limit) always fits a
+//     new stream's window; the connection's window is never short either,
+//     since grpc-go gives back what it received once a quarter of the
+//     window is used, and the client reads those updates before its
+//     call's response. A larger request is refused before it is sent.
+//     A server with HTTP/2's default 64 KiB windows would reset a request
+//     larger than that: the plugin and pierd must come from one release.
+//   - Frames are sent at HTTP/2's minimum maximum size (16 KiB), which
+//     every server accepts, whatever SETTINGS_MAX_FRAME_SIZE it announces;
+//     request headers always fit one frame (no CONTINUATION).
+//
+// What it still does, because the protocol requires it of every peer:
+// acknowledge SETTINGS and PING, read padded frames and header blocks
+// continued in CONTINUATION frames, and honour GOAWAY and RST_STREAM.
 
 import (
 	"bufio"
@@ -34,6 +58,19 @@ import (
 	"time"
 
 	"golang.org/x/net/http2/hpack"
+)
+
+// What pierd and this client agree on, so that the client needs no flow
+// control (see the file comment). Package pierd configures its server
+// with these.
+const (
+	// MaxRequest is the largest request message: pierd's receive limit
+	// (grpc-go's default) and 1/2 of ServerWindow. A GC listing ~50,000
+	// attachments fits.
+	MaxRequest = 4 << 20
+	// ServerWindow is the HTTP/2 flow-control window pierd announces for
+	// its connections and their streams.
+	ServerWindow = 8 << 20
 )
 
 const (
@@ -56,7 +93,6 @@ const (
 
 	settingEnablePush        = 0x2
 	settingInitialWindowSize = 0x4
-	settingMaxFrameSize      = 0x5
 
 	defaultWindow   = 65535
 	defaultMaxFrame = 16384
@@ -138,11 +174,8 @@ type h2conn struct {
 	dec    *hpack.Decoder
 
 	nextID   uint32
-	connWin  int64 // what we may still send on the connection
-	peerInit int64 // the server's SETTINGS_INITIAL_WINDOW_SIZE
-	maxFrame int   // the server's SETTINGS_MAX_FRAME_SIZE
+	received int64 // DATA bytes received, against our 1 GiB window
 	goAway   bool  // the server is going away: no new streams here
-	goAwayID uint32
 	// alive: a frame has come from the server. Until then reads are bound
 	// by connectBy, and a failure counts as "could not connect".
 	alive        bool
@@ -175,7 +208,6 @@ func dialH2(ctx context.Context, path string, connectBy time.Time) (*h2conn, err
 func newConn(c net.Conn, connectBy time.Time) *h2conn {
 	h := &h2conn{
 		c: c, r: newReader(c), nextID: 1, connectBy: connectBy,
-		connWin: defaultWindow, peerInit: defaultWindow, maxFrame: defaultMaxFrame,
 	}
 	h.enc, h.dec = newHpack(h)
 	return h
@@ -279,16 +311,9 @@ func (h *h2conn) call(ctx context.Context, method string, req []byte) ([]byte, e
 		return nil, fmt.Errorf("%w: the server is shutting down this connection", errUnavailable)
 	}
 	h.setDeadline(ctx)
-	id := h.nextID
+	s := &stream{id: h.nextID}
 	h.nextID += 2
-	s := &stream{id: id, sendWin: h.peerInit}
-	if err := h.writeHeaders(ctx, id, method); err != nil {
-		return nil, err
-	}
-	body := make([]byte, 5, 5+len(req))
-	binary.BigEndian.PutUint32(body[1:], uint32(len(req)))
-	body = append(body, req...)
-	if err := h.writeBody(s, body); err != nil {
+	if err := h.writeRequest(ctx, s.id, method, req); err != nil {
 		return nil, err
 	}
 	for !s.done {
@@ -299,18 +324,50 @@ func (h *h2conn) call(ctx context.Context, method string, req []byte) ([]byte, e
 	return s.result()
 }
 
+// spent says the connection has received so much that the window we
+// announced might not hold another response.
+func (h *h2conn) spent() bool { return h.received > recvWindow-maxResponse }
+
 // stream is the state of the one call in flight.
 type stream struct {
-	id        uint32
-	sendWin   int64
-	gotHeader bool
-	done      bool
-	data      []byte
-	status    *rpcStatus
-	err       error
+	id     uint32
+	done   bool
+	data   []byte
+	status *rpcStatus
+	err    error
 }
 
-func (h *h2conn) writeHeaders(ctx context.Context, id uint32, method string) error {
+// writeRequest sends the request in one write: a HEADERS frame, then the
+// length-prefixed message in DATA frames of at most defaultMaxFrame bytes,
+// the last one ending the stream. See the file comment for why the
+// server's windows need no watching.
+func (h *h2conn) writeRequest(ctx context.Context, id uint32, method string, req []byte) error {
+	block, err := h.encodeHeaders(ctx, method)
+	if err != nil {
+		return err
+	}
+	body := make([]byte, 5, 5+len(req))
+	binary.BigEndian.PutUint32(body[1:], uint32(len(req)))
+	body = append(body, req...)
+	b := make([]byte, 0, 9+len(block)+len(body)+9*(len(body)/defaultMaxFrame+1))
+	b = appendFrame(b, frameHeaders, flagEndHeaders, id, block)
+	for len(body) > 0 {
+		n, flags := min(len(body), defaultMaxFrame), byte(0)
+		if n == len(body) {
+			flags = flagEndStream
+		}
+		b = appendFrame(b, frameData, flags, id, body[:n])
+		body = body[n:]
+	}
+	if _, err := h.c.Write(b); err != nil {
+		return h.ioError("send request", err)
+	}
+	return nil
+}
+
+// encodeHeaders returns the request's header block, which is always far
+// below one frame: the longest field is the method's path.
+func (h *h2conn) encodeHeaders(ctx context.Context, method string) ([]byte, error) {
 	h.encBuf.Reset()
 	fields := []hpack.HeaderField{
 		{Name: ":method", Value: "POST"},
@@ -326,25 +383,10 @@ func (h *h2conn) writeHeaders(ctx context.Context, id uint32, method string) err
 	}
 	for _, f := range fields {
 		if err := h.enc.WriteField(f); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	block := h.encBuf.Bytes()
-	var b []byte
-	typ, flags := byte(frameHeaders), byte(0)
-	for first := true; first || len(block) > 0; first = false {
-		n := min(len(block), h.maxFrame)
-		if n == len(block) {
-			flags |= flagEndHeaders
-		}
-		b = appendFrame(b, typ, flags, id, block[:n])
-		block = block[n:]
-		typ, flags = frameContinuation, 0
-	}
-	if _, err := h.c.Write(b); err != nil {
-		return h.ioError("send request headers", err)
-	}
-	return nil
+	return h.encBuf.Bytes(), nil
 }
 
 // grpcTimeout renders d as a grpc-timeout value: at most 8 digits and a unit.
@@ -360,36 +402,6 @@ func grpcTimeout(d time.Duration) string {
 		return strconv.FormatInt(ms, 10) + "m"
 	}
 	return strconv.FormatInt(min(int64(d/time.Second), 99999999), 10) + "S"
-}
-
-// writeBody sends body as DATA frames within the server's flow-control
-// windows, the last one ending the stream.
-func (h *h2conn) writeBody(s *stream, body []byte) error {
-	for len(body) > 0 {
-		n := min(int64(len(body)), int64(h.maxFrame), h.connWin, s.sendWin)
-		if n <= 0 {
-			// Window exhausted: read until the server opens it (or ends
-			// the stream early, e.g. refusing the call).
-			if err := h.step(s); err != nil {
-				return err
-			}
-			if s.done {
-				return nil
-			}
-			continue
-		}
-		flags := byte(0)
-		if int(n) == len(body) {
-			flags = flagEndStream
-		}
-		if _, err := h.c.Write(appendFrame(nil, frameData, flags, s.id, body[:n])); err != nil {
-			return h.ioError("send request", err)
-		}
-		h.connWin -= n
-		s.sendWin -= n
-		body = body[n:]
-	}
-	return nil
 }
 
 // step reads one frame and applies it to the connection or to s.
@@ -415,6 +427,7 @@ func (h *h2conn) step(s *stream) error {
 			s.headers(fields)
 		}
 	case frameData:
+		h.received += int64(len(payload)) // all of it counts against our window
 		if id == s.id {
 			p, err := unpad(flags, payload)
 			if err != nil {
@@ -434,10 +447,6 @@ func (h *h2conn) step(s *stream) error {
 			s.done, s.err = true, fmt.Errorf("the server reset the call (HTTP/2 error %d)", code)
 		}
 		return nil
-	case frameWindowUpdate:
-		if id == s.id && len(payload) == 4 {
-			s.sendWin += int64(binary.BigEndian.Uint32(payload) & 0x7fffffff)
-		}
 	}
 	if id == s.id && flags&flagEndStream != 0 && (typ == frameHeaders || typ == frameData) {
 		s.done = true
@@ -489,15 +498,10 @@ func (h *h2conn) handleConnFrame(typ, flags byte, payload []byte) error {
 				return h.ioError("answer ping", err)
 			}
 		}
-	case frameWindowUpdate:
-		if len(payload) == 4 {
-			h.connWin += int64(binary.BigEndian.Uint32(payload) & 0x7fffffff)
-		}
 	case frameGoAway:
 		if len(payload) >= 8 {
 			h.goAway = true
-			h.goAwayID = binary.BigEndian.Uint32(payload) & 0x7fffffff
-			if h.goAwayID < h.nextID-2 {
+			if last := binary.BigEndian.Uint32(payload) & 0x7fffffff; last < h.nextID-2 {
 				// Our stream (nextID-2) was not and will not be processed.
 				return goAwayError(binary.BigEndian.Uint32(payload[4:]), payload[8:])
 			}
@@ -506,23 +510,11 @@ func (h *h2conn) handleConnFrame(typ, flags byte, payload []byte) error {
 	return nil
 }
 
-// applySettings records the server's SETTINGS and acknowledges them.
+// applySettings acknowledges the server's SETTINGS; none of them changes
+// what this client sends (see the file comment).
 func (h *h2conn) applySettings(p []byte) error {
 	if len(p)%6 != 0 {
 		return errors.New("malformed HTTP/2 SETTINGS frame")
-	}
-	for ; len(p) > 0; p = p[6:] {
-		id, v := binary.BigEndian.Uint16(p), binary.BigEndian.Uint32(p[2:])
-		switch id {
-		case settingInitialWindowSize:
-			// Per RFC 9113 §6.9.2 the change also applies to open streams;
-			// ours are opened after the handshake or are sequential.
-			h.peerInit = int64(v)
-		case settingMaxFrameSize:
-			if v >= defaultMaxFrame && v < 1<<24 {
-				h.maxFrame = int(v)
-			}
-		}
 	}
 	// A failed write is not the call's end yet: what the server sent before
 	// closing (a GOAWAY saying why) can still be read, and the next read
@@ -587,7 +579,6 @@ func (s *stream) headers(fields []hpack.HeaderField) {
 	for _, f := range fields {
 		switch f.Name {
 		case ":status":
-			s.gotHeader = true
 			if f.Value != "200" {
 				s.err = fmt.Errorf("HTTP status %s from pierd", f.Value)
 			}

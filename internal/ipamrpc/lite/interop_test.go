@@ -23,7 +23,7 @@ type daemon struct {
 	d               *pierd.Daemon
 }
 
-func startDaemon(t *testing.T, socket, dataDir string) *daemon {
+func startDaemon(t testing.TB, socket, dataDir string) *daemon {
 	t.Helper()
 	d, err := pierd.Start(pierd.Options{Socket: socket, DataDir: dataDir}) // pierd trusts its own uid
 	if err != nil {
@@ -34,13 +34,13 @@ func startDaemon(t *testing.T, socket, dataDir string) *daemon {
 	return dm
 }
 
-func (dm *daemon) stop(t *testing.T) { dm.stopWithin(t, 5*time.Second) }
+func (dm *daemon) stop(t testing.TB) { dm.stopWithin(t, 5*time.Second) }
 
 // stopWithin stops pierd, cutting calls and connections still open after
 // drain: grpc-go's graceful stop waits for each client to acknowledge its
 // GOAWAY ping, which an idle lite client (that reads only during a call)
 // never does; plugin processes close their connection when they exit.
-func (dm *daemon) stopWithin(t *testing.T, drain time.Duration) {
+func (dm *daemon) stopWithin(t testing.TB, drain time.Duration) {
 	if dm.d == nil {
 		return
 	}
@@ -52,12 +52,12 @@ func (dm *daemon) stopWithin(t *testing.T, drain time.Duration) {
 	dm.d = nil
 }
 
-func newDaemon(t *testing.T) *daemon {
+func newDaemon(t testing.TB) *daemon {
 	dir := t.TempDir()
 	return startDaemon(t, filepath.Join(dir, "run", "pierd.sock"), filepath.Join(dir, "data"))
 }
 
-func loadConf(t *testing.T, socket, ipamJSON, envArgs string) *config.IPAMConfig {
+func loadConf(t testing.TB, socket, ipamJSON, envArgs string) *config.IPAMConfig {
 	t.Helper()
 	var sock string
 	if socket != "" {
@@ -251,6 +251,31 @@ func TestLargeMessages(t *testing.T) {
 	}
 	if res, err := c.List(ctx, conf); err != nil || len(res) != 0 {
 		t.Fatalf("after GC of all: %d, %v", len(res), err)
+	}
+}
+
+// TestRequestSizeLimit: the client sends without flow control, relying on
+// pierd's windows (lite.ServerWindow) to hold any request up to
+// lite.MaxRequest: a GC request just under it goes through, one over it is
+// refused before anything is sent.
+func TestRequestSizeLimit(t *testing.T) {
+	dm := newDaemon(t)
+	c := lite.New(dm.socket)
+	defer c.Close()
+	conf := loadConf(t, dm.socket, `"subnet":"10.20.0.0/24"`, "")
+	id := strings.Repeat("f", 64) // a container ID as containerd makes them
+	var valid []ipam.Owner
+	for i := 0; len(valid)*(len(id)+16) < lite.MaxRequest-64<<10; i++ {
+		valid = append(valid, own(fmt.Sprintf("%s%06d", id[:58], i)))
+	}
+	if err := c.GC(context.Background(), conf, valid); err != nil {
+		t.Fatalf("GC listing %d attachments, just under the limit: %v", len(valid), err)
+	}
+	c.Close()
+	dm.stop(t) // the refusal must not need pierd
+	err := lite.New(dm.socket).GC(context.Background(), conf, append(valid, valid...))
+	if cnierr.CodeOf(err) != cnierr.IOFailure || !strings.Contains(err.Error(), "more than the") {
+		t.Fatalf("GC over the limit: %v (code %d), want code 5", err, cnierr.CodeOf(err))
 	}
 }
 

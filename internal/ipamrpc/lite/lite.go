@@ -129,6 +129,9 @@ func (c *Client) Close() error {
 // pierd acted on the first attempt. A call that ran out of time is not
 // retried.
 func (c *Client) invoke(ctx context.Context, method string, req []byte) ([]byte, error) {
+	if len(req) > MaxRequest {
+		return nil, cnierr.New(cnierr.IOFailure, "pierd's %s request would be %d bytes, more than the %d it accepts", method, len(req), MaxRequest)
+	}
 	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
 	defer cancel()
 	connectBy := time.Now().Add(ConnectTimeout)
@@ -166,7 +169,7 @@ var errNoConnection = errors.New("no connection to pierd")
 
 // attempt makes one try, dialling first when there is no usable connection.
 func (c *Client) attempt(ctx context.Context, connectBy time.Time, method string, req []byte) ([]byte, error) {
-	if c.conn == nil || c.conn.goAway {
+	if c.conn == nil || c.conn.goAway || c.conn.spent() {
 		_ = c.Close() // a connection the server is done with: nothing to lose
 		cctx, cancel := context.WithDeadline(ctx, connectBy)
 		conn, err := dialH2(cctx, c.Socket, connectBy)
