@@ -78,8 +78,16 @@ type gate struct {
 	total     int
 }
 
-func newGate(l net.Listener, limits ConnLimits, a *access, log *slog.Logger, refused func(string)) *gate {
-	return &gate{Listener: l, limits: limits.withDefaults(), access: a, log: log, refused: refused, byUID: map[uint32]int{}}
+// gateOptions configure a gate.
+type gateOptions struct {
+	Limits  ConnLimits
+	Access  *access
+	Log     *slog.Logger
+	Refused func(reason string) // counts a refusal: "uid" or "limit"
+}
+
+func newGate(l net.Listener, o gateOptions) *gate {
+	return &gate{Listener: l, limits: o.Limits.withDefaults(), access: o.Access, log: o.Log, refused: o.Refused, byUID: map[uint32]int{}}
 }
 
 // Accept returns the next admitted connection; refusals never end it.

@@ -128,7 +128,7 @@ func Start(o Options) (*Daemon, error) {
 		return nil, errors.Join(err, d.stopMetrics(context.Background()))
 	}
 	d.lock = lock
-	d.gate = newGate(lis, o.Limits, acc, log, m.connRefused)
+	d.gate = newGate(lis, gateOptions{Limits: o.Limits, Access: acc, Log: log, Refused: m.connRefused})
 	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "connections", Help: "Connections pierd holds on its socket.",
 	}, func() float64 { return float64(d.gate.open()) }))

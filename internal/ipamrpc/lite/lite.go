@@ -62,7 +62,7 @@ import (
 
 const (
 	// ConnectTimeout bounds reaching pierd: an ADD with pierd down fails
-	// with code 11 after this (the issue asks for < 2 s).
+	// with code 11 after this, well within the 2 s the README promises.
 	ConnectTimeout = time.Second
 	// CallTimeout bounds one call once connected, below a runtime's CNI
 	// timeout; pierd's store lock waits get the same deadline.
