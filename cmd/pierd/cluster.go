@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/pier-cni/pier/internal/cluster"
+	"github.com/pier-cni/pier/internal/ipam/store"
 )
 
 // clusterOpts are the cluster-mode flags; --etcd-endpoints turns it on.
@@ -54,7 +55,8 @@ func (c *clusterOpts) start(dataDir, version string, log *slog.Logger) (*cluster
 	if *c.ttl < time.Second {
 		return nil, errors.New("--node-ttl must be at least 1s")
 	}
-	if err := os.MkdirAll(dataDir, 0o755); err != nil {
+	// The DEL queue lives there: the same rules as the store's directory.
+	if _, err := store.PrepareDataDir(dataDir); err != nil {
 		return nil, err
 	}
 	return cluster.Start(cluster.Options{
