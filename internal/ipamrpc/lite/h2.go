@@ -113,11 +113,11 @@ var errUnavailable = errors.New("pierd unavailable")
 // may not call it (GOAWAY INADEQUATE_SECURITY). Retrying cannot help.
 var errRefused = errors.New("pierd refused the connection")
 
-// HTTP/2 error codes pierd's gate sends in a GOAWAY before any stream.
-const (
-	errCodeEnhanceYourCalm    = 0xb // too many connections: try again later
-	errCodeInadequateSecurity = 0xc // this uid may not call
-)
+// errCodeInadequateSecurity is the HTTP/2 error code of the GOAWAY pierd
+// sends, before any stream, to a uid that may not call. Any other GOAWAY
+// code (ENHANCE_YOUR_CALM: too many connections; NO_ERROR: pierd stops)
+// means "not now".
+const errCodeInadequateSecurity = 0xc
 
 // goAwayError is the error of a call whose stream the server refused with
 // a GOAWAY, saying why in its debug data when it did.
