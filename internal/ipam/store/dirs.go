@@ -9,11 +9,12 @@ package store
 //   - the data directory and the store's own directories (<network>/ and
 //     owners/) must be real directories, owned by root or by the user Pier
 //     runs as, and not writable by group or others;
-//   - every directory above the data directory must not be writable by
-//     group or others unless it is sticky (like /tmp: there only an entry's
-//     owner may rename or remove it, so the data directory cannot be swapped
-//     for another). Their owners are not checked: inside a user namespace
-//     (rootless runtimes) root's directories show as the overflow uid.
+//   - every directory above the data directory (but / itself) must not be
+//     writable by group or others unless it is sticky (like /tmp: there only
+//     an entry's owner may rename or remove it, so the data directory cannot
+//     be swapped for another). Their owners are not checked: inside a user
+//     namespace (rootless runtimes) root's directories show as the overflow
+//     uid.
 //
 // The directories Pier creates are 0700 and its files 0600: reservations
 // are root's business (`ls` and `cat` as root still show everything). The
@@ -28,6 +29,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 )
 
@@ -39,13 +41,24 @@ func PrepareDataDir(dataDir string) (string, error) {
 	if !filepath.IsAbs(dataDir) {
 		return "", fmt.Errorf("IPAM data directory %q must be an absolute path", dataDir)
 	}
-	return dataRoot(filepath.Clean(dataDir))
+	dataDir = filepath.Clean(dataDir)
+	err := walkDataDir(dataDir)
+	if !errors.Is(err, errLinkInPath) {
+		return dataDir, err
+	}
+	// Rare: a symlink on the way (say /var/lib/cni -> /data/cni). Walk the
+	// resolved path instead, and use it from now on, so that a link
+	// repointed later does not redirect this call.
+	resolved, err := filepath.EvalSymlinks(dataDir)
+	if err != nil {
+		return "", fmt.Errorf("IPAM data directory: %w", err)
+	}
+	return resolved, walkDataDir(resolved)
 }
 
 // prepareDirs creates what is missing of dataDir/network/owners and checks
 // every directory on the way (see the file comment). It returns the
-// network's directory with symlinks above it resolved, so that later
-// operations do not walk a link someone could repoint.
+// network's directory, with symlinks above it resolved.
 func prepareDirs(dataDir, network string) (string, error) {
 	root, err := PrepareDataDir(dataDir)
 	if err != nil {
@@ -53,61 +66,65 @@ func prepareDirs(dataDir, network string) (string, error) {
 	}
 	dir := filepath.Join(root, network)
 	for _, d := range []string{dir, filepath.Join(dir, ownersDir)} {
-		if err := ensureDir(d); err != nil {
-			return "", err
+		fi, err := lstatOrMkdir(d, dirMode)
+		if err == nil {
+			err = checkOwnDir(d, fi, "IPAM store directory")
 		}
-		if err := checkOwnDir(d, "IPAM store directory"); err != nil {
+		if err != nil {
 			return "", err
 		}
 	}
 	return dir, nil
 }
 
-// dataRoot creates dataDir when missing (its parents 0755, itself 0700),
-// resolves symlinks in its path and checks it and its ancestors.
-func dataRoot(dataDir string) (string, error) {
-	if _, err := os.Lstat(dataDir); errors.Is(err, fs.ErrNotExist) {
-		if err := os.MkdirAll(filepath.Dir(dataDir), 0o755); err != nil {
-			return "", fmt.Errorf("create IPAM data directory: %w", err)
-		}
-		if err := ensureDir(dataDir); err != nil {
-			return "", err
-		}
-	}
-	root, err := filepath.EvalSymlinks(dataDir)
-	if err != nil {
-		return "", fmt.Errorf("IPAM data directory: %w", err)
-	}
-	if err := checkOwnDir(root, "IPAM data directory"); err != nil {
-		return "", err
-	}
-	for p := filepath.Dir(root); ; p = filepath.Dir(p) {
-		if err := checkAncestor(p, root); err != nil {
-			return "", err
-		}
-		if p == "/" {
-			return root, nil
-		}
-	}
-}
+// errLinkInPath: walkDataDir met a symlink.
+var errLinkInPath = errors.New("symbolic link in the path")
 
-// ensureDir creates dir (0700) unless it exists; a concurrent creator is
-// fine, whatever it made is checked next.
-func ensureDir(dir string) error {
-	err := os.Mkdir(dir, dirMode)
-	if err != nil && !errors.Is(err, fs.ErrExist) {
-		return fmt.Errorf("create IPAM store: %w", err)
+// walkDataDir checks each directory from the top down to dataDir, one
+// lstat each (this runs at every plugin call), creating what is missing:
+// parents 0755, dataDir itself 0700.
+func walkDataDir(dataDir string) error {
+	p := ""
+	parts := strings.Split(strings.TrimPrefix(dataDir, "/"), "/")
+	for i, part := range parts {
+		p += "/" + part
+		last := i == len(parts)-1
+		mode := os.FileMode(0o755)
+		if last {
+			mode = dirMode
+		}
+		fi, err := lstatOrMkdir(p, mode)
+		switch {
+		case err != nil:
+			return fmt.Errorf("IPAM data directory %s: %w", dataDir, err)
+		case fi.Mode()&fs.ModeSymlink != 0:
+			return errLinkInPath
+		case last:
+			return checkOwnDir(p, fi, "IPAM data directory")
+		}
+		if err := checkAncestor(p, fi, dataDir); err != nil {
+			return err
+		}
 	}
 	return nil
 }
 
+// lstatOrMkdir returns dir's lstat, creating it with mode first when it is
+// missing (a concurrent creator is fine: what exists is checked next).
+func lstatOrMkdir(dir string, mode os.FileMode) (fs.FileInfo, error) {
+	fi, err := os.Lstat(dir)
+	if !errors.Is(err, fs.ErrNotExist) {
+		return fi, err
+	}
+	if err := os.Mkdir(dir, mode); err != nil && !errors.Is(err, fs.ErrExist) {
+		return nil, fmt.Errorf("create IPAM store: %w", err)
+	}
+	return os.Lstat(dir)
+}
+
 // checkOwnDir checks a directory Pier writes in: a real directory, owned by
 // root or Pier's user, not writable by group or others.
-func checkOwnDir(dir, what string) error {
-	fi, err := os.Lstat(dir)
-	if err != nil {
-		return fmt.Errorf("%s: %w", what, err)
-	}
+func checkOwnDir(dir string, fi fs.FileInfo, what string) error {
 	st, ok := fi.Sys().(*syscall.Stat_t)
 	euid := os.Geteuid()
 	switch {
@@ -130,15 +147,14 @@ func checkOwnDir(dir, what string) error {
 // checkAncestor refuses a directory above the data directory that others
 // may write to without the sticky bit: they could rename the data directory
 // away and put their own in its place.
-func checkAncestor(p, root string) error {
-	fi, err := os.Lstat(p)
-	if err != nil {
-		return fmt.Errorf("IPAM data directory %s: %w", root, err)
+func checkAncestor(p string, fi fs.FileInfo, dataDir string) error {
+	if !fi.IsDir() {
+		return fmt.Errorf("IPAM data directory %s: %s is not a directory", dataDir, p)
 	}
 	if fi.Mode().Perm()&0o022 != 0 && fi.Mode()&fs.ModeSticky == 0 {
 		return fmt.Errorf("%s, above the IPAM data directory %s, is writable by group or others (mode %04o) and not sticky, "+
 			"so they could swap the data directory for their own; fix: chmod go-w %s, or choose a dataDir under a directory only root writes",
-			p, root, fi.Mode().Perm(), p)
+			p, dataDir, fi.Mode().Perm(), p)
 	}
 	return nil
 }

@@ -213,3 +213,14 @@ func mkdir(t *testing.T, path string, mode os.FileMode) string {
 }
 
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// BenchmarkNewFile: what opening a store costs each plugin call, with the
+// checks of its directories (go test -run '^$' -bench NewFile).
+func BenchmarkNewFile(b *testing.B) {
+	dataDir := filepath.Join(b.TempDir(), "var", "lib", "cni", "pier")
+	for range b.N {
+		if _, err := NewFile(dataDir, "net1"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
