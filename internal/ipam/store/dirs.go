@@ -49,11 +49,31 @@ func PrepareDataDir(dataDir string) (string, error) {
 	// Rare: a symlink on the way (say /var/lib/cni -> /data/cni). Walk the
 	// resolved path instead, and use it from now on, so that a link
 	// repointed later does not redirect this call.
-	resolved, err := filepath.EvalSymlinks(dataDir)
-	if err != nil {
-		return "", fmt.Errorf("IPAM data directory: %w", err)
+	resolved, err := resolveExisting(dataDir)
+	if err == nil {
+		err = walkDataDir(resolved)
 	}
-	return resolved, walkDataDir(resolved)
+	if err != nil {
+		return "", fmt.Errorf("IPAM data directory %s: %w", dataDir, err)
+	}
+	return resolved, nil
+}
+
+// resolveExisting resolves the symlinks of the longest part of p that
+// exists, and keeps the rest (to be created) as it is.
+func resolveExisting(p string) (string, error) {
+	rest := ""
+	for {
+		r, err := filepath.EvalSymlinks(p)
+		if err == nil {
+			return filepath.Join(r, rest), nil
+		}
+		if !errors.Is(err, fs.ErrNotExist) || p == "/" {
+			return "", err
+		}
+		rest = filepath.Join(filepath.Base(p), rest)
+		p = filepath.Dir(p)
+	}
 }
 
 // prepareDirs creates what is missing of dataDir/network/owners and checks

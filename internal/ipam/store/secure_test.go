@@ -173,6 +173,18 @@ func TestDataDirRefused(t *testing.T) {
 	if s.Dir != filepath.Join(real, "net1") {
 		t.Errorf("store dir %s, want the resolved %s", s.Dir, filepath.Join(real, "net1"))
 	}
+	// A data dir still to be made below a symlink is made where it points.
+	if s, err = NewFile(filepath.Join(link, "new", "data"), "net1"); err != nil || s.Dir != filepath.Join(real, "new", "data", "net1") {
+		t.Errorf("NewFile of a new data dir below a symlink: %+v, %v", s, err)
+	}
+	// A dangling link on the way is an error naming the data dir.
+	dangling := filepath.Join(parent, "dangling")
+	if err := os.Symlink(filepath.Join(parent, "nowhere"), dangling); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewFile(filepath.Join(dangling, "data"), "net1"); err == nil || !strings.Contains(err.Error(), dangling) {
+		t.Errorf("NewFile below a dangling link: %v", err)
+	}
 }
 
 // TestFileModes: what Pier creates is root's alone (files 0600, its
