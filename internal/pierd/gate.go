@@ -29,6 +29,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -71,6 +72,7 @@ type gate struct {
 	access  *access
 	log     *slog.Logger
 	refused func(reason string) // counts refusals for metrics; not nil
+	lastLog atomic.Int64        // when a refusal was last logged (unix ns)
 
 	mu        sync.Mutex // guards the counts below
 	byUID     map[uint32]int
@@ -120,18 +122,29 @@ func (g *gate) admit(c net.Conn) net.Conn {
 	log := g.log.With("uid", cred.Uid, "pid", cred.Pid)
 	if reason := g.take(cred.Uid); reason != "" {
 		g.refused("limit")
-		log.Debug("connection refused", "reason", reason)
+		g.logRefusal(log, reason)
 		goAway(uc, http2.ErrCodeEnhanceYourCalm, reason)
 		_ = uc.Close() // the GOAWAY went out or could not: either way it is done
 		return nil
 	}
 	if !g.access.allowed(int(cred.Uid)) {
 		g.refused("uid")
-		log.Info("connection refused: uid not allowed")
+		g.logRefusal(log, "uid may not call")
 		go g.refuse(uc, cred.Uid)
 		return nil
 	}
 	return &gatedConn{UnixConn: uc, cred: peerCred{uid: int(cred.Uid), pid: int(cred.Pid)}, release: func() { g.put(cred.Uid) }}
+}
+
+// logRefusal logs at most one refusal a second, so that a client looping
+// on connect cannot flood the log; the metrics count every one.
+func (g *gate) logRefusal(log *slog.Logger, reason string) {
+	now := time.Now().UnixNano()
+	last := g.lastLog.Load()
+	if now-last < int64(time.Second) || !g.lastLog.CompareAndSwap(last, now) {
+		return
+	}
+	log.Warn("connection refused", "reason", reason)
 }
 
 // take reserves a slot for uid, or says which limit it hit.
