@@ -78,6 +78,9 @@ type gate struct {
 	byUID     map[uint32]int
 	untrusted int // connections of uids other than root and pierd's own
 	total     int
+	// held mirrors total for metrics, which must not wait for mu (an
+	// accept holds it).
+	held atomic.Int64
 }
 
 // gateOptions configure a gate.
@@ -161,6 +164,7 @@ func (g *gate) take(uid uint32) string {
 		return fmt.Sprintf("users other than root hold their share (%d) of pierd's connections", g.limits.Total/2)
 	}
 	g.total++
+	g.held.Store(int64(g.total))
 	if !trusted {
 		g.untrusted++
 		g.byUID[uid]++
@@ -170,17 +174,14 @@ func (g *gate) take(uid uint32) string {
 
 // open is how many connections the gate holds (admitted, or refused and
 // lingering).
-func (g *gate) open() int {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.total
-}
+func (g *gate) open() int { return int(g.held.Load()) }
 
 // put gives back the slot take reserved.
 func (g *gate) put(uid uint32) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.total--
+	g.held.Store(int64(g.total))
 	if !g.access.trusted(int(uid)) {
 		g.untrusted--
 		if g.byUID[uid]--; g.byUID[uid] <= 0 {
