@@ -168,7 +168,10 @@ func (m *metrics) handler(draining *atomic.Bool) http.Handler {
 	mux := http.NewServeMux()
 	// A few scrapes at a time are plenty for Prometheus; more are answered
 	// 503, so a local user scraping in a loop cannot take pierd's CPU.
-	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{MaxRequestsInFlight: maxScrapes}))
+	// A store that cannot be read loses its pool figures, not the rest.
+	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{
+		MaxRequestsInFlight: maxScrapes, ErrorHandling: promhttp.ContinueOnError,
+	}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		if draining.Load() {
 			http.Error(w, "draining", http.StatusServiceUnavailable)
