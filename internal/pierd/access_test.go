@@ -36,10 +36,11 @@ func TestMain(m *testing.M) {
 // clientScript is what the helper does: hold connections, or make calls.
 type clientScript struct {
 	Socket string
-	// Hold opens this many connections, prints one line, and keeps them
-	// until its stdin closes.
-	Hold int
-	Ops  []clientOp
+	// Hold opens this many connections (to Socket, or to the TCP address
+	// HoldTCP), prints one line, and keeps them until its stdin closes.
+	Hold    int
+	HoldTCP string
+	Ops     []clientOp
 }
 
 // clientOp is one call: Op is add, del, gc, check, list or status through
@@ -118,8 +119,12 @@ func runOp(socket string, op clientOp) error {
 
 func holdConns(s clientScript) int {
 	var conns []net.Conn
+	network, addr := "unix", s.Socket
+	if s.HoldTCP != "" {
+		network, addr = "tcp", s.HoldTCP
+	}
 	for range s.Hold {
-		c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: s.Socket, Net: "unix"})
+		c, err := net.Dial(network, addr)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
@@ -201,9 +206,9 @@ func (h *helper) run(uid int, socket string, ops ...clientOp) []opResult {
 
 // hold makes uid open n connections and keep them until the returned
 // function is called.
-func (h *helper) hold(uid int, socket string, n int) (release func()) {
+func (h *helper) hold(uid int, s clientScript) (release func()) {
 	h.t.Helper()
-	cmd := h.command(uid, clientScript{Socket: socket, Hold: n})
+	cmd := h.command(uid, s)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		h.t.Fatal(err)
@@ -327,7 +332,7 @@ func TestConnLimits(t *testing.T) {
 	baseline := socketFDs(t)
 	refused := func() int { return metricValue(t, d, `pierd_connections_refused_total{reason="limit"}`) }
 
-	release := h.hold(65534, socket, 20)
+	release := h.hold(65534, clientScript{Socket: socket, Hold: 20})
 	waitFor(t, "pierd to take all 20 connections", func() bool { return d.gate.heldBy(65534)+refused() == 20 })
 	if got := d.gate.heldBy(65534); got != 3 {
 		t.Errorf("pierd holds %d connections of uid 65534, want its limit 3", got)
@@ -336,7 +341,7 @@ func TestConnLimits(t *testing.T) {
 		t.Errorf("pierd holds %d more sockets than before, want at most 3", n)
 	}
 	// Users other than root share half of the 8: one slot is left.
-	release2 := h.hold(65533, socket, 20)
+	release2 := h.hold(65533, clientScript{Socket: socket, Hold: 20})
 	waitFor(t, "pierd to take the second user's 20", func() bool { return d.gate.heldBy(65534)+d.gate.heldBy(65533)+refused() == 40 })
 	if got := d.gate.heldBy(65533); got != 1 {
 		t.Errorf("pierd holds %d connections of uid 65533, want the 1 left of the users' half", got)
@@ -370,16 +375,25 @@ func (g *gate) heldBy(uid uint32) int {
 
 // socketFDs counts this process's open unix sockets: pierd's, in these
 // tests (the metrics scrapes are TCP).
-func socketFDs(t *testing.T) int {
+func socketFDs(t *testing.T) int { return socketsIn(t, "/proc/net/unix", 6) }
+
+// tcpFDs counts this process's open TCP sockets.
+func tcpFDs(t *testing.T) int {
+	return socketsIn(t, "/proc/net/tcp", 9) + socketsIn(t, "/proc/net/tcp6", 9)
+}
+
+// socketsIn counts this process's descriptors of the sockets a /proc/net
+// table lists (column: where the table has the inode).
+func socketsIn(t *testing.T, table string, column int) int {
 	t.Helper()
-	table, err := os.ReadFile("/proc/net/unix")
+	b, err := os.ReadFile(table)
 	if err != nil {
 		t.Fatal(err)
 	}
-	unixInodes := map[string]bool{}
-	for _, line := range strings.Split(string(table), "\n")[1:] {
-		if f := strings.Fields(line); len(f) >= 7 {
-			unixInodes[f[6]] = true
+	inodes := map[string]bool{}
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		if f := strings.Fields(line); len(f) > column {
+			inodes[f[column]] = true
 		}
 	}
 	entries, err := os.ReadDir("/proc/self/fd")
@@ -390,7 +404,7 @@ func socketFDs(t *testing.T) int {
 	for _, e := range entries {
 		target, err := os.Readlink(filepath.Join("/proc/self/fd", e.Name()))
 		inode, ok := strings.CutPrefix(target, "socket:[")
-		if err == nil && ok && unixInodes[strings.TrimSuffix(inode, "]")] {
+		if err == nil && ok && inodes[strings.TrimSuffix(inode, "]")] {
 			n++
 		}
 	}

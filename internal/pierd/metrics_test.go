@@ -3,8 +3,11 @@ package pierd
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 
@@ -114,4 +117,56 @@ func holdStoreLock(t *testing.T, path string) (unlock func()) {
 	unlock = func() { once.Do(func() { _ = f.Close() }) } // closing releases the flock
 	t.Cleanup(unlock)
 	return unlock
+}
+
+// TestMetricsConnLimit guards the IPAM socket's file descriptors against
+// the metrics listener, which anyone on the node can connect to: a user
+// holding 40 idle connections makes pierd hold at most maxMetricsConns of
+// them, and IPAM calls go on.
+func TestMetricsConnLimit(t *testing.T) {
+	h := newHelper(t)
+	socket := h.socket("run")
+	d := start(t, Options{Socket: socket, MetricsAddr: "127.0.0.1:0"})
+	baseline := tcpFDs(t) // the listener
+	release := h.hold(65534, clientScript{HoldTCP: d.MetricsAddr(), Hold: 40})
+	// Every connection is either accepted (a descriptor of pierd) or
+	// waiting in the listener's backlog.
+	waitFor(t, "pierd to take or queue all 40", func() bool { return tcpFDs(t)-baseline+listenBacklog(t, d.MetricsAddr()) == 40 })
+	if n := tcpFDs(t) - baseline; n != maxMetricsConns {
+		t.Errorf("pierd holds %d metrics connections, want %d", n, maxMetricsConns)
+	}
+	c := lite.New(socket)
+	defer c.Close()
+	if _, err := c.Add(context.Background(), testConf(t, socket), ipam.Owner{ContainerID: "c1", IfName: "eth0"}); err != nil {
+		t.Fatalf("Allocate while the metrics listener is full: %v", err)
+	}
+	release()
+	if got := metricValue(t, d, usedSample); got != 1 {
+		t.Errorf("pool used %d after the holder left, want 1", got)
+	}
+}
+
+// listenBacklog is how many connections wait to be accepted on the IPv4
+// TCP listener at addr: /proc/net/tcp shows it as the listener's rx_queue.
+func listenBacklog(t *testing.T, addr string) int {
+	t.Helper()
+	ap := netip.MustParseAddrPort(addr)
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := fmt.Sprintf(":%04X", ap.Port())
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) > 4 && strings.HasSuffix(f[1], local) && f[3] == "0A" { // 0A: LISTEN
+			_, rx, _ := strings.Cut(f[4], ":")
+			n, err := strconv.ParseInt(rx, 16, 64)
+			if err != nil {
+				t.Fatalf("%s: %v", line, err)
+			}
+			return int(n)
+		}
+	}
+	t.Fatalf("no listener at %s in /proc/net/tcp", addr)
+	return 0
 }

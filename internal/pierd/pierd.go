@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/net/netutil"
 	"google.golang.org/grpc"
 
 	"github.com/pier-cni/pier/internal/config"
@@ -44,6 +45,12 @@ const (
 	// DefaultCallTimeout bounds a call whose client sent no deadline.
 	DefaultCallTimeout = 30 * time.Second
 )
+
+// maxMetricsConns bounds the connections the metrics listener holds: it
+// has no authentication, and every connection is a file descriptor, which
+// the IPAM socket needs too. Past it, connections wait in the kernel's
+// backlog, and an idle one is closed after 30 s.
+const maxMetricsConns = 16
 
 // maxStreams bounds the calls one connection may have open at once, so
 // a connection's memory is bounded too (each call's message up to
@@ -159,9 +166,9 @@ func (d *Daemon) startMetrics(addr string, m *metrics) error {
 	if ap, err := netip.ParseAddrPort(d.httpAddr); err == nil && !ap.Addr().IsLoopback() {
 		d.log.Warn("serving /metrics without authentication beyond this host", "addr", d.httpAddr)
 	}
-	d.http = &http.Server{Handler: m.handler(&d.draining), ReadHeaderTimeout: 5 * time.Second}
+	d.http = &http.Server{Handler: m.handler(&d.draining), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 30 * time.Second}
 	go func() {
-		if err := d.http.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := d.http.Serve(netutil.LimitListener(lis, maxMetricsConns)); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			d.log.Error("metrics server stopped", "err", err)
 		}
 	}()
