@@ -289,34 +289,6 @@ func parseRangeSet(key string, raw []rangeJSON) (RangeSet, error) {
 	return set, nil
 }
 
-// checkOverlaps refuses two ranges (in one set or across sets) that share an
-// address: the same address would be handed out twice.
-func checkOverlaps(sets []RangeSet) error {
-	type loc struct {
-		set, idx int
-		r        Range
-	}
-	var all []loc
-	for i, s := range sets {
-		for j, r := range s {
-			all = append(all, loc{i, j, r})
-		}
-	}
-	for a := range all {
-		for b := a + 1; b < len(all); b++ {
-			x, y := all[a], all[b]
-			if x.r.RangeStart.Is4() != y.r.RangeStart.Is4() {
-				continue
-			}
-			if x.r.RangeStart.Compare(y.r.RangeEnd) <= 0 && y.r.RangeStart.Compare(x.r.RangeEnd) <= 0 {
-				return cnierr.New(cnierr.InvalidConfig,
-					"range %s (range set %d) overlaps range %s (range set %d)", x.r, x.set, y.r, y.set)
-			}
-		}
-	}
-	return nil
-}
-
 // parseRange decodes one range and fills host-local's defaults. key names the
 // range in messages, e.g. "ipam.ranges[1][0]".
 func parseRange(key string, rj rangeJSON) (Range, error) {
