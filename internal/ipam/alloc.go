@@ -19,11 +19,21 @@ import (
 type Allocator struct {
 	conf  *config.IPAMConfig
 	store store.Store
+	// gateways are the gateways of every range of the network: the bridge
+	// holds them, so none is ever handed out, whichever range set it
+	// belongs to (two range sets of one family may share a subnet).
+	gateways map[netip.Addr]bool
 }
 
 // New returns the allocator of conf's network over st.
 func New(conf *config.IPAMConfig, st store.Store) *Allocator {
-	return &Allocator{conf: conf, store: st}
+	a := &Allocator{conf: conf, store: st, gateways: map[netip.Addr]bool{}}
+	for _, set := range conf.RangeSets {
+		for _, r := range set {
+			a.gateways[r.Gateway] = true
+		}
+	}
+	return a
 }
 
 // Add allocates one address per range set for owner, honouring
@@ -120,9 +130,9 @@ func (a *Allocator) assignRequested() ([]netip.Addr, error) {
 			return nil, cnierr.New(cnierr.AddressUnavailable,
 				"requested addresses %s and %s are both in range set %d (%s); one address is allocated per range set",
 				wanted[i], addr, i, a.conf.RangeSets[i])
-		case isGateway(a.conf.RangeSets[i], addr):
+		case a.gateways[addr]:
 			return nil, cnierr.New(cnierr.AddressUnavailable,
-				"requested address %s is a gateway of range set %d (%s)", addr, i, a.conf.RangeSets[i])
+				"requested address %s is a gateway of network %q (%s)", addr, a.conf.Name, a.describeRanges())
 		}
 		wanted[i] = addr
 	}
@@ -148,15 +158,6 @@ func (a *Allocator) describeRanges() string {
 		s += set.String()
 	}
 	return s
-}
-
-func isGateway(set config.RangeSet, addr netip.Addr) bool {
-	for _, r := range set {
-		if r.Gateway == addr {
-			return true
-		}
-	}
-	return false
 }
 
 // checkOwner refuses an owner that cannot name a record; such values come

@@ -384,7 +384,7 @@ func TestCandidatesVisitEachOnce(t *testing.T) {
 			l = netip.MustParseAddr(last)
 		}
 		var got []string
-		for a := range candidates(set, l) {
+		for a := range candidates(set, l, New(conf, nil).gateways) {
 			got = append(got, a.String())
 		}
 		// .2-.6 of the first range and .2 of the second: 6 addresses.
@@ -396,4 +396,42 @@ func TestCandidatesVisitEachOnce(t *testing.T) {
 			t.Errorf("after %q: a candidate repeats", last)
 		}
 	}
+}
+
+// TestNeverHandsOutAGateway guards against giving a container the address
+// of a gateway, which the bridge holds (isGateway): a gateway of any range
+// of the network, also of another range set of the same family (two IPv4
+// range sets of one subnet, each with its own gateway), is neither
+// allocated nor granted on request.
+func TestNeverHandsOutAGateway(t *testing.T) {
+	const ranges = `{"type":"pier-ipam","ranges":[
+		[{"subnet":"10.0.0.0/24","rangeStart":"10.0.0.2","rangeEnd":"10.0.0.5","gateway":"10.0.0.1"},
+		 {"subnet":"10.0.1.0/24","rangeStart":"10.0.1.2","rangeEnd":"10.0.1.3","gateway":"10.0.1.1"}],
+		[{"subnet":"10.0.0.0/24","rangeStart":"10.0.0.6","rangeEnd":"10.0.0.9","gateway":"10.0.0.3"}]]}`
+	conf := loadConf(t, ranges, "")
+	gateways := map[netip.Addr]bool{}
+	for _, set := range conf.RangeSets {
+		for _, r := range set {
+			gateways[r.Gateway] = true
+		}
+	}
+	a := New(conf, newMemStore())
+	ctx := context.Background()
+	for i := 0; ; i++ {
+		res, err := a.Add(ctx, own(fmt.Sprint("c", i)))
+		if cnierr.CodeOf(err) == cnierr.PoolExhausted {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ipc := range res.IPs {
+			addr, _ := netip.AddrFromSlice(ipc.Address.IP)
+			if gateways[addr.Unmap()] {
+				t.Fatalf("container c%d got %s, a gateway of the network", i, addr)
+			}
+		}
+	}
+	_, err := New(loadConf(t, ranges, "IP=10.0.0.3"), newMemStore()).Add(ctx, own("static"))
+	wantCode(t, err, cnierr.AddressUnavailable, "10.0.0.3", "gateway")
 }

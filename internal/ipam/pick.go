@@ -61,7 +61,7 @@ func checkRequested(tx store.ReadTx, addr netip.Addr) error {
 // reserved address, or a code-102 error when the range set has none.
 func (a *Allocator) nextFree(ctx context.Context, tx store.ReadTx, set int) (netip.Addr, error) {
 	n := 0
-	for addr := range candidates(a.conf.RangeSets[set], tx.LastReserved(set)) {
+	for addr := range candidates(a.conf.RangeSets[set], tx.LastReserved(set), a.gateways) {
 		if n++; n%ctxCheckEvery == 0 && ctx.Err() != nil {
 			return netip.Addr{}, cnierr.Wrap(ctx.Err(), cnierr.TryAgainLater, "searching range set %d for a free address", set)
 		}
@@ -77,9 +77,9 @@ func (a *Allocator) nextFree(ctx context.Context, tx store.ReadTx, set int) (net
 
 // candidates yields every allocatable address of set exactly once: starting
 // after last when a range of set holds it (else at the first range's start),
-// up to the range's end, then on to the next range, wrapping round. Gateways
-// are skipped.
-func candidates(set config.RangeSet, last netip.Addr) iter.Seq[netip.Addr] {
+// up to the range's end, then on to the next range, wrapping round.
+// Gateways are skipped.
+func candidates(set config.RangeSet, last netip.Addr, gateways map[netip.Addr]bool) iter.Seq[netip.Addr] {
 	return func(yield func(netip.Addr) bool) {
 		ri, addr := 0, set[0].RangeStart
 		if i, ok := set.RangeFor(last); ok {
@@ -87,7 +87,7 @@ func candidates(set config.RangeSet, last netip.Addr) iter.Seq[netip.Addr] {
 		}
 		firstRi, first := ri, addr
 		for {
-			if !isGateway(set, addr) && !yield(addr) {
+			if !gateways[addr] && !yield(addr) {
 				return
 			}
 			ri, addr = step(set, ri, addr)
