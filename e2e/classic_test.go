@@ -135,7 +135,7 @@ func reservations(t *testing.T, conf string) []ipam.Reservation {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := ipam.List(context.Background(), ic)
+	res, err := ipam.NewLocal(ic.DataDir, ipam.LocalOptions{}).List(context.Background(), ic)
 	if err != nil {
 		t.Fatal(err)
 	}

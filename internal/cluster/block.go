@@ -77,20 +77,31 @@ func (c *Config) BlockBits(cidr netip.Prefix) int {
 	return c.BlockSize6
 }
 
-// Alloc is one allocation's owner.
+// Alloc is one allocation's owner: a network's attachment.
 type Alloc struct {
 	Network     string `json:"network"`
 	ContainerID string `json:"containerID"`
 	IfName      string `json:"ifName"`
 }
 
+// Allocation is one address's record in its block: its owner, and an
+// identity of its own (random, made when the address is taken). A release
+// queued while etcd is down names the identity, so draining it frees that
+// allocation and never a later one of the same owner (a runtime that
+// reuses a container ID and interface name for the next ADD). Records
+// written before identities existed have an empty ID.
+type Allocation struct {
+	Alloc
+	ID string `json:"id,omitempty"`
+}
+
 // Block is /pier/blocks/<addr>-<bits>: a block, its node and its
 // allocations, keyed by address.
 type Block struct {
-	CIDR   netip.Prefix     `json:"cidr"`
-	Node   string           `json:"node"`
-	NodeIP netip.Addr       `json:"nodeIP"`
-	Allocs map[string]Alloc `json:"allocs,omitempty"`
+	CIDR   netip.Prefix          `json:"cidr"`
+	Node   string                `json:"node"`
+	NodeIP netip.Addr            `json:"nodeIP"`
+	Allocs map[string]Allocation `json:"allocs,omitempty"`
 	// EmptySince is when the block last became empty (zero: not empty or
 	// never used); the owning node gives it back after BlockGrace.
 	EmptySince time.Time `json:"emptySince,omitzero"`
@@ -99,7 +110,7 @@ type Block struct {
 // Clone returns a deep copy.
 func (b *Block) Clone() *Block {
 	c := *b
-	c.Allocs = make(map[string]Alloc, len(b.Allocs))
+	c.Allocs = make(map[string]Allocation, len(b.Allocs))
 	for k, v := range b.Allocs {
 		c.Allocs[k] = v
 	}
@@ -130,8 +141,8 @@ func Capacity(p netip.Prefix) int {
 }
 
 // Take allocates the first free address after hint (round robin), records
-// a as its owner and returns it; false when the block is full.
-func (b *Block) Take(a Alloc, hint netip.Addr) (netip.Addr, bool) {
+// a there and returns it; false when the block is full.
+func (b *Block) Take(a Allocation, hint netip.Addr) (netip.Addr, bool) {
 	first, last := hostRange(b.CIDR)
 	start := first
 	if hint.IsValid() && b.CIDR.Contains(hint) && hint.Compare(first) >= 0 && hint.Compare(last) < 0 {
@@ -140,11 +151,7 @@ func (b *Block) Take(a Alloc, hint netip.Addr) (netip.Addr, bool) {
 	addr := start
 	for range Capacity(b.CIDR) {
 		if _, held := b.Allocs[addr.String()]; !held {
-			if b.Allocs == nil {
-				b.Allocs = map[string]Alloc{}
-			}
-			b.Allocs[addr.String()] = a
-			b.EmptySince = time.Time{}
+			b.put(addr, a)
 			return addr, true
 		}
 		if addr == last {
@@ -156,29 +163,32 @@ func (b *Block) Take(a Alloc, hint netip.Addr) (netip.Addr, bool) {
 	return netip.Addr{}, false
 }
 
-// TakeAddr records a as the owner of addr (a requested address). It fails
-// with the reason when addr is not allocatable in the block or is held.
-func (b *Block) TakeAddr(a Alloc, addr netip.Addr) error {
+// TakeAddr records a at addr (a requested address). It fails with the
+// reason when addr is not allocatable in the block or is held; the caller
+// deals with an address its owner already holds.
+func (b *Block) TakeAddr(a Allocation, addr netip.Addr) error {
 	first, last := hostRange(b.CIDR)
 	if !b.CIDR.Contains(addr) || addr.Compare(first) < 0 || addr.Compare(last) > 0 {
 		return fmt.Errorf("%s is reserved in block %s (network, gateway %s or broadcast address)", addr, b.CIDR, b.Gateway())
 	}
 	if h, held := b.Allocs[addr.String()]; held {
-		if h == a {
-			return nil
-		}
 		return fmt.Errorf("%s is held by container %s (%s) on node %s", addr, h.ContainerID, h.IfName, b.Node)
 	}
-	if b.Allocs == nil {
-		b.Allocs = map[string]Alloc{}
-	}
-	b.Allocs[addr.String()] = a
-	b.EmptySince = time.Time{}
+	b.put(addr, a)
 	return nil
 }
 
-// Release frees addr if a holds it.
-func (b *Block) Release(addr netip.Addr, a Alloc, now time.Time) bool {
+func (b *Block) put(addr netip.Addr, a Allocation) {
+	if b.Allocs == nil {
+		b.Allocs = map[string]Allocation{}
+	}
+	b.Allocs[addr.String()] = a
+	b.EmptySince = time.Time{}
+}
+
+// Release frees addr if the allocation there is a: the same owner and the
+// same identity.
+func (b *Block) Release(addr netip.Addr, a Allocation, now time.Time) bool {
 	if cur, ok := b.Allocs[addr.String()]; !ok || cur != a {
 		return false
 	}
@@ -189,9 +199,9 @@ func (b *Block) Release(addr netip.Addr, a Alloc, now time.Time) bool {
 	return true
 }
 
-// Holdings returns every allocation of the block as address → owner.
-func (b *Block) Holdings() map[netip.Addr]Alloc {
-	out := make(map[netip.Addr]Alloc, len(b.Allocs))
+// Holdings returns every allocation of the block by address.
+func (b *Block) Holdings() map[netip.Addr]Allocation {
+	out := make(map[netip.Addr]Allocation, len(b.Allocs))
 	for k, v := range b.Allocs {
 		if a, err := netip.ParseAddr(k); err == nil {
 			out[a] = v

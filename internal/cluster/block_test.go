@@ -16,7 +16,7 @@ func TestBlockTakeRelease(t *testing.T) {
 	seen := map[netip.Addr]bool{}
 	var hint netip.Addr
 	for i := range Capacity(b.CIDR) {
-		a, ok := b.Take(Alloc{Network: "n", ContainerID: "c" + string(rune('a'+i%26)) + string(rune('a'+i/26)), IfName: "eth0"}, hint)
+		a, ok := b.Take(Allocation{Alloc: Alloc{Network: "n", ContainerID: "c" + string(rune('a'+i%26)) + string(rune('a'+i/26)), IfName: "eth0"}}, hint)
 		if !ok {
 			t.Fatalf("full after %d", i)
 		}
@@ -29,17 +29,17 @@ func TestBlockTakeRelease(t *testing.T) {
 	if Capacity(b.CIDR) != 61 {
 		t.Fatalf("capacity %d", Capacity(b.CIDR))
 	}
-	if _, ok := b.Take(Alloc{Network: "n", ContainerID: "x", IfName: "eth0"}, hint); ok {
+	if _, ok := b.Take(Allocation{Alloc: Alloc{Network: "n", ContainerID: "x", IfName: "eth0"}}, hint); ok {
 		t.Fatal("took from a full block")
 	}
 	o := b.Allocs["10.244.1.2"]
-	if b.Release(netip.MustParseAddr("10.244.1.2"), Alloc{Network: "n", ContainerID: "other", IfName: "eth0"}, time.Now()) {
+	if b.Release(netip.MustParseAddr("10.244.1.2"), Allocation{Alloc: Alloc{Network: "n", ContainerID: "other", IfName: "eth0"}}, time.Now()) {
 		t.Fatal("released someone else's address")
 	}
 	if !b.Release(netip.MustParseAddr("10.244.1.2"), o, time.Now()) {
 		t.Fatal("release failed")
 	}
-	if a, ok := b.Take(Alloc{Network: "n", ContainerID: "y", IfName: "eth0"}, hint); !ok || a != netip.MustParseAddr("10.244.1.2") {
+	if a, ok := b.Take(Allocation{Alloc: Alloc{Network: "n", ContainerID: "y", IfName: "eth0"}}, hint); !ok || a != netip.MustParseAddr("10.244.1.2") {
 		t.Fatalf("got %s %v", a, ok)
 	}
 	// Round trip through JSON, as stored in etcd.
@@ -76,7 +76,7 @@ func TestNextFreeBlock(t *testing.T) {
 		t.Fatalf("v6: %s", p6)
 	}
 	b6 := &Block{CIDR: p6}
-	if a, _ := b6.Take(Alloc{Network: "n", ContainerID: "c", IfName: "eth0"}, netip.Addr{}); a != netip.MustParseAddr("fd00:10::42") {
+	if a, _ := b6.Take(Allocation{Alloc: Alloc{Network: "n", ContainerID: "c", IfName: "eth0"}}, netip.Addr{}); a != netip.MustParseAddr("fd00:10::42") {
 		t.Fatalf("v6 first address %s", a)
 	}
 	if Capacity(p6) != 62 {
@@ -122,13 +122,16 @@ func TestMACFor(t *testing.T) {
 
 func TestTakeAddr(t *testing.T) {
 	b := &Block{CIDR: netip.MustParsePrefix("10.244.0.64/26"), Node: "n1", EmptySince: time.Now()}
-	a1 := Alloc{Network: "net", ContainerID: "c1", IfName: "eth0"}
-	a2 := Alloc{Network: "net", ContainerID: "c2", IfName: "eth0"}
+	a1 := Allocation{Alloc: Alloc{Network: "net", ContainerID: "c1", IfName: "eth0"}, ID: "1"}
+	a2 := Allocation{Alloc: Alloc{Network: "net", ContainerID: "c2", IfName: "eth0"}, ID: "2"}
 	if err := b.TakeAddr(a1, netip.MustParseAddr("10.244.0.70")); err != nil || !b.EmptySince.IsZero() {
 		t.Fatalf("take: %v (emptySince %v)", err, b.EmptySince)
 	}
-	if err := b.TakeAddr(a1, netip.MustParseAddr("10.244.0.70")); err != nil {
-		t.Fatalf("same owner again: %v", err)
+	if err := b.TakeAddr(Allocation{Alloc: a1.Alloc, ID: "3"}, netip.MustParseAddr("10.244.0.70")); err == nil {
+		t.Fatal("a second allocation of the same owner took a held address")
+	}
+	if b.Release(netip.MustParseAddr("10.244.0.70"), Allocation{Alloc: a1.Alloc, ID: "3"}, time.Now()) {
+		t.Fatal("released the allocation of another identity")
 	}
 	if err := b.TakeAddr(a2, netip.MustParseAddr("10.244.0.70")); err == nil || !strings.Contains(err.Error(), "held by container c1") {
 		t.Fatalf("held: %v", err)

@@ -4,19 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
-
-	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/pier-cni/pier/internal/cnierr"
 	"github.com/pier-cni/pier/internal/config"
 	"github.com/pier-cni/pier/internal/ipam/store"
 )
 
-// Allocator applies conf's range sets to a store. It holds no state of its
-// own; any number of them may share a store.
-type Allocator struct {
+// storeAllocator is the allocation policy: conf's range sets applied to
+// one network's store. It holds no state of its own; any number of them
+// may share a store.
+type storeAllocator struct {
 	conf  *config.IPAMConfig
 	store store.Store
 	// gateways are the gateways of every range of the network: the bridge
@@ -25,9 +23,9 @@ type Allocator struct {
 	gateways map[netip.Addr]bool
 }
 
-// New returns the allocator of conf's network over st.
-func New(conf *config.IPAMConfig, st store.Store) *Allocator {
-	a := &Allocator{conf: conf, store: st, gateways: map[netip.Addr]bool{}}
+// newStoreAllocator returns the policy of conf's network over st.
+func newStoreAllocator(conf *config.IPAMConfig, st store.Store) *storeAllocator {
+	a := &storeAllocator{conf: conf, store: st, gateways: map[netip.Addr]bool{}}
 	for _, set := range conf.RangeSets {
 		for _, r := range set {
 			a.gateways[r.Gateway] = true
@@ -36,24 +34,18 @@ func New(conf *config.IPAMConfig, st store.Store) *Allocator {
 	return a
 }
 
-// Add allocates one address per range set for owner, honouring
+// Allocate allocates one address per range set for owner, honouring
 // conf.Requested (each requested address goes to the range set holding it).
 // An owner that already holds an address in a range set keeps it: a repeated
-// ADD returns the same result. On failure nothing this call reserved stays.
-func (a *Allocator) Add(ctx context.Context, owner Owner) (*current.Result, error) {
+// ADD returns the same addresses. On failure nothing this call reserved
+// stays.
+func (a *storeAllocator) Allocate(ctx context.Context, owner Owner) ([]Address, error) {
 	if err := checkOwner(owner); err != nil {
 		return nil, err
 	}
 	wanted, err := a.assignRequested()
 	if err != nil {
 		return nil, err
-	}
-	// Read DNS before reserving anything, so its failure needs no undo.
-	result := &current.Result{CNIVersion: current.ImplementedSpecVersion, Routes: a.conf.Routes}
-	if a.conf.ResolvConf != "" {
-		if result.DNS, err = ParseResolvConf(a.conf.ResolvConf); err != nil {
-			return nil, err
-		}
 	}
 	var addrs []netip.Addr
 	err = a.store.Update(ctx, func(tx store.Tx) error {
@@ -63,16 +55,17 @@ func (a *Allocator) Add(ctx context.Context, owner Owner) (*current.Result, erro
 	if err != nil {
 		return nil, err
 	}
+	out := make([]Address, len(addrs))
 	for i, addr := range addrs {
-		result.IPs = append(result.IPs, a.ipConfig(i, addr))
+		out[i] = a.address(i, addr)
 	}
-	return result, nil
+	return out, nil
 }
 
 // allocate picks one address per range set, then reserves the new ones in
 // one step, so a failure (an exhausted set, an unavailable requested
 // address) leaves nothing behind.
-func (a *Allocator) allocate(ctx context.Context, tx store.Tx, owner Owner, wanted []netip.Addr) ([]netip.Addr, error) {
+func (a *storeAllocator) allocate(ctx context.Context, tx store.Tx, owner Owner, wanted []netip.Addr) ([]netip.Addr, error) {
 	held, err := ownedBy(tx, owner)
 	if err != nil {
 		return nil, err
@@ -103,22 +96,20 @@ func (a *Allocator) allocate(ctx context.Context, tx store.Tx, owner Owner, want
 	return out, nil
 }
 
-// ipConfig renders addr of range set i for a result.
-func (a *Allocator) ipConfig(i int, addr netip.Addr) *current.IPConfig {
+// address renders addr of range set i: with its range's subnet length and
+// gateway.
+func (a *storeAllocator) address(i int, addr netip.Addr) Address {
 	set := a.conf.RangeSets[i]
 	r := set[0]
 	if ri, ok := set.RangeFor(addr); ok {
 		r = set[ri]
 	}
-	return &current.IPConfig{
-		Address: net.IPNet{IP: addr.AsSlice(), Mask: net.CIDRMask(r.Subnet.Bits(), addr.BitLen())},
-		Gateway: r.Gateway.AsSlice(),
-	}
+	return Address{Prefix: netip.PrefixFrom(addr, r.Subnet.Bits()), Gateway: r.Gateway, RangeSet: i}
 }
 
 // assignRequested maps each requested address to the range set holding it.
 // The result has one entry per range set; the zero Addr means "any".
-func (a *Allocator) assignRequested() ([]netip.Addr, error) {
+func (a *storeAllocator) assignRequested() ([]netip.Addr, error) {
 	wanted := make([]netip.Addr, len(a.conf.RangeSets))
 	for _, addr := range a.conf.Requested {
 		i := a.rangeSetOf(addr)
@@ -140,7 +131,7 @@ func (a *Allocator) assignRequested() ([]netip.Addr, error) {
 }
 
 // rangeSetOf returns the index of the range set holding addr, or -1.
-func (a *Allocator) rangeSetOf(addr netip.Addr) int {
+func (a *storeAllocator) rangeSetOf(addr netip.Addr) int {
 	for i, set := range a.conf.RangeSets {
 		if set.Contains(addr) {
 			return i
@@ -149,7 +140,7 @@ func (a *Allocator) rangeSetOf(addr netip.Addr) int {
 	return -1
 }
 
-func (a *Allocator) describeRanges() string {
+func (a *storeAllocator) describeRanges() string {
 	s := ""
 	for i, set := range a.conf.RangeSets {
 		if i > 0 {

@@ -45,7 +45,7 @@ func wantCode(t *testing.T, err error, code uint, parts ...string) {
 }
 
 // addOne runs Add and returns the first address of the result.
-func addOne(t *testing.T, a *Allocator, o Owner) string {
+func addOne(t *testing.T, a testAllocator, o Owner) string {
 	t.Helper()
 	res, err := a.Add(context.Background(), o)
 	if err != nil {
@@ -59,7 +59,7 @@ const small = `{"type":"pier-ipam","subnet":"10.0.0.0/29","routes":[{"dst":"0.0.
 
 func TestAddRoundRobinAndWrap(t *testing.T) {
 	ctx := context.Background()
-	a := New(loadConf(t, small, ""), newMemStore())
+	a := newTest(loadConf(t, small, ""), newMemStore())
 	res, err := a.Add(ctx, own("a"))
 	if err != nil {
 		t.Fatal(err)
@@ -99,7 +99,7 @@ func TestAddRoundRobinAndWrap(t *testing.T) {
 }
 
 func TestAddAcrossRangesOfOneSet(t *testing.T) {
-	a := New(loadConf(t, `{"type":"pier-ipam","ranges":[[
+	a := newTest(loadConf(t, `{"type":"pier-ipam","ranges":[[
 		{"subnet":"10.1.0.0/24","rangeStart":"10.1.0.10","rangeEnd":"10.1.0.11"},
 		{"subnet":"10.2.0.0/24","rangeStart":"10.2.0.20","rangeEnd":"10.2.0.20","gateway":"10.2.0.254"}]]}`, ""), newMemStore())
 	var got []string
@@ -120,7 +120,7 @@ func TestAddAcrossRangesOfOneSet(t *testing.T) {
 
 func TestAddIdempotent(t *testing.T) {
 	st := newMemStore()
-	a := New(loadConf(t, small, ""), st)
+	a := newTest(loadConf(t, small, ""), st)
 	first := addOne(t, a, own("a"))
 	if again := addOne(t, a, own("a")); again != first {
 		t.Errorf("repeated ADD returned %s, first returned %s", again, first)
@@ -136,7 +136,7 @@ func TestAddIdempotent(t *testing.T) {
 func TestAddRequested(t *testing.T) {
 	ctx := context.Background()
 	st := newMemStore()
-	got := addOne(t, New(loadConf(t, small, "IP=10.0.0.5"), st), own("a"))
+	got := addOne(t, newTest(loadConf(t, small, "IP=10.0.0.5"), st), own("a"))
 	if got != "10.0.0.5/29" {
 		t.Fatalf("requested 10.0.0.5, got %s", got)
 	}
@@ -153,12 +153,12 @@ func TestAddRequested(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			_, err := New(loadConf(t, c.ipam, c.args), st).Add(ctx, c.owner)
+			_, err := newTest(loadConf(t, c.ipam, c.args), st).Add(ctx, c.owner)
 			wantCode(t, err, cnierr.AddressUnavailable, c.parts...)
 		})
 	}
 	// The same request again is an idempotent ADD, not a conflict.
-	if again := addOne(t, New(loadConf(t, small, "IP=10.0.0.5"), st), own("a")); again != got {
+	if again := addOne(t, newTest(loadConf(t, small, "IP=10.0.0.5"), st), own("a")); again != got {
 		t.Errorf("repeated requested ADD returned %s, want %s", again, got)
 	}
 }
@@ -173,7 +173,7 @@ const roomy = `{"type":"pier-ipam","ranges":[[{"subnet":"10.0.0.0/24"}],[{"subne
 func TestAddDualStackFailureLeavesNothing(t *testing.T) {
 	ctx := context.Background()
 	st := newMemStore()
-	a := New(loadConf(t, dual, ""), st)
+	a := newTest(loadConf(t, dual, ""), st)
 	res, err := a.Add(ctx, own("a"))
 	if err != nil {
 		t.Fatal(err)
@@ -202,7 +202,7 @@ func TestAddDualStackFailureLeavesNothing(t *testing.T) {
 func TestDelAndCheck(t *testing.T) {
 	ctx := context.Background()
 	st := newMemStore()
-	a := New(loadConf(t, dual, ""), st)
+	a := newTest(loadConf(t, dual, ""), st)
 	addOne(t, a, own("a"))
 	held, err := a.Check(ctx, own("a"))
 	if err != nil || len(held) != 2 {
@@ -233,7 +233,7 @@ func TestDelAndCheck(t *testing.T) {
 func TestGC(t *testing.T) {
 	ctx := context.Background()
 	st := newMemStore()
-	a := New(loadConf(t, roomy, ""), st)
+	a := newTest(loadConf(t, roomy, ""), st)
 	for _, id := range []string{"a", "b", "c"} {
 		addOne(t, a, own(id))
 	}
@@ -264,7 +264,7 @@ func TestGC(t *testing.T) {
 func TestUnreadableRecords(t *testing.T) {
 	ctx := context.Background()
 	st := newMemStore()
-	a := New(loadConf(t, small, ""), st)
+	a := newTest(loadConf(t, small, ""), st)
 	bad := fmt.Errorf("garbage: %w", os.ErrInvalid)
 	// .2 is unreadable and listed by a's index; .3 is unreadable and listed
 	// by nobody's.
@@ -296,7 +296,7 @@ func TestUnreadableRecords(t *testing.T) {
 func TestStatus(t *testing.T) {
 	ctx := context.Background()
 	st := newMemStore()
-	a := New(loadConf(t, small, ""), st)
+	a := newTest(loadConf(t, small, ""), st)
 	if err := a.Status(ctx); err != nil {
 		t.Fatalf("Status of an empty pool: %v", err)
 	}
@@ -316,7 +316,7 @@ func TestStatus(t *testing.T) {
 func TestStatusListRangeSetMinusOne(t *testing.T) {
 	st := newMemStore()
 	st.records[netip.MustParseAddr("192.168.9.9")] = memRecord{owner: own("old")}
-	list, err := New(loadConf(t, small, ""), st).List(context.Background())
+	list, err := newTest(loadConf(t, small, ""), st).List(context.Background())
 	if err != nil || len(list) != 1 || list[0].RangeSet != -1 {
 		t.Errorf("List = %+v, %v; want one reservation outside every range (-1)", list, err)
 	}
@@ -326,7 +326,7 @@ func TestStatusListRangeSetMinusOne(t *testing.T) {
 // the number of reservations: the round-robin hint points at a free address.
 func TestAddCostIndependentOfN(t *testing.T) {
 	st := newMemStore()
-	a := New(loadConf(t, `{"type":"pier-ipam","subnet":"10.8.0.0/16"}`, ""), st)
+	a := newTest(loadConf(t, `{"type":"pier-ipam","subnet":"10.8.0.0/16"}`, ""), st)
 	for i := range 1000 {
 		addOne(t, a, own(fmt.Sprintf("c%d", i)))
 	}
@@ -342,12 +342,12 @@ func TestAddBusyStore(t *testing.T) {
 	st.sem <- struct{}{} // someone holds the lock
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	_, err := New(loadConf(t, small, ""), st).Add(ctx, own("a"))
+	_, err := newTest(loadConf(t, small, ""), st).Add(ctx, own("a"))
 	wantCode(t, err, cnierr.TryAgainLater)
 }
 
 func TestAddInvalidOwner(t *testing.T) {
-	a := New(loadConf(t, small, ""), newMemStore())
+	a := newTest(loadConf(t, small, ""), newMemStore())
 	_, err := a.Add(context.Background(), Owner{ContainerID: "../etc", IfName: "eth0"})
 	wantCode(t, err, cnierr.InvalidEnv, "CNI_CONTAINERID")
 }
@@ -360,7 +360,7 @@ func TestAddDNS(t *testing.T) {
 		t.Fatal(err)
 	}
 	ipam := fmt.Sprintf(`{"type":"pier-ipam","subnet":"10.0.0.0/29","resolvConf":%q}`, path)
-	res, err := New(loadConf(t, ipam, ""), newMemStore()).Add(context.Background(), own("a"))
+	res, err := newTest(loadConf(t, ipam, ""), newMemStore()).Add(context.Background(), own("a"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -370,7 +370,7 @@ func TestAddDNS(t *testing.T) {
 		t.Errorf("DNS = %+v", d)
 	}
 	ipam = `{"type":"pier-ipam","subnet":"10.0.0.0/29","resolvConf":"/nonexistent/resolv.conf"}`
-	_, err = New(loadConf(t, ipam, ""), newMemStore()).Add(context.Background(), own("a"))
+	_, err = newTest(loadConf(t, ipam, ""), newMemStore()).Add(context.Background(), own("a"))
 	wantCode(t, err, cnierr.InvalidConfig, "resolvConf", "/nonexistent/resolv.conf")
 }
 
@@ -384,7 +384,7 @@ func TestCandidatesVisitEachOnce(t *testing.T) {
 			l = netip.MustParseAddr(last)
 		}
 		var got []string
-		for a := range candidates(set, l, New(conf, nil).gateways) {
+		for a := range candidates(set, l, newTest(conf, nil).gateways) {
 			got = append(got, a.String())
 		}
 		// .2-.6 of the first range and .2 of the second: 6 addresses.
@@ -415,7 +415,7 @@ func TestNeverHandsOutAGateway(t *testing.T) {
 			gateways[r.Gateway] = true
 		}
 	}
-	a := New(conf, newMemStore())
+	a := newTest(conf, newMemStore())
 	ctx := context.Background()
 	for i := 0; ; i++ {
 		res, err := a.Add(ctx, own(fmt.Sprint("c", i)))
@@ -432,6 +432,6 @@ func TestNeverHandsOutAGateway(t *testing.T) {
 			}
 		}
 	}
-	_, err := New(loadConf(t, ranges, "IP=10.0.0.3"), newMemStore()).Add(ctx, own("static"))
+	_, err := newTest(loadConf(t, ranges, "IP=10.0.0.3"), newMemStore()).Add(ctx, own("static"))
 	wantCode(t, err, cnierr.AddressUnavailable, "10.0.0.3", "gateway")
 }

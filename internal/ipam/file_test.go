@@ -54,10 +54,10 @@ func runHelper(verb string) int {
 		o := own(fmt.Sprintf("%s-%d", prefix, i%max(n, 1)))
 		switch {
 		case verb == "del" || verb == "churn" && i%3 == 2:
-			err = Del(ctx, conf, o)
+			err = localDel(ctx, conf, o)
 		default:
 			var res *current.Result
-			if res, err = Add(ctx, conf, o); err == nil && verb == "add" {
+			if res, err = localAdd(ctx, conf, o); err == nil && verb == "add" {
 				fmt.Println(res.IPs[0].Address.String())
 			}
 		}
@@ -92,7 +92,7 @@ func helperCmd(verb, stdin, prefix string, n int) *exec.Cmd {
 // (temp files of interrupted writes are GC's to sweep).
 func assertEmpty(t *testing.T, conf *config.IPAMConfig) {
 	t.Helper()
-	list, err := List(context.Background(), conf)
+	list, err := local(conf).List(context.Background(), conf)
 	if err != nil || len(list) != 0 {
 		t.Errorf("store not empty: %+v, %v", list, err)
 	}
@@ -108,7 +108,7 @@ func TestFileConcurrentGoroutines(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Go(func() {
-			res, err := Add(context.Background(), conf, own(fmt.Sprintf("g%d", i)))
+			res, err := localAdd(context.Background(), conf, own(fmt.Sprintf("g%d", i)))
 			if err != nil {
 				t.Error(err)
 				return
@@ -123,7 +123,7 @@ func TestFileConcurrentGoroutines(t *testing.T) {
 	}
 	for i := range n {
 		wg.Go(func() {
-			if err := Del(context.Background(), conf, own(fmt.Sprintf("g%d", i))); err != nil {
+			if err := localDel(context.Background(), conf, own(fmt.Sprintf("g%d", i))); err != nil {
 				t.Error(err)
 			}
 		})
@@ -188,12 +188,12 @@ func TestFileSurvivesSIGKILL(t *testing.T) {
 		checkConsistent(t, conf)
 	}
 	for _, ix := range indexOwners(t, conf) {
-		if err := Del(context.Background(), conf, ix); err != nil {
+		if err := localDel(context.Background(), conf, ix); err != nil {
 			t.Fatal(err)
 		}
 	}
 	assertEmpty(t, conf)
-	if err := GC(context.Background(), conf, nil); err != nil { // sweeps temp files
+	if err := localGC(context.Background(), conf, nil); err != nil { // sweeps temp files
 		t.Fatal(err)
 	}
 	for _, dir := range []string{"", "owners"} {
@@ -210,7 +210,7 @@ func TestFileSurvivesSIGKILL(t *testing.T) {
 // invariant: each record parses and its owner's index lists it.
 func checkConsistent(t *testing.T, conf *config.IPAMConfig) {
 	t.Helper()
-	list, err := List(context.Background(), conf)
+	list, err := local(conf).List(context.Background(), conf)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -249,7 +249,7 @@ func TestFileAfterInterruptedAdd(t *testing.T) {
 	ctx := context.Background()
 	conf, _ := fileConf(t, "10.23.0.0/24")
 	dir := filepath.Join(conf.DataDir, conf.Name)
-	if _, err := Add(ctx, conf, own("other")); err != nil { // creates the layout, takes .2
+	if _, err := localAdd(ctx, conf, own("other")); err != nil { // creates the layout, takes .2
 		t.Fatal(err)
 	}
 	half := func(id string) string {
@@ -260,17 +260,17 @@ func TestFileAfterInterruptedAdd(t *testing.T) {
 		return path
 	}
 	half("crashed")
-	_, err := Check(ctx, conf, own("crashed"))
+	_, err := local(conf).Check(ctx, conf, own("crashed"))
 	wantCode(t, err, cnierr.UnknownContainer, "crashed")
-	if err := Del(ctx, conf, own("crashed")); err != nil {
+	if err := localDel(ctx, conf, own("crashed")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Check(ctx, conf, own("other")); err != nil {
+	if _, err := local(conf).Check(ctx, conf, own("other")); err != nil {
 		t.Errorf("DEL of a half-added owner released someone else's address: %v", err)
 	}
 	// A retried ADD gets an address and a clean index.
 	path := half("retry")
-	res, err := Add(ctx, conf, own("retry"))
+	res, err := localAdd(ctx, conf, own("retry"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -279,7 +279,7 @@ func TestFileAfterInterruptedAdd(t *testing.T) {
 		t.Errorf("index after retried ADD = %q, want only %s", b, got)
 	}
 	half("gcme")
-	if err := GC(ctx, conf, []Owner{own("other"), own("retry")}); err != nil {
+	if err := localGC(ctx, conf, []Owner{own("other"), own("retry")}); err != nil {
 		t.Fatal(err)
 	}
 	owners := indexOwners(t, conf)
@@ -300,7 +300,7 @@ func TestFileRebootReleasesAll(t *testing.T) {
 	if err := os.WriteFile(st.BootIDPath, []byte("first\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	a := New(conf, st)
+	a := newTest(conf, st)
 	for _, id := range []string{"a", "b"} {
 		if _, err := a.Add(ctx, own(id)); err != nil {
 			t.Fatal(err)
@@ -317,13 +317,13 @@ func TestFileRebootReleasesAll(t *testing.T) {
 func TestFileStatus(t *testing.T) {
 	ctx := context.Background()
 	conf, _ := fileConf(t, "10.25.0.0/30") // one allocatable address: .2
-	if err := Status(ctx, conf); err != nil {
+	if err := local(conf).Status(ctx, conf); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Add(ctx, conf, own("a")); err != nil {
+	if _, err := localAdd(ctx, conf, own("a")); err != nil {
 		t.Fatal(err)
 	}
-	wantCode(t, Status(ctx, conf), cnierr.PluginNotAvailable, "no free address")
+	wantCode(t, local(conf).Status(ctx, conf), cnierr.PluginNotAvailable, "no free address")
 
 	// A dataDir that cannot be created (a file is in the way).
 	blocker := filepath.Join(t.TempDir(), "file")
@@ -332,7 +332,7 @@ func TestFileStatus(t *testing.T) {
 	}
 	bad := *conf
 	bad.DataDir = blocker
-	wantCode(t, Status(ctx, &bad), cnierr.PluginNotAvailable, blocker)
+	wantCode(t, local(&bad).Status(ctx, &bad), cnierr.PluginNotAvailable, blocker)
 }
 
 // BenchmarkFileAddDel measures one ADD plus one DEL through the public API
@@ -343,16 +343,16 @@ func BenchmarkFileAddDel(b *testing.B) {
 			ctx := context.Background()
 			conf, _ := fileConf(b, "10.30.0.0/16")
 			for i := range n {
-				if _, err := Add(ctx, conf, own(fmt.Sprintf("pre%d", i))); err != nil {
+				if _, err := localAdd(ctx, conf, own(fmt.Sprintf("pre%d", i))); err != nil {
 					b.Fatal(err)
 				}
 			}
 			for i := 0; b.Loop(); i++ {
 				o := own(fmt.Sprintf("bench%d", i))
-				if _, err := Add(ctx, conf, o); err != nil {
+				if _, err := localAdd(ctx, conf, o); err != nil {
 					b.Fatal(err)
 				}
-				if err := Del(ctx, conf, o); err != nil {
+				if err := localDel(ctx, conf, o); err != nil {
 					b.Fatal(err)
 				}
 			}

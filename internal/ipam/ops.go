@@ -11,10 +11,10 @@ import (
 	"github.com/pier-cni/pier/internal/ipam/store"
 )
 
-// Del releases everything owner holds. Holding nothing is success, so a
+// Release releases everything owner holds. Holding nothing is success, so a
 // repeated DEL, or a DEL after a failed ADD, succeeds. It reads only owner's
 // index (no scan) unless that index is unreadable.
-func (a *Allocator) Del(ctx context.Context, owner Owner) error {
+func (a *storeAllocator) Release(ctx context.Context, owner Owner) error {
 	if err := checkOwner(owner); err != nil {
 		return err
 	}
@@ -42,7 +42,7 @@ func (a *Allocator) Del(ctx context.Context, owner Owner) error {
 }
 
 // Check returns the addresses owner holds, or a code-3 error naming owner.
-func (a *Allocator) Check(ctx context.Context, owner Owner) ([]netip.Addr, error) {
+func (a *storeAllocator) Check(ctx context.Context, owner Owner) ([]netip.Addr, error) {
 	if err := checkOwner(owner); err != nil {
 		return nil, err
 	}
@@ -69,7 +69,7 @@ func (a *Allocator) Check(ctx context.Context, owner Owner) ([]netip.Addr, error
 // valid owner's index lists its address (the store's invariant says its
 // owner's index does), so GC never frees an address a live container may
 // hold; when a valid owner's index is itself unreadable, such records stay.
-func (a *Allocator) GC(ctx context.Context, valid []Owner) error {
+func (a *storeAllocator) GC(ctx context.Context, valid []Owner) error {
 	keep := make(map[Owner]bool, len(valid))
 	for _, o := range valid {
 		keep[o] = true
@@ -131,7 +131,7 @@ func claimedBy(indexes []store.Index, keep map[Owner]bool) (claimed map[netip.Ad
 // Status returns nil when every range set has a free address, else a code-50
 // error naming the first that has none (and how many of its addresses are
 // held by unreadable records, which an operator may need to remove).
-func (a *Allocator) Status(ctx context.Context) error {
+func (a *storeAllocator) Status(ctx context.Context) error {
 	err := a.store.View(ctx, func(tx store.ReadTx) error {
 		for i := range a.conf.RangeSets {
 			_, err := a.nextFree(ctx, tx, i)
@@ -154,7 +154,7 @@ func (a *Allocator) Status(ctx context.Context) error {
 	return cnierr.Wrap(err, cnierr.PluginNotAvailable, "network %q cannot allocate", a.conf.Name)
 }
 
-func (a *Allocator) unreadableIn(tx store.ReadTx, set int) int {
+func (a *storeAllocator) unreadableIn(tx store.ReadTx, set int) int {
 	res, err := tx.Reservations()
 	if err != nil {
 		return 0 // only decorates a message that is being returned anyway
@@ -169,7 +169,7 @@ func (a *Allocator) unreadableIn(tx store.ReadTx, set int) int {
 }
 
 // List returns every reservation, in address order.
-func (a *Allocator) List(ctx context.Context) ([]Reservation, error) {
+func (a *storeAllocator) List(ctx context.Context) ([]Reservation, error) {
 	var out []Reservation
 	err := a.store.View(ctx, func(tx store.ReadTx) error {
 		res, err := tx.Reservations()

@@ -26,7 +26,7 @@ type req struct {
 // pick returns owner's address in range set r.set: the one it holds there,
 // else the requested one, else the next free one. isNew reports whether it
 // still has to be reserved.
-func (a *Allocator) pick(ctx context.Context, tx store.ReadTx, r req) (addr netip.Addr, isNew bool, err error) {
+func (a *storeAllocator) pick(ctx context.Context, tx store.ReadTx, r req) (addr netip.Addr, isNew bool, err error) {
 	set := a.conf.RangeSets[r.set]
 	for _, h := range r.held {
 		if !set.Contains(h) {
@@ -59,7 +59,7 @@ func checkRequested(tx store.ReadTx, addr netip.Addr) error {
 
 // nextFree returns the first free candidate after the range set's last
 // reserved address, or a code-102 error when the range set has none.
-func (a *Allocator) nextFree(ctx context.Context, tx store.ReadTx, set int) (netip.Addr, error) {
+func (a *storeAllocator) nextFree(ctx context.Context, tx store.ReadTx, set int) (netip.Addr, error) {
 	n := 0
 	for addr := range candidates(a.conf.RangeSets[set], tx.LastReserved(set), a.gateways) {
 		if n++; n%ctxCheckEvery == 0 && ctx.Err() != nil {

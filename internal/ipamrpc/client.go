@@ -7,10 +7,8 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/containernetworking/cni/pkg/types"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/status"
 
 	"github.com/pier-cni/pier/internal/cnierr"
 	"github.com/pier-cni/pier/internal/config"
@@ -208,19 +206,7 @@ func pools(ps []*ipamv1.PoolUsage) []PoolUsage {
 
 // coded turns a call's error into a CNI-coded one.
 func (c *Client) coded(err error, method string) error {
-	st, ok := status.FromError(err)
-	if ok {
-		for _, d := range st.Details() {
-			if e, ok := d.(*ipamv1.Error); ok {
-				return &types.Error{Code: uint(e.GetCniCode()), Msg: e.GetMsg(), Details: e.GetDetails()}
-			}
-		}
-	}
-	code := CNICode(err)
-	if code == cnierr.TryAgainLater {
-		return cnierr.Wrap(err, code, "pierd at %s is unreachable or busy (%s)", c.socket, method)
-	}
-	return cnierr.Wrap(err, code, "pierd at %s: %s failed", c.socket, method)
+	return FromStatus(err, fmt.Sprintf("pierd at %s (%s)", c.socket, method))
 }
 
 func withDefaultTimeout(ctx context.Context) (context.Context, context.CancelFunc) {

@@ -77,7 +77,7 @@ func (l Local) List(ctx context.Context, conf *config.IPAMConfig) ([]ipam.Reserv
 	if !l.exists(conf) {
 		return nil, nil
 	}
-	return ipam.List(ctx, conf)
+	return ipam.NewLocal(conf.DataDir, ipam.LocalOptions{}).List(ctx, conf)
 }
 
 // Status implements Source.
@@ -93,7 +93,7 @@ func (l Local) Status(ctx context.Context, conf *config.IPAMConfig) (*Status, er
 		st.Ready = true
 		return st, nil
 	}
-	err = ipam.Status(ctx, conf)
+	err = ipam.NewLocal(conf.DataDir, ipam.LocalOptions{}).Status(ctx, conf)
 	switch {
 	case err == nil:
 		st.Ready = true

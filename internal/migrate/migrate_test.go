@@ -66,7 +66,7 @@ func TestMigrate(t *testing.T) {
 	if rep, err = Run(ctx, opts); err != nil || !rep.Applied {
 		t.Fatalf("apply: %v %+v", err, rep)
 	}
-	res, err := ipam.List(ctx, opts.Target)
+	res, err := ipam.NewLocal(opts.Target.DataDir, ipam.LocalOptions{}).List(ctx, opts.Target)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +83,7 @@ func TestMigrate(t *testing.T) {
 		t.Errorf("round-robin hint %q, want 10.1.0.6", b)
 	}
 	// An ADD after the migration gets none of the imported addresses.
-	r, err := ipam.Add(ctx, opts.Target, ipam.Owner{ContainerID: "new", IfName: "eth0"})
+	r, err := ipam.AllocateResult(ctx, ipam.NewLocal(opts.Target.DataDir, ipam.LocalOptions{}), opts.Target, ipam.Owner{ContainerID: "new", IfName: "eth0"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,7 +122,7 @@ func TestMigrateConflictWritesNothing(t *testing.T) {
 	if !strings.Contains(rep.Items[0].Note, "other/eth0") {
 		t.Errorf("conflict note: %q", rep.Items[0].Note)
 	}
-	if res, _ := ipam.List(ctx, opts.Target); len(res) != 1 {
+	if res, _ := ipam.NewLocal(opts.Target.DataDir, ipam.LocalOptions{}).List(ctx, opts.Target); len(res) != 1 {
 		t.Fatalf("a conflicting migration wrote: %+v", res)
 	}
 }

@@ -86,12 +86,14 @@ func runOp(socket string, op clientOp) error {
 	defer c.Close()
 	switch op.Op {
 	case "add":
-		_, err := c.Add(ctx, conf, owner)
+		_, err := c.Allocate(ctx, conf, owner)
 		return err
 	case "del":
-		return c.Del(ctx, conf, owner)
+		_, err := c.Release(ctx, conf, owner)
+		return err
 	case "gc":
-		return c.GC(ctx, conf, nil)
+		_, err := c.GC(ctx, conf, nil)
+		return err
 	case "check":
 		_, err := c.Check(ctx, conf, owner)
 		return err
@@ -279,7 +281,7 @@ func TestNetworkScope(t *testing.T) {
 	root := lite.New(socket)
 	defer root.Close()
 	rootOwner := ipam.Owner{ContainerID: "c-root", IfName: "eth0"}
-	if _, err := root.Add(ctx, netConf(t, socket, "net1"), rootOwner); err != nil {
+	if _, err := root.Allocate(ctx, netConf(t, socket, "net1"), rootOwner); err != nil {
 		t.Fatal(err)
 	}
 
@@ -311,7 +313,7 @@ func TestNetworkScope(t *testing.T) {
 	}
 	// Root may GC the user's network: u1 goes.
 	mine := netConf(t, socket, "mine")
-	if err := root.GC(ctx, mine, nil); err != nil {
+	if _, err := root.GC(ctx, mine, nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := root.Check(ctx, mine, ipam.Owner{ContainerID: "u1", IfName: "eth0"}); cnierr.CodeOf(err) != cnierr.UnknownContainer {
@@ -354,7 +356,7 @@ func TestConnLimits(t *testing.T) {
 	for i := range 4 {
 		c := lite.New(socket)
 		defer c.Close() // held open: four root connections at the same time
-		if _, err := c.Add(ctx, netConf(t, socket, "net1"), ipam.Owner{ContainerID: fmt.Sprint("r", i), IfName: "eth0"}); err != nil {
+		if _, err := c.Allocate(ctx, netConf(t, socket, "net1"), ipam.Owner{ContainerID: fmt.Sprint("r", i), IfName: "eth0"}); err != nil {
 			t.Fatalf("root's call %d while users hold their share: %v", i, err)
 		}
 	}

@@ -53,12 +53,12 @@ func benchClients(b *testing.B, clients int, release bool) {
 			defer c.Close()
 			for i := next.Add(1) - 1; i < int64(b.N); i = next.Add(1) - 1 {
 				o := ipam.Owner{ContainerID: fmt.Sprintf("bench-%d", i), IfName: "eth0"}
-				if _, err := c.Add(context.Background(), conf, o); err != nil {
+				if _, err := c.Allocate(context.Background(), conf, o); err != nil {
 					errs <- err
 					return
 				}
 				if release {
-					if err := c.Del(context.Background(), conf, o); err != nil {
+					if _, err := c.Release(context.Background(), conf, o); err != nil {
 						errs <- err
 						return
 					}

@@ -35,7 +35,7 @@ func TestScrapeWhileNetworkLocked(t *testing.T) {
 	c := lite.New(socket)
 	defer c.Close()
 	for _, id := range []string{"c1", "c2"} {
-		if _, err := c.Add(context.Background(), conf, ipam.Owner{ContainerID: id, IfName: "eth0"}); err != nil {
+		if _, err := c.Allocate(context.Background(), conf, ipam.Owner{ContainerID: id, IfName: "eth0"}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -44,7 +44,7 @@ func TestScrapeWhileNetworkLocked(t *testing.T) {
 	go func() {
 		c := lite.New(socket)
 		defer c.Close()
-		_, err := c.Add(context.Background(), conf, ipam.Owner{ContainerID: "c3", IfName: "eth0"})
+		_, err := c.Allocate(context.Background(), conf, ipam.Owner{ContainerID: "c3", IfName: "eth0"})
 		added <- err
 	}()
 	waitFor(t, "the Allocate to wait inside pierd", func() bool { return d.inFlight() > 0 })
@@ -94,7 +94,7 @@ func TestAllocateWhileScrapeBlocked(t *testing.T) {
 	c := lite.New(socket)
 	defer c.Close()
 	for i := range 3 {
-		if _, err := c.Add(context.Background(), testConf(t, socket), ipam.Owner{ContainerID: fmt.Sprint("c", i), IfName: "eth0"}); err != nil {
+		if _, err := c.Allocate(context.Background(), testConf(t, socket), ipam.Owner{ContainerID: fmt.Sprint("c", i), IfName: "eth0"}); err != nil {
 			t.Fatalf("Allocate while a scrape is blocked: %v", err)
 		}
 	}
@@ -137,7 +137,7 @@ func TestMetricsConnLimit(t *testing.T) {
 	}
 	c := lite.New(socket)
 	defer c.Close()
-	if _, err := c.Add(context.Background(), testConf(t, socket), ipam.Owner{ContainerID: "c1", IfName: "eth0"}); err != nil {
+	if _, err := c.Allocate(context.Background(), testConf(t, socket), ipam.Owner{ContainerID: "c1", IfName: "eth0"}); err != nil {
 		t.Fatalf("Allocate while the metrics listener is full: %v", err)
 	}
 	release()

@@ -30,6 +30,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/pier-cni/pier/internal/config"
+	"github.com/pier-cni/pier/internal/ipam"
 	"github.com/pier-cni/pier/internal/ipam/store"
 	"github.com/pier-cni/pier/internal/ipamrpc"
 	"github.com/pier-cni/pier/internal/ipamrpc/ipamv1/ipamv1grpc"
@@ -71,9 +72,9 @@ type Options struct {
 	Limits  ConnLimits
 	Version string
 	Log     *slog.Logger
-	// IPAM, when set, serves the API instead of the local-store server
-	// (cluster mode: package cluster); DataDir is then its business.
-	IPAM ipamv1grpc.IPAMServer
+	// IPAM, when set, is the allocator served instead of the local store
+	// under DataDir (cluster mode: package cluster).
+	IPAM ipam.Allocator
 }
 
 // Daemon is a running pierd.
@@ -113,17 +114,15 @@ func Start(o Options) (*Daemon, error) {
 	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "requests_in_flight", Help: "IPAM calls being served.",
 	}, func() float64 { return float64(d.calls.Load()) }))
-	srv := o.IPAM
-	if srv == nil {
-		local, err := ipamrpc.NewServer(ipamrpc.ServerOptions{DataDir: o.DataDir, Version: o.Version, Observer: m, Log: log})
-		if err != nil {
-			return nil, err
-		}
+	srv, err := ipamrpc.NewServer(ipamrpc.ServerOptions{Allocator: o.IPAM, DataDir: o.DataDir, Version: o.Version, Observer: m, Log: log})
+	if err != nil {
+		return nil, err
+	}
+	if o.IPAM == nil {
 		d.pools = newPoolCollector(func() (map[string][]ipamrpc.PoolUsage, error) {
 			return ipamrpc.PoolSnapshot(o.DataDir, log)
 		})
 		m.reg.MustRegister(d.pools)
-		srv = local
 	}
 	if o.MetricsAddr != "" {
 		if err := d.startMetrics(o.MetricsAddr, m); err != nil {

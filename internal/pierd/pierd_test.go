@@ -192,7 +192,7 @@ func TestDrain(t *testing.T) {
 	conf := testConf(t, socket)
 	c := lite.New(socket)
 	defer c.Close()
-	if _, err := c.Add(context.Background(), conf, ipam.Owner{ContainerID: "c0", IfName: "eth0"}); err != nil {
+	if _, err := c.Allocate(context.Background(), conf, ipam.Owner{ContainerID: "c0", IfName: "eth0"}); err != nil {
 		t.Fatal(err)
 	}
 	c.Close()
@@ -215,12 +215,12 @@ func TestDrain(t *testing.T) {
 	go func() {
 		c := lite.New(socket)
 		defer c.Close()
-		res, err := c.Add(context.Background(), conf, ipam.Owner{ContainerID: "c1", IfName: "eth0"})
+		res, err := c.Allocate(context.Background(), conf, ipam.Owner{ContainerID: "c1", IfName: "eth0"})
 		if err != nil {
 			inflight <- result{err: err}
 			return
 		}
-		inflight <- result{addr: res.IPs[0].Address.String()}
+		inflight <- result{addr: res[0].Prefix.String()}
 	}()
 	waitFor(t, "the call to reach pierd", func() bool { return d.inFlight() > 0 })
 
@@ -273,11 +273,11 @@ func TestMetricsAndHealthz(t *testing.T) {
 	defer c.Close()
 	ctx := context.Background()
 	for _, id := range []string{"c1", "c2"} {
-		if _, err := c.Add(ctx, conf, ipam.Owner{ContainerID: id, IfName: "eth0"}); err != nil {
+		if _, err := c.Allocate(ctx, conf, ipam.Owner{ContainerID: id, IfName: "eth0"}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := c.Del(ctx, conf, ipam.Owner{ContainerID: "c1", IfName: "eth0"}); err != nil {
+	if _, err := c.Release(ctx, conf, ipam.Owner{ContainerID: "c1", IfName: "eth0"}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := c.Check(ctx, conf, ipam.Owner{ContainerID: "nobody", IfName: "eth0"}); cnierr.CodeOf(err) != cnierr.UnknownContainer {
@@ -335,7 +335,7 @@ func TestClientForPierctl(t *testing.T) {
 	defer lc.Close()
 	ctx := context.Background()
 	for _, id := range []string{"c1", "c2", "c3", "c4", "c5"} {
-		if _, err := lc.Add(ctx, conf, ipam.Owner{ContainerID: id, IfName: "eth0"}); err != nil {
+		if _, err := lc.Allocate(ctx, conf, ipam.Owner{ContainerID: id, IfName: "eth0"}); err != nil {
 			t.Fatal(err)
 		}
 	}

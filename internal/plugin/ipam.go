@@ -3,6 +3,7 @@ package plugin
 import (
 	"context"
 	"errors"
+	"io"
 	"net/netip"
 	"slices"
 
@@ -20,19 +21,31 @@ import (
 // second exec. Every other type is delegated through CNI_PATH.
 const EmbeddedIPAM = "pier-ipam"
 
-// ipamBackend is what the plugin needs from an IPAM: the embedded allocator,
-// pierd (daemon mode) or a delegated plugin answer the same questions.
+// ipamBackend is what one CNI call needs from IPAM. Two kinds answer it:
+//
+//   - pierIPAM: pier-ipam's allocator (ipam.Allocator: the local store, or
+//     pierd in daemon and cluster mode), which knows owners, so DEL and GC
+//     can ask who holds what;
+//   - delegatedIPAM: another IPAM plugin run from CNI_PATH, which answers
+//     the CNI verbs and nothing else.
+//
+// A delegated plugin does not implement ipam.Allocator: the spec gives it
+// no verb to list reservations or to tell what an attachment holds, and it
+// reads the whole network config (its own keys, prevResult) rather than
+// the range sets an Allocator is given, so Held and HeldByValid honestly
+// answer "unknown" (nil) for it and DEL and GC fall back to the owners
+// recorded in nftables comments and link aliases.
 type ipamBackend interface {
 	Add(ctx context.Context) (*current.Result, error)
 	Del(ctx context.Context) error
 	Check(ctx context.Context) error
 	GC(ctx context.Context) error
 	Status(ctx context.Context) error
-	// Held returns the addresses the attachment holds, when the backend can
-	// tell (the embedded one can; a delegated plugin cannot be asked).
+	// Held returns the addresses the attachment holds, or nil when the
+	// backend cannot tell.
 	Held(ctx context.Context) ([]netip.Addr, error)
 	// HeldByValid returns the addresses held for the config's valid
-	// attachments (GC), when the backend can tell.
+	// attachments (GC), or nil when the backend cannot tell.
 	HeldByValid(ctx context.Context) (map[netip.Addr]bool, error)
 	// Subnets returns the configured ranges' subnets, when the backend has
 	// them (pier-ipam; in cluster mode, the cluster CIDR).
@@ -52,63 +65,74 @@ func rangeSubnets(conf *config.IPAMConfig) []netip.Prefix {
 	return out
 }
 
-func newIPAM(conf *config.NetConf, args *skel.CmdArgs) (ipamBackend, error) {
+// newIPAM returns the call's IPAM and what to close when the call ends.
+func (p *Plugin) newIPAM(conf *config.NetConf, args *skel.CmdArgs) (ipamBackend, io.Closer, error) {
 	if conf.IPAM.Type != EmbeddedIPAM {
-		return &delegatedIPAM{pluginType: conf.IPAM.Type, stdin: args.StdinData}, nil
+		return &delegatedIPAM{pluginType: conf.IPAM.Type, stdin: args.StdinData}, io.NopCloser(nil), nil
 	}
 	ic, err := config.LoadIPAM(args.StdinData, args.Args)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	if ic.DaemonSocket != "" {
-		return newDaemonIPAM(ic, args), nil
-	}
-	return &embeddedIPAM{conf: ic, owner: ipam.Owner{ContainerID: args.ContainerID, IfName: args.IfName}}, nil
+	alloc, closer := p.openAllocator(ic)
+	return &pierIPAM{alloc: alloc, conf: ic, owner: ipam.Owner{ContainerID: args.ContainerID, IfName: args.IfName}}, closer, nil
 }
 
-type embeddedIPAM struct {
+// pierIPAM is pier-ipam's allocator serving one attachment.
+type pierIPAM struct {
+	alloc ipam.Allocator
 	conf  *config.IPAMConfig
 	owner ipam.Owner
 }
 
-func (e *embeddedIPAM) Add(ctx context.Context) (*current.Result, error) {
-	return ipam.Add(ctx, e.conf, e.owner)
+func (p *pierIPAM) Add(ctx context.Context) (*current.Result, error) {
+	return ipam.AllocateResult(ctx, p.alloc, p.conf, p.owner)
 }
 
-func (e *embeddedIPAM) Del(ctx context.Context) error { return ipam.Del(ctx, e.conf, e.owner) }
-
-func (e *embeddedIPAM) Check(ctx context.Context) error {
-	_, err := ipam.Check(ctx, e.conf, e.owner)
+func (p *pierIPAM) Del(ctx context.Context) error {
+	_, err := p.alloc.Release(ctx, p.conf, p.owner)
 	return err
 }
 
-func (e *embeddedIPAM) GC(ctx context.Context) error {
-	return ipam.GC(ctx, e.conf, e.conf.ValidAttachments)
+func (p *pierIPAM) Check(ctx context.Context) error {
+	_, err := p.alloc.Check(ctx, p.conf, p.owner)
+	return err
 }
 
-func (e *embeddedIPAM) Status(ctx context.Context) error { return ipam.Status(ctx, e.conf) }
+func (p *pierIPAM) GC(ctx context.Context) error {
+	_, err := p.alloc.GC(ctx, p.conf, p.conf.ValidAttachments)
+	return err
+}
 
-func (e *embeddedIPAM) Held(ctx context.Context) ([]netip.Addr, error) {
-	addrs, err := ipam.Check(ctx, e.conf, e.owner)
+func (p *pierIPAM) Status(ctx context.Context) error { return p.alloc.Status(ctx, p.conf) }
+
+// Held is Check where holding nothing is an empty answer, not an error:
+// DEL's first question. With pierd down it fails with code 11 before
+// anything is removed, like a busy store in local mode: the runtime
+// retries DEL, and nothing is released behind the allocator's back.
+func (p *pierIPAM) Held(ctx context.Context) ([]netip.Addr, error) {
+	addrs, err := p.alloc.Check(ctx, p.conf, p.owner)
 	if cnierr.CodeOf(err) == cnierr.UnknownContainer {
 		return nil, nil
 	}
 	return addrs, err
 }
 
-func (e *embeddedIPAM) HeldByValid(ctx context.Context) (map[netip.Addr]bool, error) {
-	res, err := ipam.List(ctx, e.conf)
+func (p *pierIPAM) HeldByValid(ctx context.Context) (map[netip.Addr]bool, error) {
+	res, err := p.alloc.List(ctx, p.conf)
 	if err != nil {
 		return nil, err
 	}
 	held := map[netip.Addr]bool{}
 	for _, r := range res {
-		if slices.Contains(e.conf.ValidAttachments, r.Owner) {
+		if r.Problem == "" && slices.Contains(p.conf.ValidAttachments, r.Owner) {
 			held[r.Addr] = true
 		}
 	}
 	return held, nil
 }
+
+func (p *pierIPAM) Subnets() []netip.Prefix { return rangeSubnets(p.conf) }
 
 // delegatedIPAM runs another IPAM plugin from CNI_PATH with the same config,
 // as the spec's delegation section says, for every verb.
@@ -150,8 +174,6 @@ func (d *delegatedIPAM) Held(context.Context) ([]netip.Addr, error) { return nil
 func (d *delegatedIPAM) HeldByValid(context.Context) (map[netip.Addr]bool, error) { return nil, nil }
 
 func (d *delegatedIPAM) Subnets() []netip.Prefix { return nil }
-
-func (e *embeddedIPAM) Subnets() []netip.Prefix { return rangeSubnets(e.conf) }
 
 // delegationError keeps the delegated plugin's own code (it knows best) and
 // says which plugin and verb produced it.

@@ -12,6 +12,7 @@ package plugin
 
 import (
 	"context"
+	"io"
 	"log/slog"
 	"time"
 
@@ -20,6 +21,8 @@ import (
 
 	"github.com/pier-cni/pier/internal/cnierr"
 	"github.com/pier-cni/pier/internal/config"
+	"github.com/pier-cni/pier/internal/ipam"
+	"github.com/pier-cni/pier/internal/ipam/ipamcni"
 )
 
 // callTimeout bounds one CNI call. Runtimes give a plugin minutes at most;
@@ -28,19 +31,24 @@ const callTimeout = 60 * time.Second
 
 // Plugin is the `pier` plugin. It holds no state between calls: every call is
 // a new process.
-type Plugin struct{}
+type Plugin struct {
+	// openAllocator returns the allocator a pier-ipam config names, and
+	// what to close when the call ends.
+	openAllocator func(*config.IPAMConfig) (ipam.Allocator, io.Closer)
+}
 
-// New returns the plugin.
-func New() *Plugin { return &Plugin{} }
+// New returns the plugin, whose pier-ipam configs are served by the local
+// store or, with ipam.daemonSocket, by pierd.
+func New() *Plugin { return &Plugin{openAllocator: ipamcni.Open} }
 
 // Funcs wires the verbs for skel.
 func (p *Plugin) Funcs() skel.CNIFuncs {
 	return skel.CNIFuncs{
-		Add:    func(a *skel.CmdArgs) error { return serve("ADD", a, (*call).add) },
-		Del:    func(a *skel.CmdArgs) error { return serve("DEL", a, (*call).del) },
-		Check:  func(a *skel.CmdArgs) error { return serve("CHECK", a, (*call).check) },
-		Status: func(a *skel.CmdArgs) error { return serve("STATUS", a, (*call).status) },
-		GC:     func(a *skel.CmdArgs) error { return serve("GC", a, (*call).gc) },
+		Add:    func(a *skel.CmdArgs) error { return p.serve("ADD", a, (*call).add) },
+		Del:    func(a *skel.CmdArgs) error { return p.serve("DEL", a, (*call).del) },
+		Check:  func(a *skel.CmdArgs) error { return p.serve("CHECK", a, (*call).check) },
+		Status: func(a *skel.CmdArgs) error { return p.serve("STATUS", a, (*call).status) },
+		GC:     func(a *skel.CmdArgs) error { return p.serve("GC", a, (*call).gc) },
 	}
 }
 
@@ -53,22 +61,36 @@ type call struct {
 	log  *slog.Logger
 }
 
-// serve is the CNI boundary: it loads the config, runs the verb, prints a
-// result if there is one, and turns any error into a *types.Error with a
-// code. Nothing but the result or the error reaches stdout.
-func serve(verb string, args *skel.CmdArgs, run func(*call, context.Context) (types.Result, error)) error {
+// serve is the CNI boundary: it runs the verb, prints a result if there is
+// one, and turns any error into a *types.Error with a code. Nothing but the
+// result or the error reaches stdout.
+func (p *Plugin) serve(verb string, args *skel.CmdArgs, run func(*call, context.Context) (types.Result, error)) error {
+	result, conf, err := p.run(verb, args, run)
+	if err != nil {
+		return cnierr.ToCNI(err)
+	}
+	if result == nil {
+		return nil
+	}
+	return types.PrintResult(result, conf.CNIVersion)
+}
+
+// run loads the config, opens the call's IPAM and logger and runs the
+// verb. It returns the config too, for the result's version.
+func (p *Plugin) run(verb string, args *skel.CmdArgs, run func(*call, context.Context) (types.Result, error)) (types.Result, *config.NetConf, error) {
 	conf, err := config.LoadNetConf(args.StdinData, args.Args)
 	if err != nil {
-		return cnierr.ToCNI(err)
+		return nil, nil, err
 	}
-	log, closer := newCallLogger(verb, args, conf.LogFile, conf.LogLevel)
-	defer closer.Close() //nolint:errcheck // a log file that fails to close loses log lines, not state
+	log, logCloser := newCallLogger(verb, args, conf.LogFile, conf.LogLevel)
+	defer logCloser.Close() //nolint:errcheck // a log file that fails to close loses log lines, not state
 
-	backend, err := newIPAM(conf, args)
+	backend, ipamCloser, err := p.newIPAM(conf, args)
 	if err != nil {
 		log.Error("invalid IPAM config", "err", err)
-		return cnierr.ToCNI(err)
+		return nil, conf, err
 	}
+	defer ipamCloser.Close() //nolint:errcheck // closing a client connection loses nothing
 	c := &call{args: args, conf: conf, ipam: backend, log: log}
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
@@ -77,11 +99,8 @@ func serve(verb string, args *skel.CmdArgs, run func(*call, context.Context) (ty
 	result, err := run(c, ctx)
 	if err != nil {
 		log.Error(verb+" failed", "err", err, "took", time.Since(start))
-		return cnierr.ToCNI(err)
+		return nil, conf, err
 	}
 	log.Info(verb+" done", "took", time.Since(start))
-	if result == nil {
-		return nil
-	}
-	return types.PrintResult(result, conf.CNIVersion)
+	return result, conf, nil
 }

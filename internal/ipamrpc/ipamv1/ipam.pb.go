@@ -378,8 +378,11 @@ func (x *Address) GetRangeSet() uint32 {
 }
 
 type AllocateResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Addresses     []*Address             `protobuf:"bytes,1,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Addresses []*Address             `protobuf:"bytes,1,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	// The attachment the addresses were allocated to: the plugin refuses an
+	// answer for anyone but the owner it asked for.
+	Owner         *Owner `protobuf:"bytes,2,opt,name=owner,proto3" json:"owner,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -417,6 +420,13 @@ func (*AllocateResponse) Descriptor() ([]byte, []int) {
 func (x *AllocateResponse) GetAddresses() []*Address {
 	if x != nil {
 		return x.Addresses
+	}
+	return nil
+}
+
+func (x *AllocateResponse) GetOwner() *Owner {
+	if x != nil {
+		return x.Owner
 	}
 	return nil
 }
@@ -1300,9 +1310,10 @@ const file_internal_ipamrpc_ipamv1_ipam_proto_rawDesc = "" +
 	"\aAddress\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x18\n" +
 	"\agateway\x18\x02 \x01(\tR\agateway\x12\x1b\n" +
-	"\trange_set\x18\x03 \x01(\rR\brangeSet\"G\n" +
+	"\trange_set\x18\x03 \x01(\rR\brangeSet\"r\n" +
 	"\x10AllocateResponse\x123\n" +
-	"\taddresses\x18\x01 \x03(\v2\x15.pier.ipam.v1.AddressR\taddresses\"l\n" +
+	"\taddresses\x18\x01 \x03(\v2\x15.pier.ipam.v1.AddressR\taddresses\x12)\n" +
+	"\x05owner\x18\x02 \x01(\v2\x13.pier.ipam.v1.OwnerR\x05owner\"l\n" +
 	"\x0eReleaseRequest\x12/\n" +
 	"\anetwork\x18\x01 \x01(\v2\x15.pier.ipam.v1.NetworkR\anetwork\x12)\n" +
 	"\x05owner\x18\x02 \x01(\v2\x13.pier.ipam.v1.OwnerR\x05owner\"-\n" +
@@ -1401,24 +1412,25 @@ var file_internal_ipamrpc_ipamv1_ipam_proto_depIdxs = []int32{
 	0,  // 2: pier.ipam.v1.AllocateRequest.network:type_name -> pier.ipam.v1.Network
 	3,  // 3: pier.ipam.v1.AllocateRequest.owner:type_name -> pier.ipam.v1.Owner
 	5,  // 4: pier.ipam.v1.AllocateResponse.addresses:type_name -> pier.ipam.v1.Address
-	0,  // 5: pier.ipam.v1.ReleaseRequest.network:type_name -> pier.ipam.v1.Network
-	3,  // 6: pier.ipam.v1.ReleaseRequest.owner:type_name -> pier.ipam.v1.Owner
-	0,  // 7: pier.ipam.v1.CheckRequest.network:type_name -> pier.ipam.v1.Network
-	3,  // 8: pier.ipam.v1.CheckRequest.owner:type_name -> pier.ipam.v1.Owner
-	0,  // 9: pier.ipam.v1.GCRequest.network:type_name -> pier.ipam.v1.Network
-	3,  // 10: pier.ipam.v1.GCRequest.valid:type_name -> pier.ipam.v1.Owner
-	15, // 11: pier.ipam.v1.ListResponse.networks:type_name -> pier.ipam.v1.NetworkLeases
-	16, // 12: pier.ipam.v1.NetworkLeases.pools:type_name -> pier.ipam.v1.PoolUsage
-	17, // 13: pier.ipam.v1.NetworkLeases.leases:type_name -> pier.ipam.v1.Lease
-	3,  // 14: pier.ipam.v1.Lease.owner:type_name -> pier.ipam.v1.Owner
-	0,  // 15: pier.ipam.v1.StatusRequest.network:type_name -> pier.ipam.v1.Network
-	20, // 16: pier.ipam.v1.StatusResponse.networks:type_name -> pier.ipam.v1.NetworkStatus
-	16, // 17: pier.ipam.v1.NetworkStatus.pools:type_name -> pier.ipam.v1.PoolUsage
-	18, // [18:18] is the sub-list for method output_type
-	18, // [18:18] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	3,  // 5: pier.ipam.v1.AllocateResponse.owner:type_name -> pier.ipam.v1.Owner
+	0,  // 6: pier.ipam.v1.ReleaseRequest.network:type_name -> pier.ipam.v1.Network
+	3,  // 7: pier.ipam.v1.ReleaseRequest.owner:type_name -> pier.ipam.v1.Owner
+	0,  // 8: pier.ipam.v1.CheckRequest.network:type_name -> pier.ipam.v1.Network
+	3,  // 9: pier.ipam.v1.CheckRequest.owner:type_name -> pier.ipam.v1.Owner
+	0,  // 10: pier.ipam.v1.GCRequest.network:type_name -> pier.ipam.v1.Network
+	3,  // 11: pier.ipam.v1.GCRequest.valid:type_name -> pier.ipam.v1.Owner
+	15, // 12: pier.ipam.v1.ListResponse.networks:type_name -> pier.ipam.v1.NetworkLeases
+	16, // 13: pier.ipam.v1.NetworkLeases.pools:type_name -> pier.ipam.v1.PoolUsage
+	17, // 14: pier.ipam.v1.NetworkLeases.leases:type_name -> pier.ipam.v1.Lease
+	3,  // 15: pier.ipam.v1.Lease.owner:type_name -> pier.ipam.v1.Owner
+	0,  // 16: pier.ipam.v1.StatusRequest.network:type_name -> pier.ipam.v1.Network
+	20, // 17: pier.ipam.v1.StatusResponse.networks:type_name -> pier.ipam.v1.NetworkStatus
+	16, // 18: pier.ipam.v1.NetworkStatus.pools:type_name -> pier.ipam.v1.PoolUsage
+	19, // [19:19] is the sub-list for method output_type
+	19, // [19:19] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_internal_ipamrpc_ipamv1_ipam_proto_init() }

@@ -25,10 +25,10 @@ func BenchmarkAddDel(b *testing.B) {
 	b.ResetTimer()
 	for i := range b.N {
 		o := own(fmt.Sprint("bench-", i))
-		if _, err := c.Add(ctx, conf, o); err != nil {
+		if _, err := c.Allocate(ctx, conf, o); err != nil {
 			b.Fatal(err)
 		}
-		if err := c.Del(ctx, conf, o); err != nil {
+		if _, err := c.Release(ctx, conf, o); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -63,7 +63,7 @@ func BenchmarkLargeGC(b *testing.B) {
 	}
 	b.ResetTimer()
 	for range b.N {
-		if err := c.GC(context.Background(), conf, valid); err != nil {
+		if _, err := c.GC(context.Background(), conf, valid); err != nil {
 			b.Fatal(err)
 		}
 	}

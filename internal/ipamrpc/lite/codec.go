@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/pier-cni/pier/internal/cnierr"
 	"github.com/pier-cni/pier/internal/config"
 )
 
@@ -37,6 +38,9 @@ const (
 	fListNetwork = 1
 	// AllocateResponse / CheckResponse
 	fRespAddresses = 1
+	fRespOwner     = 2 // AllocateResponse
+	// ReleaseResponse / GCResponse
+	fRespReleased = 1
 	// Address
 	fAddrAddress  = 1
 	fAddrGateway  = 2
@@ -154,10 +158,18 @@ type wireAddress struct {
 	rangeSet         uint32
 }
 
-func decodeAllocateResponse(b []byte) ([]wireAddress, error) {
+// decodeAllocateResponse returns the addresses and the owner they were
+// allocated to.
+func decodeAllocateResponse(b []byte) ([]wireAddress, config.Owner, error) {
 	var out []wireAddress
+	var owner config.Owner
 	err := eachField(b, func(f field) error {
-		if f.num != fRespAddresses || f.typ != bytesType {
+		switch {
+		case f.num == fRespOwner && f.typ == bytesType:
+			var err error
+			owner, err = decodeOwner(f.bytes)
+			return err
+		case f.num != fRespAddresses || f.typ != bytesType:
 			return nil
 		}
 		var a wireAddress
@@ -175,7 +187,37 @@ func decodeAllocateResponse(b []byte) ([]wireAddress, error) {
 		out = append(out, a)
 		return err
 	})
-	return out, err
+	return out, owner, err
+}
+
+// decodeCount returns the released count of a ReleaseResponse or
+// GCResponse.
+func decodeCount(b []byte) (int, error) {
+	n := 0
+	err := eachField(b, func(f field) error {
+		if f.num == fRespReleased && f.typ == varintType {
+			n = int(uint32(f.num64))
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, cnierr.Wrap(err, cnierr.DecodingFailure, "pierd's response")
+	}
+	return n, nil
+}
+
+func decodeOwner(b []byte) (config.Owner, error) {
+	var o config.Owner
+	err := eachField(b, func(g field) error {
+		switch {
+		case g.num == fOwnerContainerID && g.typ == bytesType:
+			o.ContainerID = string(g.bytes)
+		case g.num == fOwnerIfName && g.typ == bytesType:
+			o.IfName = string(g.bytes)
+		}
+		return nil
+	})
+	return o, err
 }
 
 // decodeStrings returns the repeated string field num of message b.
@@ -236,15 +278,9 @@ func decodeLease(b []byte) (wireLease, error) {
 		case f.num == fLeaseRangeSet && f.typ == varintType:
 			l.rangeSet = int32(f.num64)
 		case f.num == fLeaseOwner && f.typ == bytesType:
-			return eachField(f.bytes, func(g field) error {
-				switch {
-				case g.num == fOwnerContainerID && g.typ == bytesType:
-					l.owner.ContainerID = string(g.bytes)
-				case g.num == fOwnerIfName && g.typ == bytesType:
-					l.owner.IfName = string(g.bytes)
-				}
-				return nil
-			})
+			var err error
+			l.owner, err = decodeOwner(f.bytes)
+			return err
 		}
 		return nil
 	})

@@ -77,11 +77,17 @@ func TestEncodeRequestsMatchGenerated(t *testing.T) {
 func TestDecodeResponsesMatchGenerated(t *testing.T) {
 	alloc, _ := proto.Marshal(&ipamv1.AllocateResponse{Addresses: []*ipamv1.Address{
 		{Address: "10.1.0.10/24", Gateway: "10.1.0.1"}, {Address: "fd00::2/64", Gateway: "fd00::1", RangeSet: 1},
-	}})
-	addrs, err := decodeAllocateResponse(alloc)
+	}, Owner: &ipamv1.Owner{ContainerId: "c1", IfName: "eth0"}})
+	addrs, owner, err := decodeAllocateResponse(alloc)
 	want := []wireAddress{{"10.1.0.10/24", "10.1.0.1", 0}, {"fd00::2/64", "fd00::1", 1}}
-	if err != nil || len(addrs) != 2 || addrs[0] != want[0] || addrs[1] != want[1] {
-		t.Errorf("AllocateResponse: %v %v", addrs, err)
+	if err != nil || len(addrs) != 2 || addrs[0] != want[0] || addrs[1] != want[1] || owner != (config.Owner{ContainerID: "c1", IfName: "eth0"}) {
+		t.Errorf("AllocateResponse: %v %v %v", addrs, owner, err)
+	}
+	for _, msg := range []proto.Message{&ipamv1.ReleaseResponse{Released: 3}, &ipamv1.GCResponse{Released: 3}} {
+		b, _ := proto.Marshal(msg)
+		if n, err := decodeCount(b); err != nil || n != 3 {
+			t.Errorf("%T: %d %v", msg, n, err)
+		}
 	}
 
 	check, _ := proto.Marshal(&ipamv1.CheckResponse{Addresses: []string{"10.1.0.10", "fd00::2"}})
@@ -153,19 +159,22 @@ func FuzzDecode(f *testing.F) {
 		f.Add(seed)
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		_, _ = decodeAllocateResponse(b)
+		_, _, _ = decodeAllocateResponse(b)
+		_, _ = decodeCount(b)
 		_, _ = decodeStrings(b, 1)
 		_, _ = decodeListResponse(b, "n")
 		_, _ = decodeErrorDetail(b)
 	})
 }
 
-func TestIPConfigFromWire(t *testing.T) {
-	ipc, err := ipConfig(wireAddress{address: "10.1.0.10/24", gateway: "10.1.0.1"})
-	if err != nil || ipc.Address.String() != "10.1.0.10/24" || ipc.Gateway.String() != "10.1.0.1" {
-		t.Fatalf("%v %v", ipc, err)
+func TestAddressFromWire(t *testing.T) {
+	a, err := address(wireAddress{address: "10.1.0.10/24", gateway: "10.1.0.1", rangeSet: 1})
+	if err != nil || a.Prefix.String() != "10.1.0.10/24" || a.Gateway.String() != "10.1.0.1" || a.RangeSet != 1 {
+		t.Fatalf("%v %v", a, err)
 	}
-	if _, err := ipConfig(wireAddress{address: "nope"}); err == nil {
-		t.Fatal("bad address accepted")
+	for _, bad := range []wireAddress{{address: "nope"}, {address: "10.1.0.10/24", gateway: "nope"}} {
+		if _, err := address(bad); err == nil {
+			t.Errorf("%+v accepted", bad)
+		}
 	}
 }

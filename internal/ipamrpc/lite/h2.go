@@ -155,15 +155,9 @@ func (s *rpcStatus) Error() string {
 	return fmt.Sprintf("gRPC status %d: %s", s.Code, s.Message)
 }
 
-// gRPC codes the client interprets.
-const (
-	codeOK               = 0
-	codeCanceled         = 1
-	codeDeadlineExceeded = 4
-	codePermissionDenied = 7
-	codeUnavailable      = 14
-	codeUnauthenticated  = 16
-)
+// codeOK is the gRPC status code of success; package rpcerr maps the
+// others.
+const codeOK = 0
 
 // h2conn is one HTTP/2 connection used for sequential unary calls.
 type h2conn struct {

@@ -72,65 +72,37 @@ func loadConf(t testing.TB, socket, ipamJSON, envArgs string) *config.IPAMConfig
 
 func own(id string) ipam.Owner { return ipam.Owner{ContainerID: id, IfName: "eth0"} }
 
-// allocator is what both modes offer; local mode is package ipam itself.
-type allocator interface {
-	Add(context.Context, *config.IPAMConfig, ipam.Owner) (string, error)
-	Del(context.Context, *config.IPAMConfig, ipam.Owner) error
-	Check(context.Context, *config.IPAMConfig, ipam.Owner) (string, error)
-	GC(context.Context, *config.IPAMConfig, []ipam.Owner) error
-	Status(context.Context, *config.IPAMConfig) error
-	List(context.Context, *config.IPAMConfig) (string, error)
-}
+// allocator is what a step of the script sees of either mode: the calls
+// of ipam.Allocator, each rendered as a string (ADD as the plugin's result).
+type allocator struct{ a ipam.Allocator }
 
-type localMode struct{}
-
-func (localMode) Add(ctx context.Context, c *config.IPAMConfig, o ipam.Owner) (string, error) {
-	r, err := ipam.Add(ctx, c, o)
+func (m allocator) Add(ctx context.Context, c *config.IPAMConfig, o ipam.Owner) (string, error) {
+	r, err := ipam.AllocateResult(ctx, m.a, c, o)
 	if err != nil {
 		return "", err
 	}
 	return fmt.Sprint(r.IPs, r.Routes), nil
 }
-func (localMode) Del(ctx context.Context, c *config.IPAMConfig, o ipam.Owner) error {
-	return ipam.Del(ctx, c, o)
-}
-func (localMode) Check(ctx context.Context, c *config.IPAMConfig, o ipam.Owner) (string, error) {
-	a, err := ipam.Check(ctx, c, o)
-	return fmt.Sprint(a), err
-}
-func (localMode) GC(ctx context.Context, c *config.IPAMConfig, v []ipam.Owner) error {
-	return ipam.GC(ctx, c, v)
-}
-func (localMode) Status(ctx context.Context, c *config.IPAMConfig) error { return ipam.Status(ctx, c) }
-func (localMode) List(ctx context.Context, c *config.IPAMConfig) (string, error) {
-	r, err := ipam.List(ctx, c)
-	return fmt.Sprint(r), err
+
+func (m allocator) Del(ctx context.Context, c *config.IPAMConfig, o ipam.Owner) (string, error) {
+	n, err := m.a.Release(ctx, c, o)
+	return fmt.Sprint(n, " released"), err
 }
 
-type daemonMode struct{ c *lite.Client }
-
-func (d daemonMode) Add(ctx context.Context, c *config.IPAMConfig, o ipam.Owner) (string, error) {
-	r, err := d.c.Add(ctx, c, o)
-	if err != nil {
-		return "", err
-	}
-	return fmt.Sprint(r.IPs, r.Routes), nil
-}
-func (d daemonMode) Del(ctx context.Context, c *config.IPAMConfig, o ipam.Owner) error {
-	return d.c.Del(ctx, c, o)
-}
-func (d daemonMode) Check(ctx context.Context, c *config.IPAMConfig, o ipam.Owner) (string, error) {
-	a, err := d.c.Check(ctx, c, o)
+func (m allocator) Check(ctx context.Context, c *config.IPAMConfig, o ipam.Owner) (string, error) {
+	a, err := m.a.Check(ctx, c, o)
 	return fmt.Sprint(a), err
 }
-func (d daemonMode) GC(ctx context.Context, c *config.IPAMConfig, v []ipam.Owner) error {
-	return d.c.GC(ctx, c, v)
+
+func (m allocator) GC(ctx context.Context, c *config.IPAMConfig, v []ipam.Owner) (string, error) {
+	n, err := m.a.GC(ctx, c, v)
+	return fmt.Sprint(n, " released"), err
 }
-func (d daemonMode) Status(ctx context.Context, c *config.IPAMConfig) error {
-	return d.c.Status(ctx, c)
-}
-func (d daemonMode) List(ctx context.Context, c *config.IPAMConfig) (string, error) {
-	r, err := d.c.List(ctx, c)
+
+func (m allocator) Status(ctx context.Context, c *config.IPAMConfig) error { return m.a.Status(ctx, c) }
+
+func (m allocator) List(ctx context.Context, c *config.IPAMConfig) (string, error) {
+	r, err := m.a.List(ctx, c)
 	return fmt.Sprint(r), err
 }
 
@@ -183,16 +155,16 @@ func TestSameSemanticsAsLocalMode(t *testing.T) {
 			return a.Add(ctx, conf(""), ipam.Owner{ContainerID: "-x", IfName: "eth0"})
 		}},
 		{"del c1", func(a allocator, conf func(string) *config.IPAMConfig) (string, error) {
-			return "", a.Del(ctx, conf(""), own("c1"))
+			return a.Del(ctx, conf(""), own("c1"))
 		}},
 		{"del c1 again", func(a allocator, conf func(string) *config.IPAMConfig) (string, error) {
-			return "", a.Del(ctx, conf(""), own("c1"))
+			return a.Del(ctx, conf(""), own("c1"))
 		}},
 		{"add c4 after a release", func(a allocator, conf func(string) *config.IPAMConfig) (string, error) {
 			return a.Add(ctx, conf(""), own("c4"))
 		}},
 		{"gc keeping c2", func(a allocator, conf func(string) *config.IPAMConfig) (string, error) {
-			return "", a.GC(ctx, conf(""), []ipam.Owner{own("c2")})
+			return a.GC(ctx, conf(""), []ipam.Owner{own("c2")})
 		}},
 		{"list", func(a allocator, conf func(string) *config.IPAMConfig) (string, error) { return a.List(ctx, conf("")) }},
 		{"status", func(a allocator, conf func(string) *config.IPAMConfig) (string, error) {
@@ -205,8 +177,8 @@ func TestSameSemanticsAsLocalMode(t *testing.T) {
 	}
 	daemonConf := func(env string) *config.IPAMConfig { return loadConf(t, dm.socket, ranges, env) }
 	for _, s := range steps {
-		lres, lerr := s.run(localMode{}, localConf)
-		dres, derr := s.run(daemonMode{client}, daemonConf)
+		lres, lerr := s.run(allocator{ipam.NewLocal(localDir, ipam.LocalOptions{})}, localConf)
+		dres, derr := s.run(allocator{client}, daemonConf)
 		if lres != dres {
 			t.Errorf("%s: local %q, daemon %q", s.name, lres, dres)
 		}
@@ -231,7 +203,7 @@ func TestLargeMessages(t *testing.T) {
 	var valid []ipam.Owner
 	for i := range n {
 		o := own(fmt.Sprintf("%s%04d", long, i))
-		if _, err := c.Add(ctx, conf, o); err != nil {
+		if _, err := c.Allocate(ctx, conf, o); err != nil {
 			t.Fatalf("add %d: %v", i, err)
 		}
 		valid = append(valid, o)
@@ -239,15 +211,15 @@ func TestLargeMessages(t *testing.T) {
 	for i := range 3000 {
 		valid = append(valid, own(fmt.Sprintf("%sextra%05d", long, i)))
 	}
-	if err := c.GC(ctx, conf, valid); err != nil {
-		t.Fatalf("GC with %d valid attachments: %v", len(valid), err)
+	if n, err := c.GC(ctx, conf, valid); err != nil || n != 0 {
+		t.Fatalf("GC with %d valid attachments: %d released, %v", len(valid), n, err)
 	}
 	res, err := c.List(ctx, conf)
 	if err != nil || len(res) != n {
 		t.Fatalf("List: %d reservations, %v", len(res), err)
 	}
-	if err := c.GC(ctx, conf, nil); err != nil {
-		t.Fatal(err)
+	if n, err := c.GC(ctx, conf, nil); err != nil || n != len(res) {
+		t.Fatalf("GC of all: %d released, %v", n, err)
 	}
 	if res, err := c.List(ctx, conf); err != nil || len(res) != 0 {
 		t.Fatalf("after GC of all: %d, %v", len(res), err)
@@ -268,12 +240,12 @@ func TestRequestSizeLimit(t *testing.T) {
 	for i := 0; len(valid)*(len(id)+16) < lite.MaxRequest-64<<10; i++ {
 		valid = append(valid, own(fmt.Sprintf("%s%06d", id[:58], i)))
 	}
-	if err := c.GC(context.Background(), conf, valid); err != nil {
+	if _, err := c.GC(context.Background(), conf, valid); err != nil {
 		t.Fatalf("GC listing %d attachments, just under the limit: %v", len(valid), err)
 	}
 	c.Close()
 	dm.stop(t) // the refusal must not need pierd
-	err := lite.New(dm.socket).GC(context.Background(), conf, append(valid, valid...))
+	_, err := lite.New(dm.socket).GC(context.Background(), conf, append(valid, valid...))
 	if cnierr.CodeOf(err) != cnierr.IOFailure || !strings.Contains(err.Error(), "more than the") {
 		t.Fatalf("GC over the limit: %v (code %d), want code 5", err, cnierr.CodeOf(err))
 	}
@@ -286,14 +258,14 @@ func TestUnreachable(t *testing.T) {
 	c := lite.New(socket)
 	conf := loadConf(t, socket, `"subnet":"10.1.0.0/24"`, "")
 	start := time.Now()
-	_, err := c.Add(context.Background(), conf, own("c1"))
+	_, err := c.Allocate(context.Background(), conf, own("c1"))
 	if took := time.Since(start); cnierr.CodeOf(err) != cnierr.TryAgainLater || took > 2*time.Second {
 		t.Fatalf("ADD: %v (code %d) after %v; want code 11 within 2 s", err, cnierr.CodeOf(err), took)
 	}
 	if err := c.Status(context.Background(), conf); cnierr.CodeOf(err) != cnierr.PluginNotAvailable {
 		t.Fatalf("STATUS: %v, want code 50", err)
 	}
-	if err := c.Del(context.Background(), conf, own("c1")); cnierr.CodeOf(err) != cnierr.TryAgainLater {
+	if _, err := c.Release(context.Background(), conf, own("c1")); cnierr.CodeOf(err) != cnierr.TryAgainLater {
 		t.Fatalf("DEL: %v, want code 11", err)
 	}
 }
@@ -318,7 +290,7 @@ func TestSilentServer(t *testing.T) {
 	}()
 	conf := loadConf(t, socket, `"subnet":"10.1.0.0/24"`, "")
 	start := time.Now()
-	_, err = lite.New(socket).Add(context.Background(), conf, own("c1"))
+	_, err = lite.New(socket).Allocate(context.Background(), conf, own("c1"))
 	if took := time.Since(start); cnierr.CodeOf(err) != cnierr.TryAgainLater || took > 2*time.Second {
 		t.Fatalf("ADD: %v (code %d) after %v; want code 11 within 2 s", err, cnierr.CodeOf(err), took)
 	}
@@ -336,10 +308,10 @@ func TestRetryWhileStarting(t *testing.T) {
 		started <- startDaemon(t, socket, filepath.Join(dir, "data"))
 	}()
 	c := lite.New(socket)
-	res, err := c.Add(context.Background(), conf, own("c1"))
+	res, err := c.Allocate(context.Background(), conf, own("c1"))
 	c.Close()
 	<-started
-	if err != nil || len(res.IPs) != 1 {
+	if err != nil || len(res) != 1 {
 		t.Fatalf("ADD while pierd starts: %v %v", res, err)
 	}
 }
@@ -351,15 +323,15 @@ func TestRestartBetweenCalls(t *testing.T) {
 	c := lite.New(dm.socket)
 	defer c.Close()
 	conf := loadConf(t, dm.socket, `"subnet":"10.1.0.0/24"`, "")
-	first, err := c.Add(context.Background(), conf, own("c1"))
+	first, err := c.Allocate(context.Background(), conf, own("c1"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	dm.stopWithin(t, 100*time.Millisecond) // c keeps its connection open
 	startDaemon(t, dm.socket, dm.dataDir)
-	again, err := c.Add(context.Background(), conf, own("c1"))
-	if err != nil || again.IPs[0].Address.String() != first.IPs[0].Address.String() {
-		t.Fatalf("ADD after restart: %v %v, want %v", again, err, first.IPs[0])
+	again, err := c.Allocate(context.Background(), conf, own("c1"))
+	if err != nil || again[0] != first[0] {
+		t.Fatalf("ADD after restart: %v %v, want %v", again, err, first[0])
 	}
 }
 
@@ -373,7 +345,7 @@ func TestWarm(t *testing.T) {
 	down := lite.New(socket)
 	down.Warm() // nothing listens yet
 	startDaemon(t, socket, filepath.Join(dir, "data"))
-	if _, err := down.Add(context.Background(), conf, own("c0")); err != nil {
+	if _, err := down.Allocate(context.Background(), conf, own("c0")); err != nil {
 		t.Fatalf("ADD after a failed Warm: %v", err)
 	}
 	down.Close()
@@ -382,7 +354,7 @@ func TestWarm(t *testing.T) {
 	defer c.Close()
 	c.Warm()
 	time.Sleep(lite.ConnectTimeout + 100*time.Millisecond)
-	if _, err := c.Add(context.Background(), conf, own("c1")); err != nil {
+	if _, err := c.Allocate(context.Background(), conf, own("c1")); err != nil {
 		t.Fatalf("ADD on a connection warmed long before: %v", err)
 	}
 }

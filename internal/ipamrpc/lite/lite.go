@@ -53,11 +53,11 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
-	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/pier-cni/pier/internal/cnierr"
 	"github.com/pier-cni/pier/internal/config"
 	"github.com/pier-cni/pier/internal/ipam"
+	"github.com/pier-cni/pier/internal/ipamrpc/rpcerr"
 )
 
 const (
@@ -211,76 +211,72 @@ func (c *Client) unreachable(err error) error {
 }
 
 // statusError turns a gRPC status into the CNI error pierd meant: its
-// pier.ipam.v1.Error detail when present, else a code from the gRPC code.
+// pier.ipam.v1.Error detail when present, else a code from the gRPC code
+// (rpcerr.ToCNI, the mapping pierd's server and pierctl use too).
 func statusError(method string, st *rpcStatus) error {
 	if we, err := decodeErrorDetail(st.Details); err == nil {
 		return &types.Error{Code: uint(we.code), Msg: we.msg, Details: we.details}
 	}
-	code := cnierr.IOFailure
-	switch st.Code {
-	case codeUnavailable, codeDeadlineExceeded, codeCanceled:
-		code = cnierr.TryAgainLater
-	case codePermissionDenied, codeUnauthenticated:
-		code = cnierr.IOFailure
-	}
-	return cnierr.Wrap(st, code, "pierd refused %s", method)
+	return cnierr.Wrap(st, rpcerr.ToCNI(rpcerr.Code(st.Code)), "pierd refused %s", method)
 }
 
-// Add allocates one address per range set for owner; see ipam.Add. The DNS
-// settings come from conf.ResolvConf, read here (pierd never reads files
-// named by a client).
-func (c *Client) Add(ctx context.Context, conf *config.IPAMConfig, owner ipam.Owner) (*current.Result, error) {
-	result := &current.Result{CNIVersion: current.ImplementedSpecVersion, Routes: conf.Routes}
-	if conf.ResolvConf != "" {
-		dns, err := ipam.ParseResolvConf(conf.ResolvConf)
-		if err != nil {
-			return nil, err
-		}
-		result.DNS = dns
-	}
+// Allocate implements ipam.Allocator. pierd's answer must name owner as
+// the attachment it allocated to; an answer for anyone else is refused
+// (code 5) and what it may have allocated for owner released. The plugin
+// checks the addresses against its ranges (ipam.AllocateResult).
+func (c *Client) Allocate(ctx context.Context, conf *config.IPAMConfig, owner ipam.Owner) ([]ipam.Address, error) {
 	resp, err := c.invoke(ctx, "Allocate", encodeOwnerRequest(conf, owner, true))
 	if err != nil {
 		return nil, err
 	}
-	addrs, err := decodeAllocateResponse(resp)
+	wa, to, err := decodeAllocateResponse(resp)
 	if err != nil {
 		return nil, cnierr.Wrap(err, cnierr.DecodingFailure, "pierd's Allocate response")
 	}
-	for _, a := range addrs {
-		ipc, err := ipConfig(a)
+	if to != owner {
+		err := cnierr.New(cnierr.IOFailure, "pierd at %s answered an allocation for %q, not for %s", c.Socket, to, owner)
+		if _, rerr := c.Release(ctx, conf, owner); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("and releasing what %s may hold failed: %w", owner, rerr))
+		}
+		return nil, err
+	}
+	out := make([]ipam.Address, 0, len(wa))
+	for _, a := range wa {
+		addr, err := address(a)
 		if err != nil {
 			return nil, err
 		}
-		result.IPs = append(result.IPs, ipc)
+		out = append(out, addr)
 	}
-	return result, nil
+	return out, nil
 }
 
-func ipConfig(a wireAddress) (*current.IPConfig, error) {
+func address(a wireAddress) (ipam.Address, error) {
 	p, err := netip.ParsePrefix(a.address)
 	if err != nil {
-		return nil, cnierr.Wrap(err, cnierr.DecodingFailure, "pierd returned address %q", a.address)
+		return ipam.Address{}, cnierr.Wrap(err, cnierr.DecodingFailure, "pierd returned address %q", a.address)
 	}
-	ipc := &current.IPConfig{
-		Address: net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())},
-	}
+	out := ipam.Address{Prefix: netip.PrefixFrom(p.Addr().Unmap(), p.Bits()), RangeSet: int(a.rangeSet)}
 	if a.gateway != "" {
 		gw, err := netip.ParseAddr(a.gateway)
 		if err != nil {
-			return nil, cnierr.Wrap(err, cnierr.DecodingFailure, "pierd returned gateway %q", a.gateway)
+			return ipam.Address{}, cnierr.Wrap(err, cnierr.DecodingFailure, "pierd returned gateway %q", a.gateway)
 		}
-		ipc.Gateway = gw.AsSlice()
+		out.Gateway = gw.Unmap()
 	}
-	return ipc, nil
+	return out, nil
 }
 
-// Del releases everything owner holds; nothing held is success.
-func (c *Client) Del(ctx context.Context, conf *config.IPAMConfig, owner ipam.Owner) error {
-	_, err := c.invoke(ctx, "Release", encodeOwnerRequest(conf, owner, false))
-	return err
+// Release implements ipam.Allocator.
+func (c *Client) Release(ctx context.Context, conf *config.IPAMConfig, owner ipam.Owner) (int, error) {
+	resp, err := c.invoke(ctx, "Release", encodeOwnerRequest(conf, owner, false))
+	if err != nil {
+		return 0, err
+	}
+	return decodeCount(resp)
 }
 
-// Check returns the addresses owner holds; code 3 when none.
+// Check implements ipam.Allocator.
 func (c *Client) Check(ctx context.Context, conf *config.IPAMConfig, owner ipam.Owner) ([]netip.Addr, error) {
 	resp, err := c.invoke(ctx, "Check", encodeOwnerRequest(conf, owner, false))
 	if err != nil {
@@ -301,14 +297,17 @@ func (c *Client) Check(ctx context.Context, conf *config.IPAMConfig, owner ipam.
 	return out, nil
 }
 
-// GC releases every reservation whose owner is not in valid.
-func (c *Client) GC(ctx context.Context, conf *config.IPAMConfig, valid []ipam.Owner) error {
-	_, err := c.invoke(ctx, "GC", encodeGCRequest(conf, valid))
-	return err
+// GC implements ipam.Allocator.
+func (c *Client) GC(ctx context.Context, conf *config.IPAMConfig, valid []ipam.Owner) (int, error) {
+	resp, err := c.invoke(ctx, "GC", encodeGCRequest(conf, valid))
+	if err != nil {
+		return 0, err
+	}
+	return decodeCount(resp)
 }
 
-// Status returns nil when conf's network can serve an ADD, else a code-50
-// error: pierd unreachable is "cannot serve ADD" too.
+// Status implements ipam.Allocator: pierd unreachable is "cannot serve
+// ADD" (code 50) too.
 func (c *Client) Status(ctx context.Context, conf *config.IPAMConfig) error {
 	_, err := c.invoke(ctx, "Status", encodeStatusRequest(conf))
 	if err == nil {
@@ -320,8 +319,8 @@ func (c *Client) Status(ctx context.Context, conf *config.IPAMConfig) error {
 	return err
 }
 
-// List returns every reservation of conf's network, in address order; the
-// range set of each is worked out from conf, as ipam.List does.
+// List implements ipam.Allocator; the range set of each reservation is
+// worked out from conf.
 func (c *Client) List(ctx context.Context, conf *config.IPAMConfig) ([]ipam.Reservation, error) {
 	resp, err := c.invoke(ctx, "List", encodeListRequest(conf.Name))
 	if err != nil {
@@ -337,16 +336,7 @@ func (c *Client) List(ctx context.Context, conf *config.IPAMConfig) ([]ipam.Rese
 		if err != nil {
 			return nil, cnierr.Wrap(err, cnierr.DecodingFailure, "pierd returned address %q", l.address)
 		}
-		out = append(out, ipam.Reservation{Addr: a, Owner: l.owner, RangeSet: rangeSetOf(conf, a), Problem: l.problem})
+		out = append(out, ipam.Reservation{Addr: a, Owner: l.owner, RangeSet: ipam.RangeSetOf(conf, a), Problem: l.problem})
 	}
 	return out, nil
-}
-
-func rangeSetOf(conf *config.IPAMConfig, a netip.Addr) int {
-	for i, set := range conf.RangeSets {
-		if set.Contains(a) {
-			return i
-		}
-	}
-	return -1
 }

@@ -99,11 +99,11 @@ func TestRefusesSocketOfAnotherUser(t *testing.T) {
 	conf := loadConf(t, socket, `"subnet":"10.1.0.0/24"`, "")
 	c := lite.New(socket)
 	c.Warm()
-	_, err = c.Add(context.Background(), conf, own("c1"))
+	_, err = c.Allocate(context.Background(), conf, own("c1"))
 	if cnierr.CodeOf(err) != cnierr.IOFailure || !strings.Contains(err.Error(), "served by uid 65534") {
 		t.Errorf("ADD against another user's socket: %v (code %d), want code 5 naming uid 65534", err, cnierr.CodeOf(err))
 	}
-	if err := c.Del(context.Background(), conf, own("c1")); cnierr.CodeOf(err) != cnierr.IOFailure {
+	if _, err := c.Release(context.Background(), conf, own("c1")); cnierr.CodeOf(err) != cnierr.IOFailure {
 		t.Errorf("DEL against another user's socket: %v, want code 5", err)
 	}
 	c.Close()

@@ -1,17 +1,14 @@
-package ipamrpc
+package ipam
 
 import (
 	"context"
 	"net/netip"
 
-	"github.com/pier-cni/pier/internal/config"
-	"github.com/pier-cni/pier/internal/ipam"
 	"github.com/pier-cni/pier/internal/ipam/store"
-	"github.com/pier-cni/pier/internal/ipamrpc/ipamv1"
 )
 
-// countingStore counts what the allocator reserves and releases through it,
-// for metrics and Release/GC responses. The reboot purge runs inside the
+// countingStore counts what the policy reserves and releases through it,
+// for Release's and GC's answers and for the Observer. The reboot purge runs inside the
 // file store, below this wrapper, and is not counted.
 type countingStore struct {
 	store.Store
@@ -52,31 +49,4 @@ func (t *countingTx) Discard(addr netip.Addr) error {
 		t.c.released++
 	}
 	return err
-}
-
-// poolUsage counts reservations per range of sets. A reservation with an
-// unreadable record counts as used: its address is held.
-func poolUsage(sets []config.RangeSet, res []ipam.Reservation) []*ipamv1.PoolUsage {
-	var out []*ipamv1.PoolUsage
-	type pos struct{ set, rng int }
-	index := map[pos]int{}
-	for i, set := range sets {
-		for j, r := range set {
-			index[pos{i, j}] = len(out)
-			out = append(out, &ipamv1.PoolUsage{
-				RangeSet: uint32(i), Subnet: r.Subnet.String(),
-				RangeStart: r.RangeStart.String(), RangeEnd: r.RangeEnd.String(),
-				Size: r.Size(),
-			})
-		}
-	}
-	for _, rv := range res {
-		for i, set := range sets {
-			if j, ok := set.RangeFor(rv.Addr); ok {
-				out[index[pos{i, j}]].Used++
-				break
-			}
-		}
-	}
-	return out
 }
