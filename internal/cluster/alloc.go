@@ -404,7 +404,7 @@ func (a *Allocator) finish(batch []*op, s *batchState, commitErr error) {
 		r := s.results[i]
 		switch {
 		case r.err != nil:
-		case commitErr != nil && o.kind == opDel && o.queue:
+		case o.kind == opDel && o.queue && (commitErr != nil || a.queue.unsaved && !a.queue.empty()):
 			r = a.enqueue(s.released[i], commitErr)
 		case commitErr != nil:
 			r = opResult{err: unavailable(commitErr)}
@@ -419,10 +419,12 @@ func (a *Allocator) finish(batch []*op, s *batchState, commitErr error) {
 }
 
 // enqueue queues the releases of a DEL that etcd did not take, and is the
-// DEL's answer: success once they are on disk.
+// DEL's answer: success once they are on disk. A DEL that finds queued
+// releases not yet on disk (an earlier write failed) writes them too, and
+// fails while it cannot: its own release may be among them.
 func (a *Allocator) enqueue(entries []queued, etcdErr error) opResult {
-	if len(entries) == 0 && !a.queue.unsaved {
-		return opResult{}
+	if etcdErr == nil {
+		etcdErr = errEtcdDown
 	}
 	if err := a.queue.add(entries...); err != nil {
 		return opResult{err: queueError(etcdErr, err)}
