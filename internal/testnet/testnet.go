@@ -100,21 +100,27 @@ func (n *NS) Do(f func() error) error {
 
 // Sandbox is a node namespace plus the container namespaces made in it.
 type Sandbox struct {
-	Node *NS
-	t    testing.TB
+	Node  *NS
+	t     testing.TB
+	child bool // this process runs inside Node for its parent (InNode)
 }
 
 // New creates a sandbox with a fresh node namespace. It skips when not root.
+// In a child started by InNode it returns the parent's sandbox.
 func New(t testing.TB) *Sandbox {
 	t.Helper()
 	RequireRoot(t)
+	if s, ok := adopted(t); ok {
+		return s
+	}
 	return &Sandbox{Node: NewNS(t, "pt-node-"), t: t}
 }
 
-// Container creates one more container namespace.
+// Container creates one more container namespace. Its name starts with
+// the sandbox's, so that the sandbox can find it (InNode).
 func (s *Sandbox) Container() *NS {
 	s.t.Helper()
-	return NewNS(s.t, "pt-c-")
+	return NewNS(s.t, s.containerPrefix())
 }
 
 // PluginRun is one execution of a CNI plugin binary.
