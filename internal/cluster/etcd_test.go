@@ -21,6 +21,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -293,3 +294,5 @@ func (p *proxy) down() {
 }
 
 func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+func execIP(args ...string) ([]byte, error) { return exec.Command("ip", args...).CombinedOutput() }
