@@ -133,3 +133,63 @@ func TestStatus(t *testing.T) {
 		t.Fatalf("STATUS with a delegated IPAM plugin that cannot run: %v (code %d), want 50", err, code)
 	}
 }
+
+// TestCheckFeatures: CHECK verifies host ports (and their hairpin
+// masquerade), the MAC spoof check and bandwidth limits too, naming the
+// one that went missing.
+func TestCheckFeatures(t *testing.T) {
+	n := inNode(t)
+	if n == nil {
+		return
+	}
+	c := netConf{name: "featnet", bridge: "pt-br10", subnet: "10.41.0.0/24", extra: `"isGateway":true,"macspoofchk":true,
+		"ingressRate":1000000,"ingressBurst":100000,
+		"runtimeConfig":{"portMappings":[{"hostPort":8090,"containerPort":80,"protocol":"udp"}]},`}
+	owned := func(a attachment) nat.NodeElements {
+		all, err := nat.ListNodeElements()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return all.Owned(nat.NodeOwner(c.name, a.id+"/"+a.ifName))
+	}
+	cases := []struct {
+		name  string
+		spoil func(t *testing.T, a attachment)
+		msg   string
+	}{
+		{"as built", func(*testing.T, attachment) {}, ""},
+		{"host port", func(t *testing.T, a attachment) {
+			if err := nat.RemoveNodeElements(nat.NodeElements{Ports: owned(a).Ports}); err != nil {
+				t.Fatal(err)
+			}
+		}, "host port mapping"},
+		{"MAC check", func(t *testing.T, a attachment) {
+			if err := nat.RemoveNodeElements(nat.NodeElements{Spoof: owned(a).Spoof}); err != nil {
+				t.Fatal(err)
+			}
+		}, "MAC check: port"},
+		{"bandwidth", func(t *testing.T, a attachment) {
+			mustRun(t, "tc", "qdisc", "del", "dev", bridge.HostVethName(a.id, a.ifName), "root")
+		}, "tbf"},
+	}
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			n.t = t
+			a := n.container(fmt.Sprint("feat", i))
+			res := n.add(a, c)
+			tc.spoil(t, a)
+			_, err := n.do("CHECK", a, withPrev(t, c, res))
+			if tc.msg == "" {
+				if err != nil {
+					t.Fatalf("CHECK as built: %v", err)
+				}
+			} else {
+				wantCode(t, err, cnierr.UnknownContainer, tc.msg)
+			}
+			if _, err := n.do("DEL", a, withPrev(t, c, res)); err != nil {
+				t.Fatal(err)
+			}
+			n.wantNothing(a, c)
+		})
+	}
+}
