@@ -47,8 +47,10 @@
 //
 // # Allocations
 //
-// An allocation (network, container ID, ifname) is recorded inside its
-// block's value, Calico-style, so the common ADD touches exactly one key,
+// An allocation is recorded inside its block's value, Calico-style: its
+// owner (network, container ID, ifname) and an identity of its own (64
+// random bits, made when the address is taken), so the common ADD touches
+// exactly one key,
 // written with compare-and-swap on the block's ModRevision: a writer that
 // raced us (forget, a second pierd for the same node name) makes the
 // transaction fail, pierd reloads the blocks and retries (bounded:
@@ -66,6 +68,9 @@
 // The node is the only writer of its blocks, so its in-memory copy is
 // current: CHECK (and DEL's first step, which asks what the owner holds)
 // answers from it without a round trip to etcd.
+//
+// pierd serves all this as an ipam.Allocator (Cluster): its gRPC server,
+// errors and the plugin's checks of an answer are those of every mode.
 //
 // Measured on 2 cores with Debian's etcd 3.4 (client v3.6), three pierd in
 // one sandbox: one allocation at a time ≈ 1 ms (one fsync); 600 at once
@@ -113,18 +118,41 @@
 // The watch resumes from the revision after the last full read; a compacted
 // revision (at once) or a broken watch (after a second) triggers a full
 // re-read, and so does a timer, every ResyncEvery (e2e
-// TestClusterWatchCompacted: a node cut off while etcd is compacted past
-// its watch converges within seconds of reaching etcd again). A full read carries every block's allocations
+// TestClusterWatchCompacted, in-process TestAgentResyncsAfterCompaction: a
+// node cut off while etcd is compacted past its watch converges within
+// seconds of reaching etcd again). A full read carries every block's allocations
 // (about 100 bytes per container), the price of one key per block. Routes of a block whose node died stay while
 // the block exists: containers that outlive pierd keep their connectivity.
 //
 // # etcd failures
 //
 // Every etcd operation of a call has OpTimeout (1.5 s): with etcd down an
-// ADD fails with code 11 within 2 s (1.5 s measured); STATUS reads the config key and
-// answers 50 when it cannot; DEL is queued (in memory and in
-// <data-dir>/cluster-del-queue.json) and answered with success, the
-// addresses stay allocated in etcd (so never reused) until the queue is
-// drained, every DrainEvery, once etcd answers. Routes are never removed
+// ADD fails with code 11 after one such timeout (1.5 s measured, with its
+// rollback's release: TestEtcdDownAddFailsWithinOneTimeout); STATUS reads
+// the config key and answers 50 when it cannot. Routes are never removed
 // because etcd is unreachable: the agent only acts on what it read.
+//
+// DEL is queued: the release of each allocation the owner holds is kept in
+// memory and in <data-dir>/cluster-del-queue.json (written durably: a lost
+// entry leaks an address until a GC) and the call succeeds; the addresses
+// stay allocated in etcd, so never reused, until the queue is drained. A
+// queued release names the allocation — address and identity — not only
+// its owner: runtimes reuse a container ID and ifname when they retry a
+// sandbox, and a release by owner would free the retried sandbox's address
+// (and let the next container have it too). So an allocation whose release
+// is queued no longer counts as its owner's (CHECK does not report it, a
+// new ADD gets an allocation of its own), and draining frees exactly the
+// allocations named, or drops an entry whose allocation is already gone.
+// Only a committed drain removes an entry: no other call changes the
+// queue. A DEL whose release cannot be written fails with code 5, so the
+// runtime retries it. A pierd that starts with a queue written by owner
+// only (before identities existed, or a release queued before the node's
+// blocks were first read) resolves it against the blocks as first read,
+// before any allocation is made, so it too names older allocations only.
+//
+// Draining never holds calls up: the queue rides along with the next batch
+// while etcd answers; once a transaction has failed, the allocator stops
+// trying etcd for queued releases alone and probes it in the background
+// every DrainEvery, draining as soon as it answers. A batch of releases
+// only is queued at once while etcd is believed down.
 package cluster

@@ -119,8 +119,8 @@ func (c *Client) Leases(ctx context.Context, network string) ([]NetworkLeases, e
 }
 
 // Reservations returns the reservations of conf's network, in address
-// order, with range sets worked out from conf (as ipam.List does): the
-// daemon-side counterpart of ipam.List for a tool that has the config.
+// order, with range sets worked out from conf (as ipam.Allocator.List
+// does), for a tool that has the config.
 func (c *Client) Reservations(ctx context.Context, conf *config.IPAMConfig) ([]ipam.Reservation, error) {
 	nets, err := c.Leases(ctx, conf.Name)
 	if err != nil {
@@ -143,7 +143,7 @@ func (c *Client) Reservations(ctx context.Context, conf *config.IPAMConfig) ([]i
 }
 
 // Ready returns nil when conf's network can serve an ADD, else a code-50
-// error saying why (as ipam.Status does locally); pierd unreachable is
+// error saying why (as ipam.Allocator.Status does); pierd unreachable is
 // code 50 too. It records conf's ranges in pierd, as any plugin call does.
 func (c *Client) Ready(ctx context.Context, conf *config.IPAMConfig) error {
 	ctx, cancel := withDefaultTimeout(ctx)

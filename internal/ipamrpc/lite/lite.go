@@ -1,8 +1,8 @@
 // Package lite is the client of pierd's IPAM service that the plugin
 // binaries (pier, pier-ipam) link for daemon mode ("ipam": {"daemonSocket":
-// …}). Its calls mirror package ipam's (Add, Del, Check, GC, Status, List
-// over a *config.IPAMConfig), so the plugin's semantics are the same in
-// both modes; pierd runs package ipam over the same file store.
+// …}). A Client is an ipam.Allocator, like the local store the plugins use
+// otherwise, so the plugin's semantics are the same in every mode; pierd
+// serves ipam.Local over the same file store (or cluster.Cluster).
 //
 // # Why not grpc-go here
 //
