@@ -44,8 +44,9 @@ type testEtcd struct {
 	closed   chan struct{} // closed once the last stop has finished
 }
 
-// startEtcd starts etcd in a fresh temp dir, made the working directory.
-func startEtcd(t *testing.T) *testEtcd {
+// startEtcd starts etcd in a fresh temp dir, made the working directory;
+// tune, if given, changes its config first.
+func startEtcd(t *testing.T, tune ...func(*embed.Config)) *testEtcd {
 	t.Helper()
 	dir := t.TempDir()
 	t.Chdir(dir)
@@ -56,6 +57,9 @@ func startEtcd(t *testing.T) *testEtcd {
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{peer}, []url.URL{peer}
 	cfg.InitialCluster = cfg.Name + "=" + peer.String()
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	for _, f := range tune {
+		f(cfg)
+	}
 	te := &testEtcd{t: t, cfg: cfg, endpoint: client.String(), proxy: &proxy{path: "nodes:1", target: client.Host}}
 	te.start()
 	te.proxy.up(t)

@@ -7,8 +7,11 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
+
+	"go.etcd.io/etcd/server/v3/embed"
 
 	"github.com/pier-cni/pier/internal/cnierr"
 )
@@ -196,5 +199,34 @@ func TestEtcdDownAddFailsWithinOneTimeout(t *testing.T) {
 	t.Logf("MEASURE etcd down: ADD → 11 plus its rollback in %v (%d etcd transactions tried)", took, after-before)
 	if after-before > 1 {
 		t.Errorf("ADD and its rollback tried %d etcd transactions with etcd down, want at most 1", after-before)
+	}
+}
+
+// TestEtcdErrorsAreTryAgainLater guards the CNI code of cluster-mode
+// failures: whatever etcd answers when it cannot take a write — a
+// deadline when it is gone, an error of its own when it refuses (here: its
+// space quota is exhausted, "database space exceeded") — an ADD fails with
+// code 11, which the runtime retries, naming etcd. Only deadlines used to
+// be coded: any other etcd error came back bare, as an I/O failure (5).
+func TestEtcdErrorsAreTryAgainLater(t *testing.T) {
+	te := startEtcd(t, func(c *embed.Config) { c.QuotaBackendBytes = 1 << 20 })
+	cli := te.initCluster(t, testCIDR)
+	n := te.startNode(t, "n1", Options{})
+	conf := netConf(t, "net", testCIDR)
+	allocate(t, n, conf, "a")
+	fill := strings.Repeat("x", 64<<10)
+	for i := 0; ; i++ {
+		if _, err := cli.Put(ctxT(t), fmt.Sprint("/filler/", i), fill); err != nil {
+			break // the quota is exhausted: etcd refuses writes
+		}
+	}
+	_, err := n.Allocate(ctxT(t), conf, owner("b"))
+	if cnierr.CodeOf(err) != cnierr.TryAgainLater || !strings.Contains(err.Error(), "etcd") {
+		t.Fatalf("ADD with etcd refusing writes: %v (code %d), want code 11 naming etcd", err, cnierr.CodeOf(err))
+	}
+	te.proxy.down()
+	_, err = n.Allocate(ctxT(t), conf, owner("c"))
+	if cnierr.CodeOf(err) != cnierr.TryAgainLater || !strings.Contains(err.Error(), "etcd") {
+		t.Fatalf("ADD with etcd gone: %v (code %d), want code 11 naming etcd", err, cnierr.CodeOf(err))
 	}
 }
