@@ -107,7 +107,6 @@ func writeRemembered(path string, sets []config.RangeSet) error {
 	return os.Rename(tmp, path)
 }
 
-
 // poolUsage counts reservations per range of sets. A reservation with an
 // unreadable record counts as used: its address is held.
 func poolUsage(sets []config.RangeSet, res []ipam.Reservation) []*ipamv1.PoolUsage {
