@@ -4,10 +4,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
+	"syscall"
 )
 
 // queueFile is the release queue's file under pierd's data dir.
@@ -41,7 +43,7 @@ type releaseQueue struct {
 // openQueue reads the queue at path; a missing file is an empty queue.
 func openQueue(path string) (*releaseQueue, error) {
 	q := &releaseQueue{path: path, exact: map[netip.Addr]queued{}}
-	b, err := os.ReadFile(path)
+	b, err := readNoFollow(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return q, nil
 	}
@@ -131,9 +133,15 @@ func (q *releaseQueue) save() error {
 	return nil
 }
 
+// writeDurably replaces path with b. The temp file is created afresh
+// (O_EXCL, O_NOFOLLOW), so nothing planted at its name is written through,
+// as the IPAM store does.
 func writeDurably(path string, b []byte) error {
 	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return err
 	}
@@ -157,4 +165,14 @@ func writeDurably(path string, b []byte) error {
 	}
 	defer d.Close() //nolint:errcheck // read-only directory handle
 	return d.Sync()
+}
+
+// readNoFollow reads the file at path, refusing a symlink there.
+func readNoFollow(path string) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close() //nolint:errcheck // read-only
+	return io.ReadAll(f)
 }

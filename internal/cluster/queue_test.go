@@ -230,3 +230,59 @@ func TestEtcdErrorsAreTryAgainLater(t *testing.T) {
 		t.Fatalf("ADD with etcd gone: %v (code %d), want code 11 naming etcd", err, cnierr.CodeOf(err))
 	}
 }
+
+// TestQueueFile: the queue on disk round-trips, reads the owner-only
+// entries older pierds wrote, resolves them against the node's
+// allocations, and neither reads nor writes through a symlink planted at
+// its names.
+func TestQueueFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, queueFile)
+	legacy := `[{"network":"n","containerID":"old","ifName":"eth0"}]`
+	if err := os.WriteFile(path, []byte(legacy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	q, err := openQueue(path)
+	if err != nil || len(q.owners) != 1 || len(q.exact) != 0 {
+		t.Fatalf("legacy queue: %+v, %v", q, err)
+	}
+	old := Alloc{Network: "n", ContainerID: "old", IfName: "eth0"}
+	a1, a2 := netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("10.0.0.3")
+	held := map[Alloc]map[netip.Addr]Allocation{old: {a1: {Alloc: old, ID: "i1"}}}
+	if err := q.resolve(held); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.add(queued{Alloc: Alloc{Network: "n", ContainerID: "b", IfName: "eth0"}, Addr: a2, ID: "i2"}); err != nil {
+		t.Fatal(err)
+	}
+	back, err := openQueue(path)
+	if err != nil || len(back.exact) != 2 || len(back.owners) != 0 || !back.holds(a1, Allocation{Alloc: old, ID: "i1"}) || back.holds(a1, Allocation{Alloc: old, ID: "other"}) {
+		t.Fatalf("queue after resolve and add: %+v, %v", back, err)
+	}
+	if err := back.remove([]netip.Addr{a1, a2}); err != nil || !back.empty() {
+		t.Fatalf("remove: %v, %+v", err, back)
+	}
+
+	victim := filepath.Join(dir, "victim")
+	if err := os.WriteFile(victim, []byte("keep"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(victim, path+".tmp"); err != nil {
+		t.Fatal(err)
+	}
+	if err := back.add(queued{Alloc: old, Addr: a1, ID: "i1"}); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(victim); string(b) != "keep" {
+		t.Fatalf("the queue was written through a symlink at its temp name: %q", b)
+	}
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(victim, path); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := openQueue(path); err == nil {
+		t.Fatal("a symlink at the queue's name was read")
+	}
+}
