@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/google/nftables"
+	"golang.org/x/sys/unix"
 )
 
 // Attachment is everything one container attachment puts in nftables:
@@ -28,7 +29,8 @@ type Attachment struct {
 	Ports []PortMapping
 	Spoof *SpoofCheck // nil: no MAC check
 	// Bridge is the container's bridge; its name goes into the set
-	// "bridges" of table bridge pier (see l2.go). Empty: not recorded.
+	// "bridges" of table bridge pier (see l2.go) and into its marker set
+	// (see bridge.go). Empty: neither.
 	Bridge string
 	// GuardGroup is the device group of Pier's host veths, from which
 	// router advertisements are dropped.
@@ -43,10 +45,11 @@ func NodeOwner(network, owner string) string { return StoredOwner(network + "/" 
 
 // batch is an attachment's elements by set, ready to queue.
 type batch struct {
-	masq  *spec
-	ups   []mapUpdate
-	ports []portElems
-	l2    []setElems
+	masq   *spec
+	ups    []mapUpdate
+	ports  []portElems
+	l2     []setElems
+	marker string // the bridge whose marker the batch touches; "" for none
 }
 
 type setElems struct {
@@ -87,12 +90,18 @@ func (a Attachment) plan() (batch, error) {
 		}
 	}
 	if a.Bridge != "" {
+		if len(a.Bridge) >= unix.IFNAMSIZ {
+			return b, fmt.Errorf("bridge %q: %w", a.Bridge, ErrInvalid)
+		}
 		b.l2 = append(b.l2, setElems{bridgeSet(), []nftables.SetElement{{Key: ifnameKey(a.Bridge), Comment: "bridge"}}})
+		b.marker = a.Bridge
 	}
 	return b, errors.Join(errs...)
 }
 
-func (b batch) empty() bool { return len(b.ups) == 0 && len(b.ports) == 0 && len(b.l2) == 0 }
+func (b batch) empty() bool {
+	return len(b.ups) == 0 && len(b.ports) == 0 && len(b.l2) == 0 && b.marker == ""
+}
 
 // queueAdds queues every element addition of the batch.
 func (b batch) queueAdds(c *nftables.Conn) error {
@@ -102,6 +111,9 @@ func (b batch) queueAdds(c *nftables.Conn) error {
 	}
 	for _, s := range b.l2 {
 		errs = append(errs, c.SetAddElements(s.set, s.elems))
+	}
+	if b.marker != "" {
+		errs = append(errs, c.SetAddElements(markerSet(b.marker), []nftables.SetElement{{Key: ifnameKey(b.marker)}}))
 	}
 	return errors.Join(errs...)
 }
@@ -113,65 +125,94 @@ func portFamilyOfSet(s *nftables.Set) portFamily {
 	return ports4
 }
 
+// Outcome says what Add found besides doing its job.
+type Outcome struct {
+	// Rebuilt: the fast path failed and the slow path set the table's
+	// objects up again. The caller should put back the other attachments'
+	// elements too, in case a flush took them (see package restore).
+	Rebuilt bool
+	// BridgeMissing: the attachment's bridge has no marker, so its
+	// node-side setup (host filters, isolation) is to be done, after which
+	// SetupBridge sets the marker.
+	BridgeMissing bool
+}
+
 // Add installs the attachment. The usual case is one batch of element
 // additions, which commits without leaving the kernel anything to release
 // (see the package notes on cost). When it fails because objects are
-// missing (ENOENT: the node's first use, or a flushed ruleset) or a key
-// points elsewhere (EEXIST: a masquerade generation change, or a host port
-// another container holds), the slow path reads what it must, reports a
-// port conflict (wrapping ErrPortConflict; nothing was added), or sets
-// everything up and adds again, in one transaction.
-func Add(a Attachment, opts ...Option) error {
+// missing (ENOENT: the node's first use, a flushed ruleset, or a bridge
+// without its marker) or a key points elsewhere (EEXIST: a masquerade
+// generation change, or a host port another container holds), the slow
+// path reads what it must, reports a port conflict (wrapping
+// ErrPortConflict; nothing was added), or sets everything up and adds
+// again, in one transaction, leaving out a missing marker, which only
+// SetupBridge creates.
+func Add(a Attachment, opts ...Option) (Outcome, error) {
 	b, err := a.plan()
 	if err != nil {
-		return fmt.Errorf("nat: add attachment %s: %w", a.Owner, err)
+		return Outcome{}, fmt.Errorf("nat: add attachment %s: %w", a.Owner, err)
 	}
 	if b.empty() {
-		return nil
+		return Outcome{}, nil
 	}
 	conn, err := dial(opts)
 	if err != nil {
-		return fmt.Errorf("nat: add attachment %s: %w", a.Owner, err)
+		return Outcome{}, fmt.Errorf("nat: add attachment %s: %w", a.Owner, err)
 	}
 	defer closeConn(conn)
+	var out Outcome
 	err = flush(conn, b.queueAdds)
 	if IsNotFound(err) || isExist(err) {
-		err = b.slowAdd(conn, a.GuardGroup)
+		out.Rebuilt = true
+		out.BridgeMissing, err = b.slowAdd(conn, a.GuardGroup)
 	}
 	if err != nil {
-		return fmt.Errorf("nat: add attachment %s of network %s (tables inet and bridge %s): %w", a.Owner, a.Network.Name, TableName, err)
+		return out, fmt.Errorf("nat: add attachment %s of network %s (tables inet and bridge %s): %w", a.Owner, a.Network.Name, TableName, err)
 	}
-	return nil
+	return out, nil
 }
 
 // slowAdd: see Add. A concurrent change between its read and its write
-// makes the batch fail as a whole, and it reads and tries again.
-func (b batch) slowAdd(conn *nftables.Conn, group uint32) error {
+// makes the batch fail as a whole, and it reads and tries again. It
+// reports whether the bridge's marker is missing.
+func (b batch) slowAdd(conn *nftables.Conn, group uint32) (bool, error) {
 	var err error
 	for range 3 {
 		if err := b.portConflicts(conn); err != nil {
-			return err
+			return false, err
 		}
 		var present map[string]bool
 		if present, err = presentKeys(conn, b.ups); err != nil {
-			return err
+			return false, err
+		}
+		missing := false
+		if b.marker != "" {
+			if _, gerr := conn.GetSetByName(pierTable(), markerName(b.marker)); IsNotFound(gerr) {
+				missing = true
+			} else if gerr != nil {
+				return false, fmt.Errorf("get marker of bridge %s: %w", b.marker, gerr)
+			}
+		}
+		adds := b
+		if missing {
+			adds.marker = ""
 		}
 		err = flush(conn, func(c *nftables.Conn) error {
-			var errs []error
+			errs := []error{queueBaseSetup(c)}
 			if b.masq != nil {
 				errs = append(errs, queueSetup(c, *b.masq), queueDeletes(c, b.ups, present))
 			}
 			if len(b.ports) > 0 {
 				errs = append(errs, queuePortsSetup(c))
 			}
-			errs = append(errs, queueL2Setup(c, group), b.queueAdds(c))
+			errs = append(errs, queueL2Setup(c, group), adds.queueAdds(c))
 			return errors.Join(errs...)
 		})
 		if !IsNotFound(err) && !isExist(err) {
-			return err
+			return missing, err
 		}
 	}
-	return fmt.Errorf("elements keep changing under concurrent updates: %w", err)
+	return false, fmt.Errorf("elements keep changing under concurrent updates: %w", err)
 }
 
 // portConflicts reads the DNAT maps the batch adds to and reports every
@@ -229,27 +270,6 @@ func listSet(conn *nftables.Conn, s *nftables.Set) ([]nftables.SetElement, error
 		return nil, fmt.Errorf("list elements of set %s: %w", s.Name, err)
 	}
 	return els, nil
-}
-
-// EnsureL2 sets up table bridge pier (the RA guard) if it is missing and
-// records bridge in it: for an ADD that creates a bridge but has no other
-// nftables work to carry it. One batch of one element when the table
-// exists.
-func EnsureL2(bridge string, group uint32, opts ...Option) error {
-	b := batch{l2: []setElems{{bridgeSet(), []nftables.SetElement{{Key: ifnameKey(bridge), Comment: "bridge"}}}}}
-	conn, err := dial(opts)
-	if err != nil {
-		return fmt.Errorf("nat: set up table bridge %s: %w", TableName, err)
-	}
-	defer closeConn(conn)
-	err = flush(conn, b.queueAdds)
-	if IsNotFound(err) {
-		err = b.slowAdd(conn, group)
-	}
-	if err != nil {
-		return fmt.Errorf("nat: set up table bridge %s: %w", TableName, err)
-	}
-	return nil
 }
 
 // PortElement is one DNAT element of the host port maps.

@@ -34,7 +34,6 @@ import (
 //	chain hostports-snat        nat postrouting srcnat:
 //	                            ct status dnat ip  daddr . meta l4proto . th dport . ip  saddr @hostports4-snat masquerade
 //	                            ct status dnat ip6 daddr . meta l4proto . th dport . ip6 saddr @hostports6-snat masquerade
-//	chain hostports-localnet    filter prerouting -150: iifname != "lo" ip daddr 127.0.0.0/8 drop
 //
 // A mapping is one element per container address family: "tcp . 8080 :
 // 10.15.20.2 . 80" in hostports4, or keyed by the host address too in
@@ -59,21 +58,21 @@ import (
 //   - localhost: the node connecting to 127.0.0.1:hostPort sends a packet
 //     with source 127.0.0.1 out of the bridge, which no container can answer;
 //     source range = 127.0.0.0/8. It also needs route_localnet=1 on the
-//     bridge (set by the plugin), and hostports-localnet drops what that
-//     sysctl would otherwise let in: packets to 127.0.0.0/8 arriving from
-//     outside (CVE-2020-8558). IPv6 has no route_localnet: ::1 is never
-//     mapped, so a local service on [::1]:port stays reachable.
+//     bridge (set by the plugin), and the chain localnet of the table's
+//     base setup (bridge.go) drops what that sysctl would otherwise let
+//     in: packets to 127.0.0.0/8 arriving from outside (CVE-2020-8558).
+//     IPv6 has no route_localnet: ::1 is never mapped, so a local service
+//     on [::1]:port stays reachable.
 //
 // `ct status dnat` restricts the masquerade to connections some DNAT
 // redirected, and the key to this container's mapped port.
 
 // Object names of the node-wide host port objects.
 const (
-	hostPortsChain    = "hostports"
-	hostPortsPre      = "hostports-prerouting"
-	hostPortsOutput   = "hostports-output"
-	hostPortsSNAT     = "hostports-snat"
-	hostPortsLocalnet = "hostports-localnet"
+	hostPortsChain  = "hostports"
+	hostPortsPre    = "hostports-prerouting"
+	hostPortsOutput = "hostports-output"
+	hostPortsSNAT   = "hostports-snat"
 )
 
 // Batch-local ids of the host port maps (the masquerade maps use 1 and 2).
@@ -358,7 +357,6 @@ func queuePortsSetup(c *nftables.Conn) error {
 			}
 		}
 	}
-	prio := func(p int32) *nftables.ChainPriority { v := nftables.ChainPriority(p); return &v }
 	chains := []struct {
 		chain *nftables.Chain
 		rules []rule
@@ -367,7 +365,6 @@ func queuePortsSetup(c *nftables.Conn) error {
 		{&nftables.Chain{Name: hostPortsPre, Table: pierTable(), Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityNATDest}, []rule{fibLocalJump()}},
 		{&nftables.Chain{Name: hostPortsOutput, Table: pierTable(), Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityNATDest}, []rule{fibLocalJump()}},
 		{&nftables.Chain{Name: hostPortsSNAT, Table: pierTable(), Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource}, []rule{ports4.snatRule(), ports6.snatRule()}},
-		{&nftables.Chain{Name: hostPortsLocalnet, Table: pierTable(), Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookPrerouting, Priority: prio(-150)}, []rule{localnetRule()}},
 	}
 	for _, ch := range chains {
 		c.AddChain(ch.chain)

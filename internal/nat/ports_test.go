@@ -74,13 +74,13 @@ func TestAddPorts(t *testing.T) {
 			ContainerIP: netip.MustParseAddr("10.15.20.2"), ContainerPort: 5353, Subnet: netip.MustParsePrefix("10.15.20.0/24")}),
 		Spoof: &SpoofCheck{Port: "vethweb", MAC: mac}}
 	for range 2 {
-		if err := Add(web, InNetNS(fd)); err != nil {
+		if _, err := Add(web, InNetNS(fd)); err != nil {
 			t.Fatal(err)
 		}
 	}
 	other := Attachment{Network: otherNet, Owner: "api/eth0", GuardGroup: testGroup, Ports: []PortMapping{{Protocol: "tcp", HostPort: 9090,
 		ContainerIP: netip.MustParseAddr("2001:db8:15::3"), ContainerPort: 90, Subnet: netip.MustParsePrefix("2001:db8:15::/64")}}}
-	if err := Add(other, InNetNS(fd)); err != nil {
+	if _, err := Add(other, InNetNS(fd)); err != nil {
 		t.Fatal(err)
 	}
 	got, err := ListNodeElements(InNetNS(fd))
@@ -115,7 +115,7 @@ func TestAddPorts(t *testing.T) {
 
 	// tcp/8080 again for another container: refused, nothing added.
 	thief := Attachment{Network: bridgeNet, Owner: "thief/eth0", Masq: addrs("10.15.20.9"), GuardGroup: testGroup, Ports: webMappings("10.15.20.9", 8081, 8080)}
-	err = Add(thief, InNetNS(fd))
+	_, err = Add(thief, InNetNS(fd))
 	if !errors.Is(err, ErrPortConflict) || !strings.Contains(err.Error(), "tcp/8080 is mapped to 10.15.20.2:80 by mybridge/web/eth0") {
 		t.Fatalf("conflict: %v", err)
 	}
@@ -134,7 +134,7 @@ func TestAddPorts(t *testing.T) {
 		t.Errorf("after DelOwned: %+v %v", after, err)
 	}
 	// Now the thief may have the port.
-	if err := Add(thief, InNetNS(fd)); err != nil {
+	if _, err := Add(thief, InNetNS(fd)); err != nil {
 		t.Errorf("port freed by DelOwned still taken: %v", err)
 	}
 }
@@ -146,26 +146,15 @@ func TestNodeObjectsComeBack(t *testing.T) {
 	node := testnet.New(t).Node
 	fd := nodeFd(t, node)
 	a := Attachment{Network: bridgeNet, Owner: "x/eth0", GuardGroup: testGroup, Bridge: "br0", Ports: webMappings("10.15.20.2", 8080)}
-	if err := Add(a, InNetNS(fd)); err != nil {
+	if _, err := Add(a, InNetNS(fd)); err != nil {
 		t.Fatal(err)
 	}
 	node.MustRun(t, "nft", "flush", "ruleset")
-	if err := Add(a, InNetNS(fd)); err != nil {
+	if _, err := Add(a, InNetNS(fd)); err != nil {
 		t.Fatal(err)
 	}
 	if rs := node.MustRun(t, "nft", "list", "ruleset"); !strings.Contains(rs, "nd-router-advert") || !strings.Contains(rs, "tcp . 8080") {
 		t.Errorf("after a flush, Add did not restore the tables:\n%s", rs)
-	}
-	// EnsureL2 alone, on a namespace without tables, and again.
-	node2 := testnet.New(t).Node
-	fd2 := nodeFd(t, node2)
-	for range 2 {
-		if err := EnsureL2("br1", testGroup, InNetNS(fd2)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if rs := node2.MustRun(t, "nft", "list", "table", "bridge", "pier"); !strings.Contains(rs, "nd-redirect") || !strings.Contains(rs, `"br1"`) {
-		t.Errorf("EnsureL2:\n%s", rs)
 	}
 }
 
@@ -182,7 +171,7 @@ func TestConcurrentPortClaims(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			ip := netip.AddrFrom4([4]byte{10, 15, 20, byte(10 + i)}).String()
-			errs[i] = Add(Attachment{Network: bridgeNet, Owner: ip + "/eth0", Masq: addrs(ip), GuardGroup: testGroup, Ports: webMappings(ip, 8080)}, InNetNS(fd))
+			_, errs[i] = Add(Attachment{Network: bridgeNet, Owner: ip + "/eth0", Masq: addrs(ip), GuardGroup: testGroup, Ports: webMappings(ip, 8080)}, InNetNS(fd))
 		}()
 	}
 	wg.Wait()

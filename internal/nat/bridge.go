@@ -1,0 +1,307 @@
+package nat
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"regexp"
+	"slices"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+)
+
+// # Design notes: a bridge's node-side setup and its marker
+//
+// Some of what an attachment needs belongs to its bridge, not to it: the
+// host's own filters must accept the bridge's forwarded traffic (package
+// firewall does that outside Pier's tables), and, with ingressPolicy
+// same-bridge, Pier's table drops new connections into the bridge from
+// anywhere else. When that is done, the bridge gets a marker in table inet
+// pier:
+//
+//	set   <bridge>.bridge   ifname, one element: the bridge, commented
+//	                        with what was done for it (for pierctl inspect)
+//	set   isolated-bridges  ifname            bridges with same-bridge
+//	set   isolated-pairs    ifname . ifname   (b . b) for each of them
+//	chain forward           filter forward priority filter:
+//	                          oifname @isolated-bridges ct state & (established|related) == 0
+//	                          ct status & dnat == 0 iifname . oifname != @isolated-pairs drop
+//	chain localnet          filter prerouting -150: iifname != "lo" ip daddr 127.0.0.0/8 drop
+//
+// Every ADD adds the bridge's element to its marker set in its one batch
+// (a no-op when present). The batch fails with ENOENT when the marker is
+// missing — the bridge's first container, the first one after its last
+// left, or a flushed ruleset — and only then does the plugin do the costly
+// work: detect the host's filters, open them, rebuild the network's
+// objects from the attachment records. The marker goes when the bridge's
+// last container does.
+//
+// The localnet drop is part of the table's base setup, which every slow
+// path installs, whatever the attachment asks for: a bridge keeps
+// route_localnet=1 once a host port used it, and from then on nothing but
+// this rule keeps its containers away from the node's 127.0.0.1 services
+// (CVE-2020-8558). Without route_localnet anywhere the kernel drops such
+// packets as martians already, so the rule costs nothing it would not.
+//
+// With br_netfilter, frames bridged between two ports of one bridge pass
+// the forward hook with the bridge as both input and output device, so the
+// isolation rule keeps containers of one bridge reaching each other.
+
+// Object names of the bridge-level objects.
+const (
+	markerSuffix     = ".bridge"
+	isolatedBridges  = "isolated-bridges"
+	isolatedPairs    = "isolated-pairs"
+	forwardChain     = "forward"
+	localnetChain    = "localnet"
+	idMarker         = 31
+	idIsolated       = 32
+	idIsolatedPairs  = 33
+	maxMarkerComment = maxCommentLen
+)
+
+// plainBridgeName is what a bridge name may be to name its marker as it
+// is: an nft identifier, so a listing of the table loads again with nft -f.
+var plainBridgeName = regexp.MustCompile(`^[a-zA-Z][a-zA-Z0-9_.-]*$`)
+
+// markerName names bridge's marker set. No network object ends in
+// ".bridge" (they end in -postrouting, -masq4, -masq6 or -masq-<hex>), so
+// the names cannot meet.
+func markerName(bridge string) string {
+	if plainBridgeName.MatchString(bridge) {
+		return bridge + markerSuffix
+	}
+	sum := sha256.Sum256([]byte(bridge))
+	return "br" + hex.EncodeToString(sum[:6]) + markerSuffix
+}
+
+func markerSet(bridge string) *nftables.Set {
+	return &nftables.Set{Table: pierTable(), Name: markerName(bridge), ID: idMarker, KeyType: nftables.TypeIFName,
+		KeyByteOrder: binaryutil.NativeEndian, Comment: clampComment("pier: node-side setup of bridge " + bridge + " is done")}
+}
+
+func isolatedSet() *nftables.Set {
+	return &nftables.Set{Table: pierTable(), Name: isolatedBridges, ID: idIsolated, KeyType: nftables.TypeIFName,
+		KeyByteOrder: binaryutil.NativeEndian, Comment: "pier: bridges with ingressPolicy same-bridge"}
+}
+
+func isolatedPairsSet() *nftables.Set {
+	return &nftables.Set{Table: pierTable(), Name: isolatedPairs, ID: idIsolatedPairs, Concatenation: true,
+		KeyType:      nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeIFName),
+		KeyByteOrder: binaryutil.NativeEndian, Comment: "pier: traffic within a same-bridge bridge"}
+}
+
+func markerElement(bridge, comment string) nftables.SetElement {
+	return nftables.SetElement{Key: ifnameKey(bridge), Comment: clampComment(comment)}
+}
+
+// Conntrack bits of the isolation rule: NF_CT_STATE_BIT of established
+// and related, and IPS_DST_NAT.
+const ctStateEstablishedRelated = 1<<1 | 1<<2
+
+// isolationRule: see the design notes.
+func isolationRule() rule {
+	zero := make([]byte, 4)
+	e := []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+		&expr.Lookup{SourceRegister: 1, SetName: isolatedBridges, SetID: idIsolated},
+		&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: binaryutil.NativeEndian.PutUint32(ctStateEstablishedRelated), Xor: zero},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: zero},
+		&expr.Ct{Key: expr.CtKeySTATUS, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: binaryutil.NativeEndian.PutUint32(ctStatusDNAT), Xor: zero},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: zero},
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 2},
+		&expr.Lookup{SourceRegister: 1, SetName: isolatedPairs, SetID: idIsolatedPairs, Invert: true},
+		&expr.Verdict{Kind: expr.VerdictDrop},
+	}
+	return rule{exprs: e, text: "oifname @" + isolatedBridges + " ct state != { established, related } ct status != dnat iifname . oifname != @" + isolatedPairs + " drop",
+		comment: "pier: ingressPolicy same-bridge"}
+}
+
+// queueBaseSetup queues what table inet pier always has once Pier has
+// set anything up in it: the localnet drop and the isolation chain with
+// its sets. Chains are flushed and refilled, so it is idempotent.
+func queueBaseSetup(c *nftables.Conn) error {
+	c.AddTable(pierTable())
+	for _, s := range []*nftables.Set{isolatedSet(), isolatedPairsSet()} {
+		if err := c.AddSet(s, nil); err != nil {
+			return fmt.Errorf("queue set %s: %w", s.Name, err)
+		}
+	}
+	prio := func(p int32) *nftables.ChainPriority { v := nftables.ChainPriority(p); return &v }
+	for _, ch := range []struct {
+		chain *nftables.Chain
+		rule  rule
+	}{
+		{&nftables.Chain{Name: localnetChain, Table: pierTable(), Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookPrerouting, Priority: prio(-150)}, localnetRule()},
+		{&nftables.Chain{Name: forwardChain, Table: pierTable(), Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter}, isolationRule()},
+	} {
+		c.AddChain(ch.chain)
+		c.FlushChain(ch.chain)
+		c.AddRule(ch.rule.nftRule(ch.chain))
+	}
+	return nil
+}
+
+// BridgeSetup is what SetupBridge records for a bridge.
+type BridgeSetup struct {
+	Bridge string
+	// Isolated drops new connections into the bridge from other
+	// interfaces (ingressPolicy same-bridge); host ports and replies pass.
+	Isolated bool
+	// Note says what was done for the bridge outside Pier's tables; it is
+	// the marker element's comment (shortened to nft's comment limit).
+	Note string
+}
+
+// SetupBridge installs the table's base objects, the bridge's isolation
+// (or removes it, when no longer asked for) and, last, its marker: from
+// then on ADDs on the bridge take the fast path.
+func SetupBridge(b BridgeSetup, opts ...Option) error {
+	if b.Bridge == "" || len(b.Bridge) >= unix.IFNAMSIZ {
+		return fmt.Errorf("nat: set up bridge %q: %w", b.Bridge, ErrInvalid)
+	}
+	conn, err := dial(opts)
+	if err != nil {
+		return fmt.Errorf("nat: set up bridge %s: %w", b.Bridge, err)
+	}
+	defer closeConn(conn)
+	for range 3 {
+		var isolated bool
+		if isolated, err = isIsolated(conn, b.Bridge); err != nil {
+			break
+		}
+		err = flush(conn, func(c *nftables.Conn) error {
+			if err := queueBaseSetup(c); err != nil {
+				return err
+			}
+			switch {
+			case b.Isolated && !isolated:
+				err = errors.Join(c.SetAddElements(isolatedSet(), []nftables.SetElement{{Key: ifnameKey(b.Bridge)}}),
+					c.SetAddElements(isolatedPairsSet(), []nftables.SetElement{{Key: pairKey(b.Bridge)}}))
+			case !b.Isolated && isolated:
+				err = errors.Join(c.SetDeleteElements(isolatedSet(), []nftables.SetElement{{Key: ifnameKey(b.Bridge)}}),
+					c.SetDeleteElements(isolatedPairsSet(), []nftables.SetElement{{Key: pairKey(b.Bridge)}}))
+			}
+			if err != nil {
+				return err
+			}
+			m := markerSet(b.Bridge)
+			if err := c.AddSet(m, nil); err != nil {
+				return err
+			}
+			// Delete and re-add, so the comment says what was done now.
+			return errors.Join(c.SetAddElements(m, []nftables.SetElement{markerElement(b.Bridge, "")}),
+				c.SetDeleteElements(m, []nftables.SetElement{{Key: ifnameKey(b.Bridge)}}),
+				c.SetAddElements(m, []nftables.SetElement{markerElement(b.Bridge, b.Note)}))
+		})
+		if !IsNotFound(err) && !isExist(err) {
+			break
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("nat: set up bridge %s (table inet %s): %w", b.Bridge, TableName, err)
+	}
+	return nil
+}
+
+func pairKey(bridge string) []byte { return concat(ifnameKey(bridge), ifnameKey(bridge)) }
+
+// isIsolated reports whether bridge is in isolated-bridges.
+func isIsolated(conn *nftables.Conn, bridge string) (bool, error) {
+	els, err := listSet(conn, isolatedSet())
+	if err != nil {
+		return false, err
+	}
+	return slices.ContainsFunc(els, func(e nftables.SetElement) bool { return ifnameOf(e.Key) == bridge }), nil
+}
+
+// RemoveBridge deletes the bridge's marker and isolation elements; what is
+// already gone is no error.
+func RemoveBridge(bridge string, opts ...Option) error {
+	conn, err := dial(opts)
+	if err != nil {
+		return fmt.Errorf("nat: remove bridge %s: %w", bridge, err)
+	}
+	defer closeConn(conn)
+	m := markerSet(bridge)
+	parts := []func(*nftables.Conn){
+		func(c *nftables.Conn) { c.DelSet(m) },
+		func(c *nftables.Conn) {
+			_ = c.SetDeleteElements(isolatedSet(), []nftables.SetElement{{Key: ifnameKey(bridge)}})
+		},
+		func(c *nftables.Conn) {
+			_ = c.SetDeleteElements(isolatedPairsSet(), []nftables.SetElement{{Key: pairKey(bridge)}})
+		},
+	}
+	if err := flushTolerant(conn, parts); err != nil {
+		return fmt.Errorf("nat: remove bridge %s (table inet %s): %w", bridge, TableName, err)
+	}
+	return nil
+}
+
+// BridgeState is what table inet pier says of a bridge.
+type BridgeState struct {
+	Ready    bool   // its marker is there
+	Note     string // the marker's comment
+	Isolated bool
+}
+
+// ReadBridge reads the bridge's marker and isolation.
+func ReadBridge(bridge string, opts ...Option) (BridgeState, error) {
+	conn, err := dial(opts)
+	if err != nil {
+		return BridgeState{}, fmt.Errorf("nat: read bridge %s: %w", bridge, err)
+	}
+	defer closeConn(conn)
+	var st BridgeState
+	els, err := listSet(conn, markerSet(bridge))
+	if err == nil {
+		for _, e := range els {
+			if ifnameOf(e.Key) == bridge {
+				st.Ready, st.Note = true, e.Comment
+			}
+		}
+		st.Isolated, err = isIsolated(conn, bridge)
+	}
+	if err != nil {
+		return BridgeState{}, fmt.Errorf("nat: read bridge %s: %w", bridge, err)
+	}
+	return st, nil
+}
+
+// ReadyBridges returns the bridges whose marker is in the table.
+func ReadyBridges(opts ...Option) (map[string]bool, error) {
+	conn, err := dial(opts)
+	if err != nil {
+		return nil, fmt.Errorf("nat: list bridge markers: %w", err)
+	}
+	defer closeConn(conn)
+	sets, err := conn.GetSets(pierTable())
+	if err != nil {
+		if IsNotFound(err) {
+			return map[string]bool{}, nil
+		}
+		return nil, fmt.Errorf("nat: list sets of table inet %s: %w", TableName, err)
+	}
+	out := map[string]bool{}
+	for _, s := range sets {
+		if len(s.Name) <= len(markerSuffix) || s.Name[len(s.Name)-len(markerSuffix):] != markerSuffix {
+			continue
+		}
+		els, err := listSet(conn, s)
+		if err != nil {
+			return nil, fmt.Errorf("nat: list marker %s: %w", s.Name, err)
+		}
+		for _, e := range els {
+			out[ifnameOf(e.Key)] = true
+		}
+	}
+	return out, nil
+}
