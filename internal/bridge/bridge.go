@@ -57,6 +57,9 @@ type BridgeConfig struct {
 	// ForceAddress replaces a different address of the same subnet on the
 	// bridge instead of failing.
 	ForceAddress bool
+	// AutoMTU: with MTU 0, a bridge created now takes UplinkMTU's MTU,
+	// so containers do not send packets the node's uplink cannot carry.
+	AutoMTU bool
 }
 
 // EnsureBridge creates the bridge or reuses an existing one and makes it
@@ -133,6 +136,13 @@ func (n *node) createBridge(cfg BridgeConfig) (*netlink.Bridge, bool, error) {
 	attrs := netlink.NewLinkAttrs()
 	attrs.Name = cfg.Name
 	attrs.MTU = cfg.MTU
+	if cfg.MTU == 0 && cfg.AutoMTU {
+		up, err := UplinkMTU()
+		if err != nil {
+			return nil, false, fmt.Errorf("create bridge %s: choose its MTU: %w", cfg.Name, err)
+		}
+		attrs.MTU = up.MTU
+	}
 	attrs.HardwareAddr = mac
 	attrs.Flags = net.FlagUp
 	err = n.h.LinkAdd(&netlink.Bridge{LinkAttrs: attrs})

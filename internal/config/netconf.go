@@ -50,6 +50,9 @@ type NetConf struct {
 	// MacSpoofChk drops frames from the container whose source MAC is not
 	// its interface's (nftables, table bridge pier).
 	MacSpoofChk bool `json:"macspoofchk,omitempty"`
+	// FirewallBackend and IngressPolicy: see firewall.go.
+	FirewallBackend string `json:"firewallBackend,omitempty"`
+	IngressPolicy   string `json:"ingressPolicy,omitempty"`
 
 	// The reference bandwidth plugin's top-level keys (bits/s, bits); when
 	// any is set they win over runtimeConfig.bandwidth, as there.
@@ -150,6 +153,9 @@ func (n *NetConf) validate() error {
 		return cnierr.New(cnierr.InvalidConfig, `"ipam.type": %q must be a plugin name, not a path`, n.IPAM.Type)
 	}
 	if err := n.resolveFeatures(); err != nil {
+		return err
+	}
+	if err := n.validateFirewall(); err != nil {
 		return err
 	}
 	return n.refuseUnsupported()

@@ -42,7 +42,7 @@ func (c *call) add(ctx context.Context) (_ types.Result, err error) {
 	if err := checkContainerNetNS(c.args.Netns); err != nil {
 		return nil, err
 	}
-	br, created, err := bridge.EnsureBridgeReport(bridge.BridgeConfig{Name: c.conf.Bridge, MTU: c.conf.MTU, Promisc: c.conf.PromiscMode})
+	br, created, err := bridge.EnsureBridgeReport(bridge.BridgeConfig{Name: c.conf.Bridge, MTU: c.conf.MTU, Promisc: c.conf.PromiscMode, AutoMTU: true})
 	if err != nil {
 		return nil, err
 	}
@@ -94,7 +94,7 @@ func (c *call) createVeth(br *netlink.Bridge) (*bridge.Veth, error) {
 		ContainerNetNS: c.args.Netns,
 		IfName:         c.args.IfName,
 		HostName:       bridge.HostVethName(c.args.ContainerID, c.args.IfName),
-		MTU:            c.conf.MTU,
+		MTU:            c.vethMTU(br),
 		MAC:            c.conf.MAC,
 		Bridge:         br,
 		Hairpin:        c.conf.HairpinMode,
@@ -105,6 +105,15 @@ func (c *call) createVeth(br *netlink.Bridge) (*bridge.Veth, error) {
 		return nil, cnierr.Wrap(err, cnierr.InterfaceExists, "cannot create the container interface")
 	}
 	return veth, err
+}
+
+// vethMTU is the config's MTU, else the bridge's, which a bridge Pier
+// created took from the node's uplink (see bridge.UplinkMTU).
+func (c *call) vethMTU(br *netlink.Bridge) int {
+	if c.conf.MTU != 0 {
+		return c.conf.MTU
+	}
+	return br.Attrs().MTU
 }
 
 // hostSide is what the ADD built on the node before the addresses came.

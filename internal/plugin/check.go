@@ -33,6 +33,9 @@ func (c *call) check(ctx context.Context) (types.Result, error) {
 	if err := c.ipam.Check(ctx); err != nil {
 		return nil, err
 	}
+	if err := c.repairNodeState(false); err != nil {
+		return nil, err
+	}
 	var problems []error
 	problems = append(problems, c.checkContainer(prev)...)
 	problems = append(problems, c.checkHost(prev)...)

@@ -12,6 +12,7 @@ import (
 	"github.com/pier-cni/pier/internal/cnierr"
 	"github.com/pier-cni/pier/internal/nat"
 	"github.com/pier-cni/pier/internal/netns"
+	"github.com/pier-cni/pier/internal/nodestate"
 )
 
 // del removes the attachment.
@@ -44,11 +45,21 @@ func (c *call) del(ctx context.Context) (types.Result, error) {
 	// bandwidth limit's ifb, the veth. All act on the node's namespace,
 	// which every unlocked thread of this process is in. Host ports point
 	// at the address, so they too go before it is released.
-	wait := concurrently(func() error { return c.delMasq(held) }, c.delNodeElements, c.removeLimits)
-	gone, linkErr := c.deleteLinks()
-	if err := errors.Join(linkErr, wait()); err != nil {
+	//
+	// Under the lock of the attachment's record, which is removed last, so
+	// that no restore (pierd's, or another ADD's after a flush) puts back
+	// what this removes.
+	var gone []netip.Addr
+	err = nodestate.RemoveRecord(c.stateRoot(), c.conf.Name, c.owner(), func() error {
+		wait := concurrently(func() error { return c.delMasq(held) }, c.delNodeElements, c.removeLimits)
+		var linkErr error
+		gone, linkErr = c.deleteLinks()
+		return errors.Join(linkErr, wait())
+	})
+	if err != nil {
 		return nil, err
 	}
+	c.teardownBridge(false)
 	// Addresses IPAM no longer holds for us (a delegated IPAM, a repeated
 	// DEL) may belong to another container by now: their elements are
 	// removed only where the element names this attachment as its owner.

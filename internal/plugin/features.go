@@ -14,6 +14,7 @@ import (
 	"github.com/pier-cni/pier/internal/bridge"
 	"github.com/pier-cni/pier/internal/cnierr"
 	"github.com/pier-cni/pier/internal/nat"
+	"github.com/pier-cni/pier/internal/nodestate"
 )
 
 // This file holds the attachment's optional node-side features — port
@@ -90,46 +91,53 @@ func firstOfFamily(res *current.Result, v4 bool) (netip.Prefix, bool) {
 }
 
 // configureNAT puts the attachment's masquerade elements, port mappings and
-// MAC check in nftables, in one transaction, and the RA guard with them.
-// An ADD with none of them does no nftables work, except the one that
-// creates the bridge: it installs the RA guard.
+// MAC check in nftables, in one transaction, with the bridge's marker (see
+// package nat): when that batch fails, the slow path rebuilds what is
+// missing, and afterAdd sets the bridge up or puts the network back. The
+// attachment's record is written first, so a flush at any later moment
+// finds it.
 func (c *call) configureNAT(res *current.Result, h hostSide, undo *undoStack) error {
 	ports, err := c.portMappings(res)
 	if err != nil {
 		return err
 	}
 	network, addrs := c.masqTarget(res)
-	att := nat.Attachment{Network: network, Owner: c.owner(), Ports: ports, GuardGroup: bridge.PortGroup}
+	att := nat.Attachment{Network: network, Owner: c.owner(), Ports: ports, GuardGroup: bridge.PortGroup, Bridge: h.bridge}
 	if c.conf.IPMasq {
 		att.Masq = addrs
 	}
 	if c.conf.MacSpoofChk {
 		att.Spoof = &nat.SpoofCheck{Port: h.veth.Host.Attrs().Name, MAC: h.veth.Container.Attrs().HardwareAddr}
 	}
-	if len(att.Masq) == 0 && len(att.Ports) == 0 && att.Spoof == nil {
-		if !h.created {
-			return nil
-		}
-		if err := nat.EnsureL2(h.bridge, bridge.PortGroup); err != nil {
-			return cnierr.Wrap(err, cnierr.IOFailure, "cannot install the RA guard for bridge %s", h.bridge)
-		}
-		return nil
-	}
 	if slices.ContainsFunc(ports, func(m nat.PortMapping) bool { return m.ContainerIP.Is4() }) {
 		if err := bridge.EnableRouteLocalnet(h.bridge); err != nil {
 			return cnierr.Wrap(err, cnierr.IOFailure, "cannot map host ports")
 		}
 	}
-	att.Bridge = h.bridge
-	if err := nat.Add(att); err != nil {
+	rec, err := c.record(att, h.veth.Host.Attrs().Name)
+	if err == nil {
+		err = nodestate.WriteRecord(c.stateRoot(), rec)
+	}
+	if err != nil {
+		return cnierr.Wrap(err, cnierr.IOFailure, "cannot record the attachment's nftables state")
+	}
+	remove := func() error {
+		return nodestate.RemoveRecord(c.stateRoot(), c.conf.Name, c.owner(), func() error {
+			return errors.Join(nat.DelMasq(network, att.Masq), c.delNodeElements())
+		})
+	}
+	out, err := nat.Add(att)
+	if err != nil {
+		err = errors.Join(err, remove()) // nothing of the batch is in; the record goes
 		if errors.Is(err, nat.ErrPortConflict) {
 			return cnierr.Wrap(err, cnierr.PortConflict, "cannot map the host ports of %s", c.owner())
 		}
 		return cnierr.Wrap(err, cnierr.IOFailure, "cannot set up nftables for network %s", c.conf.Name)
 	}
-	undo.push("remove nftables elements", func() error {
-		return errors.Join(nat.DelMasq(network, att.Masq), c.delNodeElements())
-	})
+	undo.push("remove nftables elements and record", remove)
+	if err := c.afterAdd(out, h.bridge); err != nil {
+		return err
+	}
 	c.forgetUDPFlows(ports)
 	return nil
 }

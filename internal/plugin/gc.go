@@ -41,6 +41,7 @@ func (c *call) gc(ctx context.Context) (types.Result, error) {
 	}
 	errs = append(errs, c.gcVeths(valid)...)
 	errs = append(errs, c.gcIfbs()...) // after the veths: theirs are orphans now
+	errs = append(errs, c.gcNodeState(valid)...)
 	if len(errs) > 0 {
 		return nil, cnierr.Wrap(errors.Join(errs...), cnierr.IOFailure, "GC of network %s was incomplete", c.conf.Name)
 	}

@@ -1,0 +1,152 @@
+package plugin
+
+import (
+	"path/filepath"
+
+	"github.com/pier-cni/pier/internal/cnierr"
+	"github.com/pier-cni/pier/internal/config"
+	"github.com/pier-cni/pier/internal/firewall"
+	"github.com/pier-cni/pier/internal/nat"
+	"github.com/pier-cni/pier/internal/nodestate"
+)
+
+// This file ties an attachment to what the node keeps beside its IPAM
+// reservation (package nodestate): its record, from which Pier's nftables
+// state is put back after a flush, and its bridge's node-side setup (the
+// host's filters opened, isolation, the bridge's marker).
+
+// DaemonStateDir is the directory, beside pierd's socket, that holds the
+// records of daemon-mode networks: the plugin does not know pierd's data
+// directory, pierd knows its socket, and /run forgets them at a reboot, as
+// it should.
+const DaemonStateDir = "state"
+
+// stateRoot is where the network's records and the node's bridge lock
+// live: the IPAM data directory of pier-ipam, the state directory beside
+// pierd's socket in daemon mode, the default data directory otherwise.
+func (c *call) stateRoot() string {
+	switch b := c.ipam.(type) {
+	case *embeddedIPAM:
+		return b.conf.DataDir
+	case *daemonIPAM:
+		return filepath.Join(filepath.Dir(b.conf.DaemonSocket), DaemonStateDir)
+	default:
+		return config.DefaultDataDir
+	}
+}
+
+func (c *call) bridgeSpec(bridge string) nodestate.BridgeSpec {
+	return nodestate.BridgeSpec{Bridge: bridge, Firewall: c.conf.OpensHostFirewall(), Isolated: c.conf.SameBridge()}
+}
+
+// record is what the attachment's record holds.
+func (c *call) record(att nat.Attachment, hostVeth string) (nodestate.Record, error) {
+	boot, err := nodestate.BootID()
+	if err != nil {
+		return nodestate.Record{}, err
+	}
+	r := nodestate.Record{
+		Boot: boot, Network: att.Network.Name, Subnets: att.Network.Subnets, Bridge: att.Bridge,
+		Owner: att.Owner, HostVeth: hostVeth, Masq: att.Masq, Ports: nodestate.PortsOf(att.Ports),
+		Firewall: c.conf.OpensHostFirewall(), Isolated: c.conf.SameBridge(),
+	}
+	if att.Spoof != nil {
+		r.Spoof = &nodestate.Spoof{Port: att.Spoof.Port, MAC: att.Spoof.MAC.String()}
+	}
+	return r, nil
+}
+
+// afterAdd finishes an ADD whose nftables batch took the slow path: the
+// bridge's setup when its marker was missing, and the network's other
+// attachments put back, since what failed the fast batch may have been a
+// flush that took theirs too. Their restore failing does not fail this
+// ADD (it is logged); the bridge's setup does, as this container needs it.
+func (c *call) afterAdd(out nat.Outcome, bridge string) error {
+	if out.BridgeMissing {
+		places, err := nodestate.SetupBridge(c.stateRoot(), c.bridgeSpec(bridge))
+		if err != nil {
+			return cnierr.Wrap(err, cnierr.IOFailure, "cannot open the node's firewall for bridge %s (set \"firewallBackend\": \"none\" to leave it alone)", bridge)
+		}
+		c.log.Info("bridge set up", "bridge", bridge, "hostFilters", firewall.Summary(places))
+	}
+	if out.Rebuilt {
+		if _, err := nodestate.Restore(c.stateRoot(), c.conf.Name, false, c.log); err != nil {
+			c.log.Warn("could not restore every attachment of the network", "err", err)
+		}
+	}
+	return nil
+}
+
+// teardownBridge removes the bridge's setup after a DEL if no container of
+// Pier's is left on it. A failure is logged: the attachment itself is
+// gone, and GC tries again.
+func (c *call) teardownBridge(precise bool) {
+	gone, err := nodestate.TeardownBridge(c.stateRoot(), c.bridgeSpec(c.conf.Bridge), precise)
+	switch {
+	case err != nil:
+		c.log.Warn("could not remove the bridge's setup", "bridge", c.conf.Bridge, "err", err)
+	case gone:
+		c.log.Info("bridge's last container gone: its host accepts and marker removed", "bridge", c.conf.Bridge)
+	}
+}
+
+// repairNodeState is CHECK's and GC's first step: when the bridge's marker
+// or one of its host accepts is missing, the network is put back from its
+// records before anything is verified.
+func (c *call) repairNodeState(always bool) error {
+	st, err := nat.ReadBridge(c.conf.Bridge)
+	if err != nil {
+		return cnierr.Wrap(err, cnierr.IOFailure, "cannot read the setup of bridge %s", c.conf.Bridge)
+	}
+	missing := !st.Ready || st.Isolated != c.conf.SameBridge()
+	if !missing && c.conf.OpensHostFirewall() {
+		places, err := firewall.New().Scan(c.conf.Bridge)
+		if err != nil {
+			return cnierr.Wrap(err, cnierr.IOFailure, "cannot read the node's firewall")
+		}
+		missing = len(firewall.Missing(places)) > 0
+	}
+	if !missing && !always {
+		return nil
+	}
+	n, err := nodestate.Restore(c.stateRoot(), c.conf.Name, missing, c.log)
+	if err != nil {
+		return cnierr.Wrap(err, cnierr.IOFailure, "cannot restore the nftables state of network %s", c.conf.Name)
+	}
+	if missing {
+		c.log.Info("restored the network's netfilter state", "attachments", n)
+	}
+	return nil
+}
+
+// gcRecords removes the records of attachments GC found invalid.
+func (c *call) gcRecords(valid map[string]bool) []error {
+	recs, errs := nodestate.Records(c.stateRoot(), c.conf.Name)
+	for _, r := range recs {
+		if valid[r.Owner] {
+			continue
+		}
+		if err := nodestate.RemoveRecord(c.stateRoot(), c.conf.Name, r.Owner, func() error { return nil }); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errs
+}
+
+// gcNodeState removes the records of attachments GC found invalid, then
+// either tears the bridge's setup down (no container of Pier's is left on
+// it) or puts the network's whole state back, verifying the host's
+// filters: GC is where a node without pierd heals from a firewall reload
+// that left Pier's own tables alone.
+func (c *call) gcNodeState(valid map[string]bool) []error {
+	errs := c.gcRecords(valid)
+	gone, err := nodestate.TeardownBridge(c.stateRoot(), c.bridgeSpec(c.conf.Bridge), true)
+	if err != nil {
+		return append(errs, err)
+	}
+	if gone {
+		c.log.Info("GC: bridge has no container left: its host accepts and marker removed", "bridge", c.conf.Bridge)
+		return errs
+	}
+	return append(errs, c.repairNodeState(true))
+}
