@@ -35,6 +35,7 @@ func run(args []string, stderr io.Writer) int {
 	access := addAccessFlags(fs)
 	drain := fs.Duration("drain-timeout", pierd.DefaultDrainTimeout, "how long SIGTERM waits for in-flight calls")
 	cf := clusterFlags(fs)
+	rf := restoreFlagSet(fs)
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -70,6 +71,9 @@ func run(args []string, stderr io.Writer) int {
 		log.Error("cannot start", "err", err)
 		return 1
 	}
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer rf.start(wctx, *dataDir, *socket, log)()
+	defer stopWatch()
 	select {
 	case <-ctx.Done():
 		log.Info("draining", "timeout", *drain)

@@ -283,11 +283,17 @@ func ReadyBridges(opts ...Option) (map[string]bool, error) {
 		return nil, fmt.Errorf("nat: list bridge markers: %w", err)
 	}
 	defer closeConn(conn)
+	// GetSets of google/nftables v0.3.0 loses the errno of a missing
+	// table (%v), so the table is looked for first.
+	tables, err := conn.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return nil, fmt.Errorf("nat: list inet tables: %w", err)
+	}
+	if !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == TableName }) {
+		return map[string]bool{}, nil
+	}
 	sets, err := conn.GetSets(pierTable())
 	if err != nil {
-		if IsNotFound(err) {
-			return map[string]bool{}, nil
-		}
 		return nil, fmt.Errorf("nat: list sets of table inet %s: %w", TableName, err)
 	}
 	out := map[string]bool{}

@@ -128,6 +128,12 @@ const (
 	dirMode    = 0o755
 )
 
+// DaemonRoot is the root of daemon-mode networks' records: the directory
+// "state" beside pierd's socket. The plugin does not know pierd's data
+// directory, pierd knows its socket, and /run forgets the records at a
+// reboot, as it should.
+func DaemonRoot(socket string) string { return filepath.Join(filepath.Dir(socket), "state") }
+
 // Dir is where the records of network live under root.
 func Dir(root, network string) string { return filepath.Join(root, network, recordsDir) }
 

@@ -1,8 +1,6 @@
 package plugin
 
 import (
-	"path/filepath"
-
 	"github.com/pier-cni/pier/internal/cnierr"
 	"github.com/pier-cni/pier/internal/config"
 	"github.com/pier-cni/pier/internal/firewall"
@@ -15,12 +13,6 @@ import (
 // state is put back after a flush, and its bridge's node-side setup (the
 // host's filters opened, isolation, the bridge's marker).
 
-// DaemonStateDir is the directory, beside pierd's socket, that holds the
-// records of daemon-mode networks: the plugin does not know pierd's data
-// directory, pierd knows its socket, and /run forgets them at a reboot, as
-// it should.
-const DaemonStateDir = "state"
-
 // stateRoot is where the network's records and the node's bridge lock
 // live: the IPAM data directory of pier-ipam, the state directory beside
 // pierd's socket in daemon mode, the default data directory otherwise.
@@ -29,7 +21,7 @@ func (c *call) stateRoot() string {
 	case *embeddedIPAM:
 		return b.conf.DataDir
 	case *daemonIPAM:
-		return filepath.Join(filepath.Dir(b.conf.DaemonSocket), DaemonStateDir)
+		return nodestate.DaemonRoot(b.conf.DaemonSocket)
 	default:
 		return config.DefaultDataDir
 	}
