@@ -376,6 +376,8 @@ func crashAssertStoreFiles(t *testing.T, dir string, live []attachment, liveAddr
 		addr, perr := netip.ParseAddr(name)
 		switch {
 		case name == "lock" || name == "boot_id" || strings.HasPrefix(name, "last_reserved.") || name == "owners" && e.IsDir():
+		case name == "attachments" && e.IsDir():
+			crashAssertAttachmentRecords(t, filepath.Join(dir, name), liveAddrs)
 		case perr == nil:
 			records++
 			id, ok := owners[addr]
@@ -571,4 +573,23 @@ func sortedAddrs(m map[string]netip.Addr) []netip.Addr {
 	}
 	slices.SortFunc(out, netip.Addr.Compare)
 	return out
+}
+
+// crashAssertAttachmentRecords checks that the nftables records left are
+// the live containers', one each.
+func crashAssertAttachmentRecords(t *testing.T, dir string, live map[string]netip.Addr) {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		id, ok := strings.CutSuffix(e.Name(), "@eth0")
+		if _, live := live[id]; !ok || !live {
+			t.Errorf("after GC: attachment record %s belongs to no live container", e.Name())
+		}
+	}
+	if len(entries) != len(live) {
+		t.Errorf("after GC: %d attachment records for %d live containers", len(entries), len(live))
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/pier-cni/pier/internal/testnet"
 )
@@ -101,9 +102,9 @@ func TestLocalnetAfterFlush(t *testing.T) {
 	ip := strings.Fields(attacker.ns.MustRun(t, "ip", "-4", "-o", "addr", "show", "dev", "eth0"))[3]
 	ip = strings.Split(ip, "/")[0]
 	// The attacker sends to 127.0.0.1 through its gateway: its own
-	// loopback routes go, and route_localnet lets eth0 carry 127/8.
-	attacker.ns.MustRun(t, "ip", "route", "del", "local", "127.0.0.0/8", "dev", "lo", "table", "local")
-	attacker.ns.MustRun(t, "ip", "route", "del", "local", "127.0.0.1", "dev", "lo", "table", "local")
+	// loopback address goes (with its routes, and so the reply from
+	// 127.0.0.1 is no martian), and route_localnet lets eth0 carry 127/8.
+	attacker.ns.MustRun(t, "ip", "addr", "del", "127.0.0.1/8", "dev", "lo")
 	attacker.ns.MustRun(t, "sysctl", "-qw", "net.ipv4.conf.eth0.route_localnet=1")
 	attacker.ns.MustRun(t, "ip", "route", "add", "127.0.0.1/32", "via", "10.16.0.1", "dev", "eth0", "src", ip)
 	if reply, err := echoFrom(t, attacker.ns, "tcp/127.0.0.1:9999"); err == nil {
@@ -113,5 +114,52 @@ func TestLocalnetAfterFlush(t *testing.T) {
 	n.mustAdd(n.container("late"), plain)
 	if reply, err := echoFrom(t, attacker.ns, "tcp/127.0.0.1:9999"); err == nil {
 		t.Errorf("after a flush and an ADD without ports, a container reached the node's 127.0.0.1: %q", reply)
+	}
+}
+
+// TestPierdRestores: with pierd running, what a flush or a host firewall
+// reload removes comes back without any CNI call — masquerade, host ports
+// and the host filter's accepts of a daemon-mode network (its records
+// beside pierd's socket). The wait is polled; its length is not asserted.
+func TestPierdRestores(t *testing.T) {
+	n := newNode(t)
+	client := newClientHost(t, n)
+	startEcho(t, client, "tcp/:7")
+	node := n.sb.Node
+	node.MustRun(t, "nft", "add table inet filter; add chain inet filter forward { type filter hook forward priority 0; policy drop; }")
+	p := startPierd(t, node.Path)
+	conf := fmt.Sprintf(`{"cniVersion": "1.1.0", "name": "restd", "type": "pier", "bridge": "pier-restd",
+  "isGateway": true, "isDefaultGateway": true, "ipMasq": true, "macspoofchk": true,
+  "runtimeConfig": {"portMappings": %s},
+  "ipam": {"type": "pier-ipam", "daemonSocket": %q, "subnet": "10.17.0.0/24"}}`, restoreMappings, p.socket)
+	web := n.container("web")
+	n.mustAdd(web, conf)
+	startEcho(t, web.ns, "tcp/:80")
+	if f := works(t, client, web.ns); len(f) > 0 {
+		t.Fatalf("before any flush: %v", f)
+	}
+	for _, reload := range [][]string{
+		{"nft", "flush", "ruleset"},                            // Pier's tables and the host's
+		{"nft", "flush", "chain", "inet", "filter", "forward"}, // only the host's accepts
+	} {
+		if reload[1] == "flush" && reload[2] == "ruleset" {
+			node.MustRun(t, reload...)
+			node.MustRun(t, "nft", "add table inet filter; add chain inet filter forward { type filter hook forward priority 0; policy drop; }")
+		} else {
+			node.MustRun(t, reload...)
+		}
+		err := retryUntil(30*time.Second, func() error {
+			if f := works(t, client, web.ns); len(f) > 0 {
+				return fmt.Errorf("%v", f)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("after %s, pierd did not restore: %v\n%s", strings.Join(reload, " "), err, p.stderr)
+		}
+	}
+	n.mustDel(web, conf)
+	if rs := node.MustRun(t, "nft", "list", "table", "inet", "filter"); strings.Contains(rs, "pier") {
+		t.Errorf("DEL of the last container left host accepts:\n%s", rs)
 	}
 }

@@ -239,10 +239,41 @@ func RemoveRecord(root, network, owner string, undo func() error) error {
 	if err := undo(); err != nil {
 		return err
 	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove record of %s: %w", owner, err)
+	// The temp file too: an ADD killed while writing the record leaves it.
+	for _, p := range []string{path, filepath.Join(Dir(root, network), "."+name+".tmp")} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove record of %s: %w", owner, err)
+		}
 	}
 	return nil
+}
+
+// SweepTemp removes the temp files of records whose owner keep rejects:
+// what ADDs killed while writing left, for GC.
+func SweepTemp(root, network string, keep func(owner string) bool) error {
+	dir := Dir(root, network)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return fmt.Errorf("list records of network %s: %w", network, err)
+	}
+	var errs []error
+	for _, e := range entries {
+		name, ok := strings.CutSuffix(strings.TrimPrefix(e.Name(), "."), ".tmp")
+		if !ok || !strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		cid, ifname, _ := strings.Cut(name, "@")
+		if keep(cid + "/" + ifname) {
+			continue
+		}
+		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Records reads the records of network. A record that cannot be parsed is

@@ -122,6 +122,9 @@ func (c *call) gcRecords(valid map[string]bool) []error {
 			errs = append(errs, err)
 		}
 	}
+	if err := nodestate.SweepTemp(c.stateRoot(), c.conf.Name, func(owner string) bool { return valid[owner] }); err != nil {
+		errs = append(errs, err)
+	}
 	return errs
 }
 
