@@ -1,0 +1,305 @@
+package e2e
+
+// The seed's scene on hosts whose own filters drop forwarded traffic: a
+// plain nftables ruleset, iptables-legacy, a real Docker engine. The same
+// checks run for Pier and for the reference bridge + portmap + firewall
+// chain (Debian's /usr/lib/cni) side by side, on two bridges of one node;
+// Pier's must all pass, the reference's are reported.
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pier-cni/pier/internal/testnet"
+)
+
+// seedEnv is a node with a client host outside it and pierctl's
+// directories.
+type seedEnv struct {
+	*ctlEnv
+	client  *testnet.NS
+	listing func() string // the host's filters, for "nothing left"
+	docker  *dockerd      // nil on hosts without Docker
+}
+
+func newSeedEnv(t *testing.T, n *node) *seedEnv {
+	t.Helper()
+	e := &seedEnv{ctlEnv: &ctlEnv{node: n, confDir: t.TempDir(), cacheDir: t.TempDir()}}
+	e.client = newClientHost(t, n)
+	startEcho(t, e.client, "tcp/:7")
+	e.listing = func() string {
+		out, _ := n.sb.Node.Run("nft", "list", "ruleset")
+		if legacy, err := n.sb.Node.Run("iptables-legacy-save"); err == nil {
+			out += legacy
+		}
+		return out
+	}
+	return e
+}
+
+// seedNet is one network of the comparison.
+type seedNet struct {
+	name, bridge, subnet string
+	hostPort             int
+	pier                 bool
+	gw                   string
+}
+
+func (e *seedEnv) networks(pierExtra string) []seedNet {
+	nets := []seedNet{
+		{name: "seed", bridge: "cni_bridge0", subnet: "10.15.20", hostPort: 8080, pier: true},
+		{name: "seedref", bridge: "cni_ref0", subnet: "10.15.21", hostPort: 8081},
+	}
+	for i := range nets {
+		s := &nets[i]
+		s.gw = s.subnet + ".1"
+		var conf string
+		if s.pier {
+			conf = fmt.Sprintf(`{"cniVersion": "1.0.0", "name": %q, "plugins": [{"type": "pier", "bridge": %q,
+  "isGateway": true, "ipMasq": true, "hairpinMode": true, "capabilities": {"portMappings": true} %s,
+  "ipam": {"type": "pier-ipam", "subnet": "%s.0/24", "dataDir": %q, "routes": [{"dst": "0.0.0.0/0"}]}}]}`,
+				s.name, s.bridge, pierExtra, s.subnet, e.dataDir)
+		} else {
+			conf = fmt.Sprintf(`{"cniVersion": "1.0.0", "name": %q, "plugins": [{"type": "bridge", "bridge": %q,
+  "isGateway": true, "ipMasq": true, "hairpinMode": true,
+  "ipam": {"type": "host-local", "subnet": "%s.0/24", "dataDir": %q, "routes": [{"dst": "0.0.0.0/0"}]}},
+  {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}, {"type": "firewall"}]}`,
+				s.name, s.bridge, s.subnet, filepath.Join(e.dataDir, "host-local"))
+		}
+		e.writeConf("10-"+s.name+".conflist", conf)
+	}
+	return nets
+}
+
+// container is one container of a seed network: its namespace and address.
+type seedContainer struct {
+	ns   *testnet.NS
+	addr string
+}
+
+func (e *seedEnv) add(s seedNet, mapPort bool) seedContainer {
+	e.t.Helper()
+	ns := e.sb.Container()
+	args := []string{"add"}
+	if mapPort {
+		args = append(args, "--port-mapping", fmt.Sprintf("%d:80/tcp", s.hostPort))
+	}
+	e.mustCtl(0, e.withDirs(append(args, s.name, ns.Path)...)...)
+	ip := strings.Fields(ns.MustRun(e.t, "ip", "-4", "-o", "addr", "show", "dev", "eth0"))[3]
+	return seedContainer{ns: ns, addr: strings.Split(ip, "/")[0]}
+}
+
+func (e *seedEnv) del(s seedNet, c seedContainer) {
+	e.t.Helper()
+	e.mustCtl(0, e.withDirs("del", s.name, c.ns.Path)...)
+}
+
+// check is one named check's outcome.
+type check struct {
+	name string
+	err  error
+}
+
+// seedChecks runs the issue's checks for one network and returns them in
+// order; the containers are deleted at the end.
+func (e *seedEnv) seedChecks(s seedNet) []check {
+	t := e.t
+	c1, c2 := e.add(s, true), e.add(s, false)
+	startEcho(t, c1.ns, "tcp/:80")
+	var out []check
+	add := func(name string, err error) { out = append(out, check{name, err}) }
+	if e.docker != nil {
+		add("the Docker container pings the container", e.docker.exec("ping", "-c1", "-W2", c1.addr))
+		_, err := c1.ns.Run("ping", "-c1", "-W2", e.docker.addr)
+		add("the container reaches the Docker container", err)
+	}
+	reply, err := echoFrom(t, c1.ns, "tcp/198.51.100.2:7")
+	if err == nil && !strings.HasPrefix(reply, "198.51.100.1:") {
+		err = fmt.Errorf("the outside host saw %q, not the node's address", reply)
+	}
+	add("a container reaches an outside host (masquerade)", err)
+	_, err = c2.ns.Run("ping", "-c1", "-W2", c1.addr)
+	add("a container reaches another on its bridge", err)
+	_, err = echoFrom(t, e.client, fmt.Sprintf("tcp/198.51.100.1:%d", s.hostPort))
+	add("a host port answers a client outside the node", err)
+	e.del(s, c1)
+	e.del(s, c2)
+	if s.pier {
+		err = nil
+		if l := e.listing(); strings.Contains(l, "pier: forward") || strings.Contains(l, "PIER-FORWARD") {
+			err = fmt.Errorf("forward rules left:\n%s", l)
+		}
+		add("DEL of the last container leaves no forward rules", err)
+	}
+	return out
+}
+
+// compare runs the checks for Pier and the reference chain and fails the
+// test for Pier's failures; both are logged as a table.
+func (e *seedEnv) compare(host string, pierExtra string) {
+	t := e.t
+	var table strings.Builder
+	fmt.Fprintf(&table, "host: %s\n", host)
+	for _, s := range e.networks(pierExtra) {
+		who := "reference bridge+portmap+firewall"
+		if s.pier {
+			who = "pier"
+		}
+		passed := 0
+		checks := e.seedChecks(s)
+		for _, c := range checks {
+			mark := "pass"
+			if c.err != nil {
+				mark = "FAIL"
+				if s.pier {
+					t.Errorf("%s, pier: %s: %v", host, c.name, c.err)
+				}
+			} else {
+				passed++
+			}
+			fmt.Fprintf(&table, "  %-34s %-4s %s\n", who, mark, c.name)
+		}
+		fmt.Fprintf(&table, "  %-34s %d/%d passed\n", who, passed, len(checks))
+	}
+	t.Log("\n" + table.String())
+	if path := os.Getenv("PIER_HOSTFW_REPORT"); path != "" {
+		f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+		if err == nil {
+			_, _ = f.WriteString(table.String())
+			_ = f.Close()
+		}
+	}
+}
+
+// TestHostFirewallNftables: a node whose nftables ruleset has
+// `inet filter forward` with policy drop.
+func TestHostFirewallNftables(t *testing.T) {
+	e := newSeedEnv(t, newNode(t))
+	e.sb.Node.MustRun(t, "nft", "add table inet filter; add chain inet filter forward { type filter hook forward priority 0; policy drop; }")
+	e.compare("nftables inet filter forward policy drop", "")
+}
+
+// TestHostFirewallLegacy: a node with `iptables-legacy -P FORWARD DROP`.
+func TestHostFirewallLegacy(t *testing.T) {
+	if _, err := os.Stat("/usr/sbin/iptables-legacy"); err != nil {
+		t.Skip("needs iptables-legacy (Debian: iptables)")
+	}
+	e := newSeedEnv(t, newNode(t))
+	e.sb.Node.MustRun(t, "iptables-legacy", "-P", "FORWARD", "DROP")
+	e.compare("iptables-legacy -P FORWARD DROP", "")
+}
+
+// TestHostFirewallOff: with firewallBackend none, Pier leaves the host's
+// filters alone, and its containers cannot leave the node: what lint
+// warns about.
+func TestHostFirewallOff(t *testing.T) {
+	e := newSeedEnv(t, newNode(t))
+	e.sb.Node.MustRun(t, "nft", "add table inet filter; add chain inet filter forward { type filter hook forward priority 0; policy drop; }")
+	s := e.networks(`, "firewallBackend": "none"`)[0]
+	c := e.add(s, false)
+	if reply, err := echoFrom(t, c.ns, "tcp/198.51.100.2:7"); err == nil {
+		t.Errorf("with firewallBackend none, the host's drop let %q through", reply)
+	}
+	if l := e.listing(); strings.Contains(l, "pier: forward") {
+		t.Errorf("with firewallBackend none, Pier wrote into the host's filters:\n%s", l)
+	}
+	e.del(s, c)
+}
+
+// TestIngressSameBridge: with ingressPolicy same-bridge, a host outside
+// the node that routes to the containers' subnet cannot open connections
+// to them, while containers of the bridge reach each other, replies come
+// back and host ports answer — on a node whose filters accept everything.
+func TestIngressSameBridge(t *testing.T) {
+	e := newSeedEnv(t, newNode(t))
+	e.client.MustRun(t, "ip", "route", "add", "10.15.20.0/24", "via", "198.51.100.1")
+	s := e.networks(`, "ingressPolicy": "same-bridge"`)[0]
+	c1, c2 := e.add(s, true), e.add(s, false)
+	startEcho(t, c1.ns, "tcp/:80")
+	if reply, err := echoFrom(t, e.client, "tcp/"+c1.addr+":80"); err == nil {
+		t.Errorf("same-bridge: a host outside reached the container directly: %q", reply)
+	}
+	if _, err := echoFrom(t, e.client, "tcp/198.51.100.1:8080"); err != nil {
+		t.Errorf("same-bridge: the host port: %v", err)
+	}
+	if _, err := echoFrom(t, c2.ns, "tcp/"+c1.addr+":80"); err != nil {
+		t.Errorf("same-bridge: a neighbour on the bridge: %v", err)
+	}
+	if _, err := echoFrom(t, c1.ns, "tcp/198.51.100.2:7"); err != nil {
+		t.Errorf("same-bridge: the container's own connection out: %v", err)
+	}
+	e.del(s, c1)
+	e.del(s, c2)
+}
+
+// dockerd is a Docker engine of the test's runtimeHost, and its one
+// container.
+type dockerd struct {
+	rt   *runtimeHost
+	cli  []string
+	name string
+	addr string
+}
+
+func (d *dockerd) exec(argv ...string) error {
+	_, err := d.rt.exec(nil, append(append(d.cli, "exec", d.name), argv...)...)
+	return err
+}
+
+// startDockerd runs Debian's dockerd in the runtimeHost's namespaces: its
+// iptables rules, docker0 and containers live in the node namespace only,
+// its state in the test's temp dir and the namespace's own /run.
+func startDockerd(t *testing.T, rt *runtimeHost, busybox string) *dockerd {
+	t.Helper()
+	sock := "unix:///run/pier-e2e-docker.sock"
+	rt.startBackground(nil, "dockerd.log", "dockerd", "--host", sock,
+		"--data-root", filepath.Join(rt.dir, "docker"), "--exec-root", "/run/pier-e2e-docker",
+		"--pidfile", "/run/pier-e2e-docker.pid", "--storage-driver", "vfs",
+		"--exec-opt", "native.cgroupdriver=cgroupfs", "--cgroup-parent", rt.cgroupParent)
+	d := &dockerd{rt: rt, cli: []string{"/usr/bin/docker", "--host", sock}, name: "pause1"}
+	if err := retryUntil(60*time.Second, func() error { _, err := rt.exec(nil, append(d.cli, "version")...); return err }); err != nil {
+		t.Fatalf("dockerd does not answer: %v", err)
+	}
+	layer := filepath.Join(rt.dir, "busybox.tar")
+	if err := os.WriteFile(layer, busyboxLayer(t, busybox), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rt.exec(nil, append(d.cli, "import", layer, runtimeImage)...); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = rt.exec(nil, append(d.cli, "rm", "--force", d.name)...) })
+	if _, err := rt.exec(nil, append(d.cli, "run", "--detach", "--name", d.name, runtimeImage, "sleep", "3600")...); err != nil {
+		t.Fatal(err)
+	}
+	out, err := rt.exec(nil, append(d.cli, "inspect", "--format", "{{.NetworkSettings.IPAddress}}", d.name)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.addr = strings.TrimSpace(out)
+	return d
+}
+
+// TestHostFirewallDocker: the seed's host. A real dockerd (Debian's 20.10,
+// iptables-nft) runs a container on docker0 with its FORWARD policy DROP
+// and its DOCKER-USER chain; Pier's containers and the reference chain's
+// then go through the same checks, the Docker container's ping of the CNI
+// container first.
+func TestHostFirewallDocker(t *testing.T) {
+	tools := requireRuntimeTools(t, "dockerd", "nsenter", "iptables-nft")
+	if _, err := os.Stat("/usr/bin/docker"); err != nil {
+		t.Fatal("needs Debian's docker client /usr/bin/docker (package docker.io)")
+	}
+	rt := newRuntimeHost(t)
+	n := &node{t: t, sb: rt.sb, binDir: testnet.Binaries(t), dataDir: t.TempDir()}
+	n.cniPath = n.binDir + ":/usr/lib/cni"
+	e := newSeedEnv(t, n)
+	e.docker = startDockerd(t, rt, tools["busybox"])
+	if rs := n.sb.Node.MustRun(t, "iptables-nft", "-S", "FORWARD"); !strings.Contains(rs, "-P FORWARD DROP") || !strings.Contains(rs, "DOCKER-USER") {
+		t.Fatalf("dockerd did not set up its forward chain as expected:\n%s", rs)
+	}
+	e.compare("Docker 20.10 (iptables-nft, FORWARD policy DROP, DOCKER-USER)", "")
+}
