@@ -303,3 +303,62 @@ func TestHostFirewallDocker(t *testing.T) {
 	}
 	e.compare("Docker 20.10 (iptables-nft, FORWARD policy DROP, DOCKER-USER)", "")
 }
+
+// TestHostFirewallTooling: on a node whose nftables forward chain drops,
+// STATUS stays 0 (Pier handles it), `pierctl inspect` names the host
+// filter Pier opened and why, and the bridge's MTU and why; `pierctl lint`
+// warns when the config turns Pier's handling off, and not when it is on.
+func TestHostFirewallTooling(t *testing.T) {
+	e := newSeedEnv(t, newNode(t))
+	e.sb.Node.MustRun(t, "nft", "add table inet filter; add chain inet filter forward { type filter hook forward priority 0; policy drop; }")
+	s := e.networks("")[0]
+	e.mustCtl(0, e.withDirs("status", s.name)...)
+	c := e.add(s, false)
+	text := e.mustCtl(0, "inspect", "--network", s.name, "--conf-dir", e.confDir, "--cache-dir", e.cacheDir).stdout
+	for _, want := range []string{"nftables inet filter forward", "inet filter forward has policy drop", "marker cni_bridge0.bridge", `"mtu" unset`} {
+		if !strings.Contains(text, want) {
+			t.Errorf("inspect lacks %q:\n%s", want, text)
+		}
+	}
+	e.del(s, c)
+	conf := filepath.Join(e.confDir, "10-seed.conflist")
+	if r := e.ctl("lint", "--conf-dir", "", conf); strings.Contains(r.stdout, "drops forwarded traffic") {
+		t.Errorf("lint warns although Pier handles the host's filters:\n%s", r.stdout)
+	}
+	off := e.writeConf("30-off.conf", fmt.Sprintf(`{"cniVersion": "1.0.0", "name": "off", "type": "pier", "bridge": "pier-off",
+  "ipMasq": true, "firewallBackend": "none", "ipam": {"type": "pier-ipam", "subnet": "10.15.30.0/24", "dataDir": %q}}`, e.dataDir))
+	if r := e.ctl("lint", "--conf-dir", "", off); r.code != 3 || !strings.Contains(r.stdout, "inet filter forward has policy drop") {
+		t.Errorf("lint of a config leaving a dropping host alone: exit %d\n%s", r.code, r.stdout)
+	}
+}
+
+// TestMTUFromUplink: without "mtu", a bridge Pier creates takes the MTU of
+// the interface of the node's default route, and so do the containers'
+// interfaces; with "mtu", the config wins.
+func TestMTUFromUplink(t *testing.T) {
+	n := newNode(t)
+	newClientHost(t, n)
+	n.sb.Node.MustRun(t, "ip", "link", "set", "uplink0", "mtu", "1400")
+	n.sb.Node.MustRun(t, "ip", "route", "add", "default", "via", "198.51.100.2")
+	for _, tc := range []struct {
+		name, bridge, key string
+		want              int
+	}{
+		{"uplink", "pier-mtu0", "", 1400},
+		{"config", "pier-mtu1", `"mtu": 1300,`, 1300},
+	} {
+		conf := fmt.Sprintf(`{"cniVersion": "1.0.0", "name": "mtu%s", "type": "pier", "bridge": %q, %s
+  "ipam": {"type": "pier-ipam", "subnet": "10.15.4%d.0/24", "dataDir": %q}}`, tc.name, tc.bridge, tc.key, tc.want%10, n.dataDir)
+		c := n.container("mtu-" + tc.name)
+		n.mustAdd(c, conf)
+		for _, l := range []struct {
+			ns  *testnet.NS
+			dev string
+		}{{n.sb.Node, tc.bridge}, {c.ns, "eth0"}} {
+			if got := ipJSON[[]ipLink](t, l.ns, "link", "show", "dev", l.dev)[0].MTU; got != tc.want {
+				t.Errorf("%s: %s has MTU %d, want %d", tc.name, l.dev, got, tc.want)
+			}
+		}
+		n.mustDel(c, conf)
+	}
+}

@@ -19,7 +19,9 @@ code pier would return. Warnings are what pier accepts but probably should
 not be so: keys pier ignores (often typos), subnets overlapping other
 networks of --conf-dir, the same network name defined twice, a default
 route without "ipMasq", an "mtu" larger than the node's uplink (the link of
-the default route of the namespace pierctl runs in).
+the default route of the namespace pierctl runs in), and a node whose own
+filters drop forwarded traffic (iptables FORWARD, Docker, nftables,
+firewalld) with "firewallBackend": "none".
 
 Exit status: 0 nothing found, 1 at least one error, 3 warnings only.`,
 		setup: func(fs *flag.FlagSet) runner {
@@ -32,7 +34,7 @@ Exit status: 0 nothing found, 1 at least one error, 3 warnings only.`,
 				if code, ok := checkOutput(e, "lint", *out); !ok {
 					return code
 				}
-				return runLint(e, args, lint.Options{ConfDir: *confDir, Uplinks: lint.NodeUplinks}, *out)
+				return runLint(e, args, lint.Options{ConfDir: *confDir, Uplinks: lint.NodeUplinks, HostFilters: lint.NodeHostFilters}, *out)
 			}
 		},
 	}

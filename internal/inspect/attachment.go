@@ -53,9 +53,13 @@ type Bridge struct {
 	Index      int    `json:"index"`
 	Up         bool   `json:"up"`
 	MTU        int    `json:"mtu"`
+	MTUWhy     string `json:"mtuWhy,omitempty"`
 	Why        string `json:"why"`
 	Gateways   []Item `json:"gateways"`
 	Forwarding []Item `json:"forwarding,omitempty"`
+	// Setup is the bridge's node-side setup: its marker, isolation, and
+	// the host filters opened for it (see hostfw.go).
+	Setup []Item `json:"setup,omitempty"`
 }
 
 // HostVeth is the node's end of the veth pair.
@@ -302,6 +306,7 @@ func (v *view) readBridge() {
 	if c.IsGateway {
 		b.Forwarding = v.forwarding()
 	}
+	v.readBridgeSetup(b)
 	v.a.Bridge = b
 }
 

@@ -47,6 +47,7 @@ func WriteText(w io.Writer, a *Attachment) error {
 		for _, f := range b.Forwarding {
 			t.item("  ", "forwarding", f.Value, f.Why)
 		}
+		t.bridgeSetup(b)
 	} else if a.HostVeth != nil {
 		t.printf("\nnode\n")
 	}
@@ -121,6 +122,7 @@ func WriteNetworkText(w io.Writer, n *Network) error {
 		for _, g := range b.Gateways {
 			t.item("  ", "gateway", g.Value, g.Why)
 		}
+		t.bridgeSetup(b)
 	}
 	t.printf("\nattachments (%d)\n", len(n.Attachments))
 	for _, m := range n.Attachments {
@@ -196,4 +198,14 @@ func yesNo(b bool) string {
 		return "yes"
 	}
 	return "no"
+}
+
+// bridgeSetup prints the bridge's MTU reason and node-side setup.
+func (t *textWriter) bridgeSetup(b *Bridge) {
+	if b.MTUWhy != "" {
+		t.item("  ", "mtu", fmt.Sprint(b.MTU), b.MTUWhy)
+	}
+	for _, s := range b.Setup {
+		t.item("  ", "setup", s.Value, s.Why)
+	}
 }

@@ -53,6 +53,9 @@ type Options struct {
 	// Uplinks returns the links of the node's default routes (none when it
 	// has none). Nil skips the MTU check.
 	Uplinks func() ([]Uplink, error)
+	// HostFilters returns what in the node's own filters drops the
+	// bridge's forwarded traffic (package firewall). Nil skips the check.
+	HostFilters func(bridge string) ([]string, error)
 }
 
 // Result is what lint found in one file.
@@ -142,6 +145,7 @@ func (r *Result) checkRisks(n *confdir.Network, opts Options) {
 	if c == nil {
 		return
 	}
+	r.checkHostFilters(c, opts)
 	if !c.IPMasq && r.hasDefaultRoute(n) {
 		r.add(Warning, `containers get a default route but "ipMasq" is false: their traffic leaves the node with container source addresses, which the outside network usually cannot route back (set "ipMasq": true, or make sure the subnet is routed to this node)`)
 	}
@@ -157,6 +161,23 @@ func (r *Result) checkRisks(n *confdir.Network, opts Options) {
 		if c.MTU > up.MTU {
 			r.add(Warning, `"mtu": %d is larger than the MTU %d of the node's uplink %s (its default route): packets leaving the node get fragmented or dropped`, c.MTU, up.MTU, up.Name)
 		}
+	}
+}
+
+// checkHostFilters warns when the node's filters drop forwarded traffic
+// and the config tells Pier to leave them alone: the containers could not
+// leave the node, nor reach each other through br_netfilter.
+func (r *Result) checkHostFilters(c *config.NetConf, opts Options) {
+	if c.OpensHostFirewall() || opts.HostFilters == nil {
+		return
+	}
+	drops, err := opts.HostFilters(c.Bridge)
+	if err != nil {
+		r.add(Warning, "cannot read the node's firewall: %v", err)
+		return
+	}
+	for _, d := range drops {
+		r.add(Warning, `the node drops forwarded traffic (%s) and "firewallBackend" is "none": the containers of bridge %s reach neither the outside nor each other unless the node's filters accept their traffic (remove the key to let Pier do it)`, d, c.Bridge)
 	}
 }
 

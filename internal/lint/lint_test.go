@@ -37,6 +37,13 @@ func TestLint(t *testing.T) {
 		{"not a pier network", "a.conf", `{ "cniVersion": "1.0.0", "name": "b", "type": "bridge", "ipam": { "type": "host-local", "subnet": "10.5.0.0/24" } }`,
 			[]string{"W:pier never reads it"}},
 		{"not JSON", "a.conf", `{ "name": `, []string{"E:cannot be decoded"}},
+		{"host drops forwarded traffic, Pier told to leave it", "a.conf", strings.Replace(good, `"mtu": 1400`, `"firewallBackend": "none"`, 1),
+			[]string{`W:the node drops forwarded traffic (ip filter FORWARD has policy drop) and "firewallBackend" is "none"`}},
+		{"host drops forwarded traffic, Pier handles it", "a.conf", strings.Replace(good, `"mtu": 1400`, `"firewallBackend": "auto"`, 1), nil},
+		{"unsupported firewall backend", "a.conf", strings.Replace(good, `"mtu": 1400`, `"firewallBackend": "iptables"`, 1),
+			[]string{`E:"firewallBackend": "iptables" is not supported`, "E:code 2"}},
+		{"unsupported ingress policy", "a.conf", strings.Replace(good, `"mtu": 1400`, `"ingressPolicy": "isolated"`, 1),
+			[]string{`E:"ingressPolicy": "isolated" is not supported`, "E:code 2"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -49,7 +56,8 @@ func TestLint(t *testing.T) {
 			if err := os.WriteFile(path, []byte(c.content), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			r := File(path, Options{ConfDir: dir, Uplinks: uplinks})
+			drops := func(string) ([]string, error) { return []string{"ip filter FORWARD has policy drop"}, nil }
+			r := File(path, Options{ConfDir: dir, Uplinks: uplinks, HostFilters: drops})
 			var got []string
 			for _, f := range r.Findings {
 				got = append(got, string(f.Severity[0]-'a'+'A')+":"+f.Message)

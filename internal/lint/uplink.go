@@ -3,6 +3,8 @@ package lint
 import (
 	"fmt"
 
+	"github.com/pier-cni/pier/internal/firewall"
+
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -39,4 +41,15 @@ func NodeUplinks() ([]Uplink, error) {
 		}
 	}
 	return ups, nil
+}
+
+// NodeHostFilters lists what drops forwarded traffic in the node's own
+// filters (of the namespace the caller runs in), for the bridge.
+func NodeHostFilters(bridge string) ([]string, error) {
+	places, err := firewall.New().Scan(bridge)
+	var out []string
+	for _, p := range places {
+		out = append(out, p.Why)
+	}
+	return out, err
 }
