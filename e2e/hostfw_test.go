@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -361,4 +362,72 @@ func TestMTUFromUplink(t *testing.T) {
 		}
 		n.mustDel(c, conf)
 	}
+}
+
+// TestMeasureHostFirewall reports (never fails on) the whole-process ADD
+// and DEL latency of `pier` on a node whose nftables forward chain drops:
+// a network whose host accepts are in place (firewallBackend auto) next to
+// one that leaves the host alone (none), on two bridges of the same node,
+// interleaved, 30 pairs each after 3 of warm-up, with a resident container
+// on each bridge (so the accepts stay), and the first ADD on a bridge,
+// which opens the host's filter. It runs only with PIER_MEASURE=1:
+//
+//	PIER_MEASURE=1 go test -count=1 -run TestMeasureHostFirewall -v ./e2e/
+func TestMeasureHostFirewall(t *testing.T) {
+	if os.Getenv("PIER_MEASURE") == "" {
+		t.Skip("a measurement: set PIER_MEASURE=1")
+	}
+	n := newNode(t)
+	n.sb.Node.MustRun(t, "nft", "add table inet filter; add chain inet filter forward { type filter hook forward priority 0; policy drop; }")
+	bin := filepath.Join(n.binDir, "pier")
+	conf := func(name, bridge, subnet, backend string) string {
+		return fmt.Sprintf(`{"cniVersion":"1.0.0","name":%q,"type":"pier","bridge":%q,"isGateway":true,"ipMasq":true,"firewallBackend":%q,
+			"ipam":{"type":"pier-ipam","subnet":%q,"dataDir":%q}}`, name, bridge, backend, subnet, n.dataDir)
+	}
+	confs := map[string]string{"auto": conf("fwauto", "pfa0", "10.72.0.0/16", "auto"), "none": conf("fwnone", "pfn0", "10.73.0.0/16", "none")}
+	timed := func(verb, mode, id string, ns *testnet.NS) time.Duration {
+		env := []string{"CNI_COMMAND=" + verb, "CNI_CONTAINERID=" + id, "CNI_NETNS=" + ns.Path, "CNI_IFNAME=eth0", "CNI_PATH=" + n.binDir}
+		start := time.Now()
+		cmd, err := n.sb.Start(bin, env, []byte(confs[mode]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := testnet.Outcome(cmd, cmd.Wait())
+		took := time.Since(start)
+		if r.ExitCode != 0 {
+			t.Fatalf("%s %s: %s %s", verb, mode, r.Stdout, r.Stderr)
+		}
+		return took
+	}
+	first := map[string]time.Duration{}
+	for _, mode := range []string{"auto", "none"} {
+		first[mode] = timed("ADD", mode, "resident-"+mode, n.sb.Container())
+	}
+	const warmup, runs = 3, 30
+	adds, dels := map[string][]time.Duration{}, map[string][]time.Duration{}
+	ns := map[string]*testnet.NS{"auto": n.sb.Container(), "none": n.sb.Container()}
+	for i := range warmup + runs {
+		order := []string{"auto", "none"}
+		if i%2 == 1 {
+			order = []string{"none", "auto"}
+		}
+		for _, mode := range order {
+			id := fmt.Sprintf("m-%s-%d", mode, i)
+			a := timed("ADD", mode, id, ns[mode])
+			d := timed("DEL", mode, id, ns[mode])
+			if i >= warmup {
+				adds[mode], dels[mode] = append(adds[mode], a), append(dels[mode], d)
+			}
+		}
+	}
+	med := func(ds []time.Duration) time.Duration {
+		s := slices.Clone(ds)
+		slices.Sort(s)
+		return s[len(s)/2]
+	}
+	for _, mode := range []string{"auto", "none"} {
+		t.Logf("firewallBackend %-4s: first ADD on the bridge %v; then ADD median %v, DEL median %v", mode, first[mode], med(adds[mode]), med(dels[mode]))
+	}
+	t.Logf("with host accepts / without: ADD %.2f×, DEL %.2f×",
+		float64(med(adds["auto"]))/float64(med(adds["none"])), float64(med(dels["auto"]))/float64(med(dels["none"])))
 }
