@@ -9,6 +9,7 @@ package e2e
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -25,6 +26,8 @@ type seedEnv struct {
 	client  *testnet.NS
 	listing func() string // the host's filters, for "nothing left"
 	docker  *dockerd      // nil on hosts without Docker
+	// env is added to pierctl's environment, and so to the plugins'.
+	env []string
 }
 
 func newSeedEnv(t *testing.T, n *node) *seedEnv {
@@ -89,14 +92,25 @@ func (e *seedEnv) add(s seedNet, mapPort bool) seedContainer {
 	if mapPort {
 		args = append(args, "--port-mapping", fmt.Sprintf("%d:80/tcp", s.hostPort))
 	}
-	e.mustCtl(0, e.withDirs(append(args, s.name, ns.Path)...)...)
+	e.pierctl(append(args, s.name, ns.Path)...)
 	ip := strings.Fields(ns.MustRun(e.t, "ip", "-4", "-o", "addr", "show", "dev", "eth0"))[3]
 	return seedContainer{ns: ns, addr: strings.Split(ip, "/")[0]}
 }
 
 func (e *seedEnv) del(s seedNet, c seedContainer) {
 	e.t.Helper()
-	e.mustCtl(0, e.withDirs("del", s.name, c.ns.Path)...)
+	e.pierctl("del", s.name, c.ns.Path)
+}
+
+// pierctl runs a libcni command of pierctl in the node with the env's
+// directories and environment.
+func (e *seedEnv) pierctl(args ...string) {
+	e.t.Helper()
+	cmd := exec.Command("ip", append([]string{"netns", "exec", e.sb.Node.Name, filepath.Join(e.binDir, "pierctl")}, e.withDirs(args...)...)...)
+	cmd.Env = append([]string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}, e.env...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		e.t.Fatalf("pierctl %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
 }
 
 // check is one named check's outcome.
@@ -430,4 +444,70 @@ func TestMeasureHostFirewall(t *testing.T) {
 	}
 	t.Logf("with host accepts / without: ADD %.2f×, DEL %.2f×",
 		float64(med(adds["auto"]))/float64(med(adds["none"])), float64(med(dels["auto"]))/float64(med(dels["none"])))
+}
+
+// TestHostFirewallFirewalld: firewalld (Debian's 1.3, nftables backend)
+// with its own dbus-daemon, both in the runtimeHost's namespaces: it runs
+// without systemd. The bus listens in the test's temp dir, and the plugins
+// find it through DBUS_SYSTEM_BUS_ADDRESS (the host's bus is never
+// asked). firewalld's forward chain rejects what no zone lets through, so
+// Pier puts its bridge into zone trusted over D-Bus; the reference firewall
+// plugin, finding firewalld on the bus, puts its containers' addresses
+// there. A reload forgets runtime bindings, and the next CHECK puts the
+// bridge back.
+func TestHostFirewallFirewalld(t *testing.T) {
+	requireRuntimeTools(t, "firewalld", "firewall-cmd", "dbus-daemon", "nsenter")
+	rt := newRuntimeHost(t)
+	n := &node{t: t, sb: rt.sb, binDir: testnet.Binaries(t), dataDir: t.TempDir()}
+	n.cniPath = n.binDir + ":/usr/lib/cni"
+	e := newSeedEnv(t, n)
+	bus := []string{"DBUS_SYSTEM_BUS_ADDRESS=unix:path=" + filepath.Join(rt.dir, "system_bus_socket")}
+	e.env = bus
+	mustExec := func(argv ...string) string {
+		t.Helper()
+		out, err := rt.exec(bus, argv...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	rt.startBackground(nil, "dbus.log", "dbus-daemon", "--system", "--nofork", "--nopidfile", "--address", strings.TrimPrefix(bus[0], "DBUS_SYSTEM_BUS_ADDRESS="))
+	cfg := filepath.Join(rt.dir, "firewalld")
+	if err := os.MkdirAll(cfg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := retryUntil(30*time.Second, func() error { _, err := os.Stat(filepath.Join(rt.dir, "system_bus_socket")); return err }); err != nil {
+		t.Fatalf("dbus-daemon did not start: %v", err)
+	}
+	rt.startBackground(bus, "firewalld.log", "firewalld", "--nofork", "--nopid", "--system-config", cfg, "--log-target", "console")
+	if err := retryUntil(60*time.Second, func() error { _, err := rt.exec(bus, "firewall-cmd", "--state"); return err }); err != nil {
+		t.Fatalf("firewalld does not answer: %v", err)
+	}
+	zone := func(dev string) string {
+		out, _ := rt.exec(bus, "firewall-cmd", "--get-zone-of-interface="+dev)
+		return strings.TrimSpace(out)
+	}
+	listing := e.listing
+	e.listing = func() string {
+		return listing() + "\ntrusted interfaces: " + mustExec("firewall-cmd", "--zone=trusted", "--list-interfaces")
+	}
+	e.compare("firewalld 1.3 (nftables backend, default zone public)", "")
+
+	s := e.networks("")[0]
+	c := e.add(s, false)
+	if z := zone(s.bridge); z != "trusted" {
+		t.Fatalf("after ADD, bridge %s is in zone %q", s.bridge, z)
+	}
+	mustExec("firewall-cmd", "--reload")
+	if z := zone(s.bridge); z == "trusted" {
+		t.Fatalf("firewall-cmd --reload kept the runtime binding: the test shows nothing")
+	}
+	e.pierctl("check", s.name, c.ns.Path)
+	if z := zone(s.bridge); z != "trusted" {
+		t.Errorf("after a reload and CHECK, bridge %s is in zone %q", s.bridge, z)
+	}
+	e.del(s, c)
+	if z := zone(s.bridge); z == "trusted" {
+		t.Errorf("DEL of the last container left bridge %s in zone trusted", s.bridge)
+	}
 }
