@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -509,5 +510,44 @@ func TestHostFirewallFirewalld(t *testing.T) {
 	e.del(s, c)
 	if z := zone(s.bridge); z == "trusted" {
 		t.Errorf("DEL of the last container left bridge %s in zone trusted", s.bridge)
+	}
+}
+
+// TestConcurrentFirstADDs: containers started at once on a fresh node
+// whose forward chain drops all find the bridge without its setup; the
+// node-wide lock makes exactly one of them open the host's filter, and
+// every one of them can leave the node.
+func TestConcurrentFirstADDs(t *testing.T) {
+	n := newNode(t)
+	client := newClientHost(t, n)
+	startEcho(t, client, "tcp/:7")
+	n.sb.Node.MustRun(t, "nft", "add table inet filter; add chain inet filter forward { type filter hook forward priority 0; policy drop; }")
+	conf := fmt.Sprintf(`{"cniVersion": "1.0.0", "name": "burst", "type": "pier", "bridge": "pier-burst",
+  "isGateway": true, "isDefaultGateway": true, "ipMasq": true, "ipam": {"type": "pier-ipam", "subnet": "10.15.50.0/24", "dataDir": %q}}`, n.dataDir)
+	const k = 6
+	ctrs := make([]attachment, k)
+	runs := make([]testnet.PluginRun, k)
+	for i := range ctrs {
+		ctrs[i] = n.container(fmt.Sprintf("burst-%d", i))
+	}
+	var wg sync.WaitGroup
+	for i := range ctrs {
+		wg.Add(1)
+		go func() { defer wg.Done(); runs[i] = n.call("ADD", ctrs[i], conf) }()
+	}
+	wg.Wait()
+	for i, r := range runs {
+		if r.ExitCode != 0 {
+			t.Fatalf("ADD %d: %s %s", i, r.Stdout, r.Stderr)
+		}
+	}
+	rs := n.sb.Node.MustRun(t, "nft", "list", "chain", "inet", "filter", "forward")
+	if got := strings.Count(rs, "pier: forward of bridge pier-burst"); got != 3 {
+		t.Errorf("%d rules of Pier's in the host's chain, want 3:\n%s", got, rs)
+	}
+	for _, c := range ctrs {
+		if _, err := echoFrom(t, c.ns, "tcp/198.51.100.2:7"); err != nil {
+			t.Errorf("%s cannot leave the node: %v", c.id, err)
+		}
 	}
 }

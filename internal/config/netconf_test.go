@@ -45,6 +45,8 @@ func TestLoadNetConfRefusals(t *testing.T) {
 		{"vlan", `"vlan": 100`, "", cnierr.UnsupportedField, "vlan"},
 		{"vlanTrunk", `"vlanTrunk": [{"id": 5}]`, "", cnierr.UnsupportedField, "vlanTrunk"},
 		{"iptables backend", `"ipMasqBackend": "iptables"`, "", cnierr.UnsupportedField, "iptables"},
+		{"firewall backend", `"firewallBackend": "firewalld"`, "", cnierr.UnsupportedField, "firewallBackend"},
+		{"ingress policy", `"ingressPolicy": "isolated"`, "", cnierr.UnsupportedField, "ingressPolicy"},
 		{"port mapping protocol", `"runtimeConfig": {"portMappings": [{"hostPort": 80, "containerPort": 80, "protocol": "icmp"}]}`, "", cnierr.UnsupportedField, "portMappings[0]"},
 		{"bandwidth rate without burst", `"runtimeConfig": {"bandwidth": {"ingressRate": 1000}}`, "", cnierr.InvalidConfig, "ingressBurst"},
 		{"mtu too small", `"mtu": 10`, "", cnierr.InvalidConfig, "mtu"},
@@ -102,6 +104,27 @@ func TestMACPrecedence(t *testing.T) {
 		}
 		if n.MAC.String() != tc.want {
 			t.Errorf("%s / %s: MAC %s, want %s", tc.extra, tc.args, n.MAC, tc.want)
+		}
+	}
+}
+
+// TestFirewallKeys: the host firewall is opened unless firewallBackend is
+// "none"; same-bridge only when asked.
+func TestFirewallKeys(t *testing.T) {
+	for _, tc := range []struct {
+		keys           string
+		opens, isolate bool
+	}{
+		{``, true, false},
+		{`"firewallBackend": "auto", "ingressPolicy": "open",`, true, false},
+		{`"firewallBackend": "none", "ingressPolicy": "same-bridge",`, false, true},
+	} {
+		n, err := LoadNetConf([]byte(`{"cniVersion": "1.0.0", "name": "n", "type": "pier", `+tc.keys+` "ipam": {"type": "pier-ipam"}}`), "")
+		if err != nil {
+			t.Fatalf("%s: %v", tc.keys, err)
+		}
+		if n.OpensHostFirewall() != tc.opens || n.SameBridge() != tc.isolate {
+			t.Errorf("%s: opens %v, same-bridge %v", tc.keys, n.OpensHostFirewall(), n.SameBridge())
 		}
 	}
 }
