@@ -24,7 +24,7 @@ func TestRulesetWithOddIfnamesRestores(t *testing.T) {
 		ip := fmt.Sprintf("10.15.20.%d", i+2)
 		a := Attachment{Network: bridgeNet, Owner: o, Masq: addrs(ip), GuardGroup: testGroup,
 			Ports: webMappings(ip, uint16(8080+i))}
-		if err := Add(a, InNetNS(fd)); err != nil {
+		if _, err := Add(a, InNetNS(fd)); err != nil {
 			t.Fatalf("add %q: %v", o, err)
 		}
 	}

@@ -55,6 +55,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/pier-cni/pier/internal/ipam/store"
 	"github.com/pier-cni/pier/internal/nat"
 )
 
@@ -124,10 +125,11 @@ func (r Record) Spec() BridgeSpec {
 	return BridgeSpec{Bridge: r.Bridge, Firewall: r.Firewall, Isolated: r.Isolated}
 }
 
+// Modes as the IPAM store's: the records are root's business.
 const (
 	recordsDir = "attachments"
 	fileMode   = 0o600
-	dirMode    = 0o755
+	dirMode    = 0o700
 )
 
 // DaemonRoot is the root of daemon-mode networks' records: the directory
@@ -171,12 +173,24 @@ func WriteRecord(root string, r Record) error {
 	if err != nil {
 		return fmt.Errorf("encode record of %s: %w", r.Owner, err)
 	}
+	// The directories above are checked as the IPAM store checks its own:
+	// whoever could write them could make this root process write
+	// elsewhere.
+	root, err = store.PrepareDataDir(root)
+	if err != nil {
+		return err
+	}
 	dir := Dir(root, r.Network)
 	if err := os.MkdirAll(dir, dirMode); err != nil {
 		return fmt.Errorf("create records directory: %w", err)
 	}
+	// O_EXCL: a temp file a crash left, or a link planted there, is
+	// removed, never written through.
 	tmp := filepath.Join(dir, "."+name+".tmp")
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|unix.O_NOFOLLOW, fileMode)
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("write record of %s: %w", r.Owner, err)
+	}
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, fileMode)
 	if err != nil {
 		return fmt.Errorf("write record of %s: %w", r.Owner, err)
 	}

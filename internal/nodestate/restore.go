@@ -13,6 +13,7 @@ import (
 
 	"github.com/pier-cni/pier/internal/bridge"
 	"github.com/pier-cni/pier/internal/firewall"
+	"github.com/pier-cni/pier/internal/ipam/store"
 	"github.com/pier-cni/pier/internal/nat"
 )
 
@@ -29,6 +30,10 @@ type BridgeSpec struct {
 const bridgesLock = "bridges.lock"
 
 func lockBridges(root string) (func(), error) {
+	root, err := store.PrepareDataDir(root)
+	if err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(root, dirMode); err != nil {
 		return nil, fmt.Errorf("create %s: %w", root, err)
 	}
