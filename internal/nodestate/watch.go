@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -213,13 +214,23 @@ func sentinelGone() (bool, error) {
 	return false, nil
 }
 
+// setSentinel adds the sentinel to table inet pier, if the table exists:
+// a node where Pier has nothing in netfilter gets nothing from pierd
+// either (and a pierd outside the node's namespace, which finds no veth of
+// its records, touches nothing).
 func setSentinel() error {
 	conn, err := nftables.New()
 	if err != nil {
 		return fmt.Errorf("open nftables netlink socket: %w", err)
 	}
+	tables, err := conn.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return fmt.Errorf("list inet tables: %w", err)
+	}
 	s := sentinelSet()
-	conn.AddTable(s.Table)
+	if !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == s.Table.Name }) {
+		return nil
+	}
 	if err := conn.AddSet(s, nil); err != nil {
 		return err
 	}
