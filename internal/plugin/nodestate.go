@@ -17,13 +17,14 @@ import (
 // live: the IPAM data directory of pier-ipam, the state directory beside
 // pierd's socket in daemon mode, the default data directory otherwise.
 func (c *call) stateRoot() string {
-	switch b := c.ipam.(type) {
-	case *embeddedIPAM:
-		return b.conf.DataDir
-	case *daemonIPAM:
+	b, ok := c.ipam.(*pierIPAM)
+	switch {
+	case !ok:
+		return config.DefaultDataDir
+	case b.conf.DaemonSocket != "":
 		return nodestate.DaemonRoot(b.conf.DaemonSocket)
 	default:
-		return config.DefaultDataDir
+		return b.conf.DataDir
 	}
 }
 
