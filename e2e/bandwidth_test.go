@@ -12,8 +12,9 @@ import (
 
 	current "github.com/containernetworking/cni/pkg/types/100"
 
-	"github.com/pier-cni/pier/internal/bridge"
+	"github.com/pier-cni/pier/internal/shaping"
 	"github.com/pier-cni/pier/internal/testnet"
+	"github.com/pier-cni/pier/internal/veth"
 )
 
 // shapedConf limits its containers to rate bits/s both ways. The burst (1
@@ -46,8 +47,8 @@ func TestBandwidth(t *testing.T) {
 	out := n.mustAdd(limited, conf)
 	n.mustAdd(peer, strings.Replace(conf, `"runtimeConfig": {"bandwidth"`, `"runtimeConfig": {"unlimited"`, 1))
 
-	hostVeth := bridge.HostVethName("limited", "eth0")
-	ifb := bridge.IfbName(hostVeth)
+	hostVeth := veth.HostName("limited", "eth0")
+	ifb := shaping.IfbName(hostVeth)
 	var r current.Result
 	mustDecode(t, out, &r)
 	if len(r.Interfaces) != 4 || r.Interfaces[3].Name != ifb {
@@ -97,11 +98,11 @@ func TestBandwidth(t *testing.T) {
 	// The reference's top-level keys do the same.
 	top := n.container("top")
 	n.mustAdd(top, shapedConf(n.dataDir, rate, true))
-	if q := n.sb.Node.MustRun(t, "tc", "qdisc", "show", "dev", bridge.HostVethName("top", "eth0"), "root"); !strings.Contains(q, "tbf") || !strings.Contains(q, "10Mbit") {
+	if q := n.sb.Node.MustRun(t, "tc", "qdisc", "show", "dev", veth.HostName("top", "eth0"), "root"); !strings.Contains(q, "tbf") || !strings.Contains(q, "10Mbit") {
 		t.Errorf("top-level ingressRate: root qdisc %s", q)
 	}
 	n.mustDel(top, shapedConf(n.dataDir, rate, true))
-	if _, err := n.sb.Node.Run("ip", "link", "show", "dev", bridge.IfbName(bridge.HostVethName("top", "eth0"))); err == nil {
+	if _, err := n.sb.Node.Run("ip", "link", "show", "dev", shaping.IfbName(veth.HostName("top", "eth0"))); err == nil {
 		t.Error("ifb left after DEL")
 	}
 }

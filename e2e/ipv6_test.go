@@ -11,8 +11,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/pier-cni/pier/internal/bridge"
 	"github.com/pier-cni/pier/internal/testnet"
+	"github.com/pier-cni/pier/internal/veth"
 )
 
 // raConf is a gateway network with an IPv4 and an IPv6 range and
@@ -44,8 +44,8 @@ func TestIPv6Hardening(t *testing.T) {
 	}{
 		{n.sb.Node, "net.ipv6.conf.all.forwarding", "1"},
 		{n.sb.Node, "net.ipv6.conf.pier-v6.accept_ra", "0"},
-		{n.sb.Node, "net.ipv6.conf." + bridge.HostVethName("victim", "eth0") + ".accept_ra", "0"},
-		{n.sb.Node, "net.ipv6.conf." + bridge.HostVethName("victim", "eth0") + ".disable_ipv6", "1"},
+		{n.sb.Node, "net.ipv6.conf." + veth.HostName("victim", "eth0") + ".accept_ra", "0"},
+		{n.sb.Node, "net.ipv6.conf." + veth.HostName("victim", "eth0") + ".disable_ipv6", "1"},
 		{victim.ns, "net.ipv6.conf.eth0.accept_dad", "0"},
 	} {
 		if got := strings.TrimSpace(s.ns.MustRun(t, "sysctl", "-n", s.key)); got != s.value {
@@ -54,9 +54,9 @@ func TestIPv6Hardening(t *testing.T) {
 	}
 	port := ipJSON[[]struct {
 		Group string `json:"group"`
-	}](t, n.sb.Node, "link", "show", "dev", bridge.HostVethName("victim", "eth0"))
-	if len(port) != 1 || port[0].Group != fmt.Sprint(bridge.PortGroup) {
-		t.Errorf("host veth group %+v, want %d (the RA guard's)", port, bridge.PortGroup)
+	}](t, n.sb.Node, "link", "show", "dev", veth.HostName("victim", "eth0"))
+	if len(port) != 1 || port[0].Group != fmt.Sprint(veth.PortGroup) {
+		t.Errorf("host veth group %+v, want %d (the RA guard's)", port, veth.PortGroup)
 	}
 
 	before := map[*testnet.NS]string{n.sb.Node: ipv6State(t, n.sb.Node), victim.ns: ipv6State(t, victim.ns)}

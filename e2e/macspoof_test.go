@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/pier-cni/pier/internal/bridge"
+	"github.com/pier-cni/pier/internal/veth"
 )
 
 func spoofConf(dataDir string) string {
@@ -37,7 +37,7 @@ func TestMACSpoofCheck(t *testing.T) {
 		t.Errorf("CHECK: exit %d: %s", r.ExitCode, r.Stdout)
 	}
 	set := n.sb.Node.MustRun(t, "nft", "list", "set", "bridge", "pier", "macspoof-allowed")
-	if want := fmt.Sprintf("%q . 02:00:00:00:45:02", bridge.HostVethName("spoofer", "eth0")); !strings.Contains(set, want) {
+	if want := fmt.Sprintf("%q . 02:00:00:00:45:02", veth.HostName("spoofer", "eth0")); !strings.Contains(set, want) {
 		t.Errorf("macspoof-allowed lacks %s:\n%s", want, set)
 	}
 

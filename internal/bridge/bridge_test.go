@@ -2,46 +2,32 @@ package bridge
 
 import (
 	"errors"
-	"fmt"
+	"net"
 	"net/netip"
-	"os"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 
-	"github.com/pier-cni/pier/internal/testnet"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/pier-cni/pier/internal/testnet"
+	"github.com/pier-cni/pier/internal/veth"
 )
 
-func TestHostVethName(t *testing.T) {
-	a := HostVethName("1234567890", "eth0")
-	if a != HostVethName("1234567890", "eth0") {
-		t.Fatal("not deterministic")
-	}
-	if len(a) > 15 || !strings.HasPrefix(a, "veth") {
-		t.Fatalf("%q: want veth prefix and at most 15 bytes", a)
-	}
-	for _, other := range []string{HostVethName("1234567890", "eth1"), HostVethName("1234567891", "eth0"), HostVethName("1234567890e", "th0")} {
-		if other == a {
-			t.Fatalf("%q collides", a)
-		}
-	}
-}
-
-func TestEnsureBridgeCreateAndReuse(t *testing.T) {
+func TestEnsureCreateAndReuse(t *testing.T) {
 	sb := testnet.New(t)
-	cfg := BridgeConfig{Name: "br-test", MTU: 1400, Promisc: true}
+	cfg := Config{Name: "br-test", MTU: 1400, Promisc: true}
 	var first, second *netlink.Bridge
-	inNode(t, sb, func() (err error) {
-		if first, err = EnsureBridge(cfg); err != nil {
+	sb.MustDo(t, func() (err error) {
+		if first, _, err = Ensure(cfg); err != nil {
 			return err
 		}
-		second, err = EnsureBridge(cfg)
+		second, _, err = Ensure(cfg)
 		return err
 	})
-	l := link(t, sb.Node, "br-test")
+	l := sb.Node.Link(t, "br-test")
 	if l.LinkInfo.Kind != "bridge" || l.MTU != 1400 || l.Promisc == 0 || !slices.Contains(l.Flags, "UP") {
 		t.Fatalf("bridge: %+v; want kind bridge, mtu 1400, promisc, up", l)
 	}
@@ -52,69 +38,65 @@ func TestEnsureBridgeCreateAndReuse(t *testing.T) {
 	// An existing bridge that someone set down and to another MTU is
 	// brought back in line.
 	sb.Node.MustRun(t, "ip", "link", "set", "br-test", "down", "mtu", "1300")
-	inNode(t, sb, func() error { _, err := EnsureBridge(cfg); return err })
-	if l := link(t, sb.Node, "br-test"); l.MTU != 1400 || !slices.Contains(l.Flags, "UP") {
+	sb.MustDo(t, func() error { _, _, err := Ensure(cfg); return err })
+	if l := sb.Node.Link(t, "br-test"); l.MTU != 1400 || !slices.Contains(l.Flags, "UP") {
 		t.Fatalf("after reconcile: %+v", l)
 	}
 }
 
 // The bridge's MAC is set at creation, so the kernel does not replace it
 // with a port's lower MAC as veths come and go.
-func TestEnsureBridgeMACStable(t *testing.T) {
+func TestEnsureMACStable(t *testing.T) {
 	sb := testnet.New(t)
 	c := sb.Container()
-	var br *netlink.Bridge
-	inNode(t, sb, func() (err error) {
-		br, err = EnsureBridge(BridgeConfig{Name: "br-test"})
-		if err != nil {
-			return err
-		}
-		_, err = CreateVeth(VethConfig{ContainerNetNS: c.Path, IfName: "eth0", HostName: "vethlow",
+	br := ensure(t, sb, Config{Name: "br-test"})
+	sb.MustDo(t, func() error {
+		_, err := veth.Create(veth.Config{ContainerNetNS: c.Path, IfName: "eth0", HostName: "vethlow",
 			Bridge: br, MAC: mustMAC(t, "02:00:00:00:00:01")})
 		return err
 	})
 	sb.Node.MustRun(t, "ip", "link", "set", "vethlow", "address", "02:00:00:00:00:00")
-	if got := link(t, sb.Node, "br-test").Address; got != br.HardwareAddr.String() {
+	if got := sb.Node.Link(t, "br-test").Address; got != br.HardwareAddr.String() {
 		t.Fatalf("bridge MAC changed from %s to %s", br.HardwareAddr, got)
 	}
 }
 
-func TestEnsureBridgeConcurrent(t *testing.T) {
+func TestEnsureConcurrent(t *testing.T) {
 	sb := testnet.New(t)
-	cfg := BridgeConfig{Name: "br-race", Gateways: mustPrefixes("10.15.20.1/24", "fd00:15:20::1/64")}
+	cfg := Config{Name: "br-race", Gateways: testnet.Prefixes("10.15.20.1/24", "fd00:15:20::1/64")}
 	var wg sync.WaitGroup
 	errs := make([]error, 10)
 	for i := range errs {
 		wg.Go(func() {
-			errs[i] = sb.Node.Do(func() error { _, err := EnsureBridge(cfg); return err })
+			errs[i] = sb.Node.Do(func() error { _, _, err := Ensure(cfg); return err })
 		})
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
 		t.Fatal(err)
 	}
-	if names := linkNames(t, sb.Node); !slices.Equal(names, []string{"br-race", "lo"}) {
+	if names := sb.Node.LinkNames(t); !slices.Equal(names, []string{"br-race", "lo"}) {
 		t.Fatalf("links %v", names)
 	}
-	got := sortedPrefixes(globalAddrs(t, link(t, sb.Node, "br-race")))
+	got := testnet.SortedStrings(sb.Node.Link(t, "br-race").GlobalAddrs())
 	if want := []string{"10.15.20.1/24", "fd00:15:20::1/64"}; !slices.Equal(got, want) {
 		t.Fatalf("bridge addresses %v, want %v", got, want)
 	}
 }
 
-func TestEnsureBridgeNotABridge(t *testing.T) {
+func TestEnsureNotABridge(t *testing.T) {
 	sb := testnet.New(t)
 	sb.Node.MustRun(t, "ip", "link", "add", "br-test", "type", "veth", "peer", "name", "br-test-p")
 	var err error
-	inNode(t, sb, func() error { _, err = EnsureBridge(BridgeConfig{Name: "br-test"}); return nil })
-	wantErrContains(t, err, "br-test", "veth", "not a bridge")
+	sb.MustDo(t, func() error { _, _, err = Ensure(Config{Name: "br-test"}); return nil })
+	testnet.WantErrContains(t, err, "br-test", "veth", "not a bridge")
 }
 
-func TestEnsureBridgeGatewayConflict(t *testing.T) {
+func TestEnsureGatewayConflict(t *testing.T) {
 	sb := testnet.New(t)
 	ensure := func(gw string, force bool) (err error) {
-		inNode(t, sb, func() error {
-			_, err = EnsureBridge(BridgeConfig{Name: "br-test", Gateways: mustPrefixes(gw), ForceAddress: force})
+		sb.MustDo(t, func() error {
+			_, _, err = Ensure(Config{Name: "br-test", Gateways: testnet.Prefixes(gw), ForceAddress: force})
 			return nil
 		})
 		return err
@@ -125,8 +107,8 @@ func TestEnsureBridgeGatewayConflict(t *testing.T) {
 	if err := ensure("10.15.20.1/24", false); err != nil {
 		t.Fatalf("same gateway again: %v", err)
 	}
-	wantErrContains(t, ensure("10.15.20.254/24", false), "br-test", "10.15.20.1/24", "10.15.20.254/24")
-	wantErrContains(t, ensure("10.15.20.1/16", false), "10.15.20.1/24", "10.15.20.1/16")
+	testnet.WantErrContains(t, ensure("10.15.20.254/24", false), "br-test", "10.15.20.1/24", "10.15.20.254/24")
+	testnet.WantErrContains(t, ensure("10.15.20.1/16", false), "10.15.20.1/24", "10.15.20.1/16")
 	// A gateway of another subnet is no conflict.
 	if err := ensure("10.16.0.1/24", false); err != nil {
 		t.Fatal(err)
@@ -134,7 +116,7 @@ func TestEnsureBridgeGatewayConflict(t *testing.T) {
 	if err := ensure("10.15.20.254/24", true); err != nil {
 		t.Fatal(err)
 	}
-	got := sortedPrefixes(globalAddrs(t, link(t, sb.Node, "br-test")))
+	got := testnet.SortedStrings(sb.Node.Link(t, "br-test").GlobalAddrs())
 	if want := []string{"10.15.20.254/24", "10.16.0.1/24"}; !slices.Equal(got, want) {
 		t.Fatalf("after forceAddress: %v, want %v", got, want)
 	}
@@ -142,18 +124,15 @@ func TestEnsureBridgeGatewayConflict(t *testing.T) {
 	if err := ensure("fd00:15:20::1/64", false); err != nil {
 		t.Fatal(err)
 	}
-	wantErrContains(t, ensure("fd00:15:20::2/64", false), "fd00:15:20::1/64", "fd00:15:20::2/64")
+	testnet.WantErrContains(t, ensure("fd00:15:20::2/64", false), "fd00:15:20::1/64", "fd00:15:20::2/64")
 }
 
 // IPv6 gateways are usable at once: not tentative even with DAD on.
-func TestEnsureBridgeDualStack(t *testing.T) {
+func TestEnsureDualStack(t *testing.T) {
 	sb := testnet.New(t)
-	inNode(t, sb, func() error {
-		_, err := EnsureBridge(BridgeConfig{Name: "br-test", Gateways: mustPrefixes("10.15.20.1/24", "fd00:15:20::1/64")})
-		return err
-	})
-	l := link(t, sb.Node, "br-test")
-	got := sortedPrefixes(globalAddrs(t, l))
+	ensure(t, sb, Config{Name: "br-test", Gateways: testnet.Prefixes("10.15.20.1/24", "fd00:15:20::1/64")})
+	l := sb.Node.Link(t, "br-test")
+	got := testnet.SortedStrings(l.GlobalAddrs())
 	want := []string{"10.15.20.1/24", "fd00:15:20::1/64"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("addresses %v, want %v", got, want)
@@ -164,16 +143,16 @@ func TestEnsureBridgeDualStack(t *testing.T) {
 		}
 	}
 	var have []netip.Prefix
-	inNode(t, sb, func() (err error) { have, err = BridgeAddrs("br-test"); return err })
-	if got := sortedPrefixes(have); !slices.Equal(got, want) {
-		t.Fatalf("BridgeAddrs %v, want %v", got, want)
+	sb.MustDo(t, func() (err error) { have, err = Addrs("br-test"); return err })
+	if got := testnet.SortedStrings(have); !slices.Equal(got, want) {
+		t.Fatalf("Addrs %v, want %v", got, want)
 	}
-	inNode(t, sb, func() error {
-		if _, err := BridgeAddrs("br-absent"); !errors.Is(err, ErrNotFound) {
-			t.Errorf("BridgeAddrs of a missing bridge: %v; want ErrNotFound", err)
+	sb.MustDo(t, func() error {
+		if _, err := Addrs("br-absent"); !errors.Is(err, ErrNotFound) {
+			t.Errorf("Addrs of a missing bridge: %v; want ErrNotFound", err)
 		}
-		if _, err := BridgePorts("br-absent"); !errors.Is(err, ErrNotFound) {
-			t.Errorf("BridgePorts of a missing bridge: %v; want ErrNotFound", err)
+		if _, err := Ports("br-absent"); !errors.Is(err, ErrNotFound) {
+			t.Errorf("Ports of a missing bridge: %v; want ErrNotFound", err)
 		}
 		return nil
 	})
@@ -182,54 +161,74 @@ func TestEnsureBridgeDualStack(t *testing.T) {
 	}
 }
 
-func TestEnableForwarding(t *testing.T) {
-	sb := testnet.New(t)
-	hostV4 := readHostSysctl(t, "net/ipv4/ip_forward")
-	hostV6 := readHostSysctl(t, "net/ipv6/conf/all/forwarding")
-	sb.Node.MustRun(t, "sysctl", "-w", "net.ipv4.ip_forward=0", "net.ipv6.conf.all.forwarding=0")
-	inNode(t, sb, func() error { return EnableForwarding(true, true) })
-	for _, k := range []string{"net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"} {
-		if v := strings.TrimSpace(sb.Node.MustRun(t, "sysctl", "-n", k)); v != "1" {
-			t.Fatalf("node %s = %s, want 1", k, v)
-		}
-	}
-	inNode(t, sb, func() error { return EnableForwarding(true, true) }) // already 1: no write
-	if got := readHostSysctl(t, "net/ipv4/ip_forward"); got != hostV4 {
-		t.Fatalf("host ip_forward changed from %s to %s", hostV4, got)
-	}
-	if got := readHostSysctl(t, "net/ipv6/conf/all/forwarding"); got != hostV6 {
-		t.Fatalf("host ipv6 forwarding changed from %s to %s", hostV6, got)
-	}
-}
-
-// readHostSysctl reads a sysctl of the test process's own (host) namespace.
-// Only reads: tests never write the host's settings.
-func readHostSysctl(t testing.TB, key string) string {
-	t.Helper()
-	out, err := os.ReadFile("/proc/sys/" + key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return strings.TrimSpace(string(out))
-}
-
 func TestErrorsWrapNetlink(t *testing.T) {
 	sb := testnet.New(t)
 	var err error
-	inNode(t, sb, func() error {
-		_, err = EnsureBridge(BridgeConfig{Name: "br-test", MTU: 10}) // below the minimum MTU
+	sb.MustDo(t, func() error {
+		_, _, err = Ensure(Config{Name: "br-test", MTU: 10}) // below the minimum MTU
 		return nil
 	})
-	wantErrContains(t, err, "br-test")
+	testnet.WantErrContains(t, err, "br-test")
 	if !errors.Is(err, unix.EINVAL) {
 		t.Fatalf("%v: want errors.Is EINVAL", err)
 	}
-	if names := linkNames(t, sb.Node); !slices.Equal(names, []string{"lo"}) {
+	if names := sb.Node.LinkNames(t); !slices.Equal(names, []string{"lo"}) {
 		t.Fatalf("links %v", names)
 	}
 }
 
-func ExampleHostVethName() {
-	fmt.Println(len(HostVethName("1234567890", "eth0")))
-	// Output: 15
+// TestEnsureReportsCreation: Ensure says that it created the bridge only
+// the first time.
+func TestEnsureReportsCreation(t *testing.T) {
+	sb := testnet.New(t)
+	var first, second bool
+	sb.MustDo(t, func() (err error) {
+		if _, first, err = Ensure(Config{Name: "br-new"}); err != nil {
+			return err
+		}
+		_, second, err = Ensure(Config{Name: "br-new"})
+		return err
+	})
+	if !first || second {
+		t.Errorf("created: first call %v, second %v; want true, false", first, second)
+	}
+}
+
+// TestHardening: DisableRA fixes a bridge someone else made;
+// EnableRouteLocalnet sets the bridge's route_localnet.
+func TestHardening(t *testing.T) {
+	sb := testnet.New(t)
+	sb.Node.MustRun(t, "ip", "link", "add", "foreign0", "type", "bridge")
+	sb.MustDo(t, func() error { return errors.Join(DisableRA("foreign0"), EnableRouteLocalnet("foreign0")) })
+	for key, want := range map[string]string{
+		"net.ipv6.conf.foreign0.accept_ra":      "0",
+		"net.ipv4.conf.foreign0.route_localnet": "1",
+	} {
+		if got := strings.TrimSpace(sb.Node.MustRun(t, "sysctl", "-n", key)); got != want {
+			t.Errorf("%s = %s, want %s", key, got, want)
+		}
+	}
+}
+
+func mustMAC(t testing.TB, s string) net.HardwareAddr {
+	t.Helper()
+	mac, err := net.ParseMAC(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mac
+}
+
+// gw4 and gw6 are the sandbox network's gateways.
+var (
+	gw4 = netip.MustParsePrefix("10.15.20.1/24")
+	gw6 = netip.MustParsePrefix("fd00:15:20::1/64")
+)
+
+// ensure runs Ensure in the sandbox's node and returns the bridge.
+func ensure(t testing.TB, sb *testnet.Sandbox, cfg Config) *netlink.Bridge {
+	t.Helper()
+	var br *netlink.Bridge
+	sb.MustDo(t, func() (err error) { br, _, err = Ensure(cfg); return err })
+	return br
 }

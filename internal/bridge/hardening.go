@@ -5,6 +5,8 @@ import (
 	"fmt"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/pier-cni/pier/internal/sysctl"
 )
 
 // DisableRA makes the node ignore router advertisements on the bridge
@@ -14,7 +16,7 @@ import (
 // reads the sysctl and writes only when it differs: a file read per ADD,
 // no netlink request. A node without IPv6 has nothing to disable.
 func DisableRA(bridgeName string) error {
-	err := writeSysctlIfNot("net/ipv6/conf/"+bridgeName+"/accept_ra", "0")
+	err := sysctl.Ensure("net/ipv6/conf/"+bridgeName+"/accept_ra", "0")
 	if err != nil && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("set accept_ra=0 on bridge %s: %w", bridgeName, err)
 	}
@@ -30,7 +32,7 @@ func DisableRA(bridgeName string) error {
 // (internal/nat), since this sysctl would otherwise let a container reach
 // the node's loopback services.
 func EnableRouteLocalnet(bridgeName string) error {
-	if err := writeSysctlIfNot("net/ipv4/conf/"+bridgeName+"/route_localnet", "1"); err != nil {
+	if err := sysctl.Ensure("net/ipv4/conf/"+bridgeName+"/route_localnet", "1"); err != nil {
 		return fmt.Errorf("set route_localnet=1 on bridge %s: %w", bridgeName, err)
 	}
 	return nil

@@ -5,36 +5,9 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/pier-cni/pier/internal/rtnl"
 )
-
-// HasCarrier reports whether the bridge has carrier, which it has while at
-// least one port forwards: a cheap hint that it still has containers (one
-// link lookup, no dump). The flag is read from the link's flags
-// (IFF_LOWER_UP), which the kernel updates as the last port goes, unlike
-// the operational state, which follows later.
-func HasCarrier(name string) (bool, error) {
-	l, err := netlink.LinkByName(name)
-	if err != nil {
-		if isNotExist(err) {
-			return false, fmt.Errorf("bridge %s: %w", name, ErrNotFound)
-		}
-		return false, fmt.Errorf("look up bridge %s: %w", name, err)
-	}
-	return l.Attrs().RawFlags&unix.IFF_LOWER_UP != 0, nil
-}
-
-// LinkExists reports whether the node has a link called name.
-func LinkExists(name string) (bool, error) {
-	_, err := netlink.LinkByName(name)
-	switch {
-	case err == nil:
-		return true, nil
-	case isNotExist(err):
-		return false, nil
-	default:
-		return false, fmt.Errorf("look up link %s: %w", name, err)
-	}
-}
 
 // VxlanDevice is the device cluster mode's vxlan routes use (package
 // cluster creates it); its MTU already leaves room for the encapsulation.
@@ -57,7 +30,7 @@ type Uplink struct {
 func UplinkMTU() (Uplink, error) {
 	if l, err := netlink.LinkByName(VxlanDevice); err == nil {
 		return Uplink{Name: VxlanDevice, MTU: l.Attrs().MTU, Why: "cluster mode's vxlan device " + VxlanDevice + " (the underlay's MTU less the vxlan overhead)"}, nil
-	} else if !isNotExist(err) {
+	} else if !rtnl.IsNotExist(err) {
 		return Uplink{}, fmt.Errorf("look up %s: %w", VxlanDevice, err)
 	}
 	for _, family := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {

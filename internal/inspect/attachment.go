@@ -15,8 +15,10 @@ import (
 	"github.com/pier-cni/pier/internal/bridge"
 	"github.com/pier-cni/pier/internal/confdir"
 	"github.com/pier-cni/pier/internal/config"
+	"github.com/pier-cni/pier/internal/container"
 	"github.com/pier-cni/pier/internal/ipam"
 	"github.com/pier-cni/pier/internal/nat"
+	"github.com/pier-cni/pier/internal/veth"
 )
 
 // Attachment is everything about one container interface of one network.
@@ -243,7 +245,7 @@ func (v *view) readReservations(ctx context.Context) {
 }
 
 func (v *view) readHostVeth() {
-	name := bridge.HostVethName(v.a.ContainerID, v.a.IfName)
+	name := veth.HostName(v.a.ContainerID, v.a.IfName)
 	l, err := netlink.LinkByName(name)
 	if err != nil {
 		v.problem("host veth %s not found: %v", name, err)
@@ -260,7 +262,7 @@ func (v *view) readHostVeth() {
 		if hv.Master != v.conf.Bridge {
 			v.problem("host veth %s is a port of %q, the config says bridge %q", name, hv.Master, v.conf.Bridge)
 		}
-		if ports, err := bridge.BridgePorts(v.conf.Bridge); err == nil {
+		if ports, err := bridge.Ports(v.conf.Bridge); err == nil {
 			if i := slices.IndexFunc(ports, func(p bridge.Port) bool { return p.Name == name }); i >= 0 {
 				hv.Hairpin = ports[i].Hairpin
 			}
@@ -284,7 +286,7 @@ func (v *view) readBridge() {
 		return
 	}
 	b.Index, b.Up, b.MTU = l.Attrs().Index, l.Attrs().RawFlags&1 != 0, l.Attrs().MTU
-	addrs, err := bridge.BridgeAddrs(c.Bridge)
+	addrs, err := bridge.Addrs(c.Bridge)
 	if err != nil {
 		v.problem("addresses of bridge %s: %v", c.Bridge, err)
 	}
@@ -363,7 +365,7 @@ func (v *view) readContainer() {
 		v.a.Notes = append(v.a.Notes, "the container's netns is unknown (not in libcni's cache): give --netns to see its side")
 		return
 	}
-	st, err := bridge.ReadContainer(v.a.NetNS, v.a.IfName)
+	st, err := container.Read(v.a.NetNS, v.a.IfName)
 	if err != nil {
 		v.problem("container side: %v", err)
 		return
@@ -411,7 +413,7 @@ func (v *view) addrWhy(p netip.Prefix) string {
 	return "not in Pier's IPAM records for this attachment: added by another plugin or by hand"
 }
 
-func (v *view) routeWhy(r bridge.Route) string {
+func (v *view) routeWhy(r container.Route) string {
 	if v.net == nil || v.net.IPAM == nil {
 		return "(no config to explain it)"
 	}

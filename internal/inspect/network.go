@@ -93,7 +93,7 @@ func member(members map[string]*Member, cid, ifName string) *Member {
 }
 
 func (s *Network) collectVeths(c *config.NetConf, members map[string]*Member) {
-	ports, err := bridge.BridgePorts(c.Bridge)
+	ports, err := bridge.Ports(c.Bridge)
 	if err != nil {
 		return // a missing bridge is reported with the bridge
 	}

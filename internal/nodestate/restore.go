@@ -15,6 +15,8 @@ import (
 	"github.com/pier-cni/pier/internal/firewall"
 	"github.com/pier-cni/pier/internal/ipam/store"
 	"github.com/pier-cni/pier/internal/nat"
+	"github.com/pier-cni/pier/internal/rtnl"
+	"github.com/pier-cni/pier/internal/veth"
 )
 
 // BridgeSpec is the node-side setup one bridge gets.
@@ -125,7 +127,7 @@ func pierPorts(name string, precise bool) (bool, error) {
 			return carrier, err
 		}
 	}
-	ports, err := bridge.BridgePorts(name)
+	ports, err := bridge.Ports(name)
 	if errors.Is(err, bridge.ErrNotFound) {
 		return false, nil
 	}
@@ -194,7 +196,7 @@ func restoreOne(root string, r Record) (bool, error) {
 	if !alive {
 		return false, nil // its DEL ran meanwhile
 	}
-	a, err := r.Attachment(bridge.PortGroup)
+	a, err := r.Attachment(veth.PortGroup)
 	if err != nil {
 		return false, err
 	}
@@ -207,6 +209,6 @@ func restoreOne(root string, r Record) (bool, error) {
 // linkExists reports whether the node has the link; an error counts as
 // not knowing, and the record is left for the next restore.
 func linkExists(name string) bool {
-	ok, err := bridge.LinkExists(name)
+	ok, err := rtnl.LinkExists(name)
 	return err == nil && ok
 }

@@ -13,8 +13,11 @@ import (
 
 	"github.com/pier-cni/pier/internal/bridge"
 	"github.com/pier-cni/pier/internal/cnierr"
+	"github.com/pier-cni/pier/internal/container"
 	"github.com/pier-cni/pier/internal/nat"
 	"github.com/pier-cni/pier/internal/netns"
+	"github.com/pier-cni/pier/internal/sysctl"
+	"github.com/pier-cni/pier/internal/veth"
 )
 
 // add attaches the container to the bridge. Steps, each undone if a later
@@ -42,16 +45,16 @@ func (c *call) add(ctx context.Context) (_ types.Result, err error) {
 	if err := checkContainerNetNS(c.args.Netns); err != nil {
 		return nil, err
 	}
-	br, created, err := bridge.EnsureBridgeReport(bridge.BridgeConfig{Name: c.conf.Bridge, MTU: c.conf.MTU, Promisc: c.conf.PromiscMode, AutoMTU: true})
+	br, created, err := bridge.Ensure(bridge.Config{Name: c.conf.Bridge, MTU: c.conf.MTU, Promisc: c.conf.PromiscMode, AutoMTU: true})
 	if err != nil {
 		return nil, err
 	}
-	veth, err := c.createVeth(br)
+	pair, err := c.createVeth(br)
 	if err != nil {
 		return nil, err
 	}
-	undo.push("delete veth "+veth.Host.Attrs().Name, func() error { return bridge.DeleteHostVeth(veth.Host.Attrs().Name) })
-	ifb, err := c.applyLimits(veth, &undo)
+	undo.push("delete veth "+pair.Host.Attrs().Name, func() error { return veth.DeleteHostEnd(pair.Host.Attrs().Name) })
+	ifb, err := c.applyLimits(pair, &undo)
 	if err != nil {
 		return nil, err
 	}
@@ -73,38 +76,38 @@ func (c *call) add(ctx context.Context) (_ types.Result, err error) {
 	c.completeGateways(res)
 
 	if c.conf.IsGateway {
-		if _, err := bridge.EnsureBridge(c.bridgeConfigWithGateways(res)); err != nil {
+		if _, _, err := bridge.Ensure(c.bridgeConfigWithGateways(res)); err != nil {
 			return nil, err
 		}
 	}
-	if err := bridge.ConfigureContainer(c.args.Netns, c.args.IfName, c.containerIPConfig(res)); err != nil {
+	if err := container.Configure(c.args.Netns, c.args.IfName, c.containerIPConfig(res)); err != nil {
 		return nil, err
 	}
-	if err := c.configureHost(res, hostSide{bridge: br.Attrs().Name, created: created, veth: veth}, &undo); err != nil {
+	if err := c.configureHost(res, hostSide{bridge: br.Attrs().Name, created: created, veth: pair}, &undo); err != nil {
 		return nil, err
 	}
-	return c.result(res, br, veth, ifb)
+	return c.result(res, br, pair, ifb)
 }
 
 // releaseTimeout bounds the release of a failed ADD's addresses.
 const releaseTimeout = 10 * time.Second
 
-func (c *call) createVeth(br *netlink.Bridge) (*bridge.Veth, error) {
-	veth, err := bridge.CreateVeth(bridge.VethConfig{
+func (c *call) createVeth(br *netlink.Bridge) (*veth.Pair, error) {
+	pair, err := veth.Create(veth.Config{
 		ContainerNetNS: c.args.Netns,
 		IfName:         c.args.IfName,
-		HostName:       bridge.HostVethName(c.args.ContainerID, c.args.IfName),
+		HostName:       veth.HostName(c.args.ContainerID, c.args.IfName),
 		MTU:            c.vethMTU(br),
 		MAC:            c.conf.MAC,
 		Bridge:         br,
 		Hairpin:        c.conf.HairpinMode,
 		Alias:          vethAlias(c.conf.Name, c.args.ContainerID, c.args.IfName),
-		Group:          bridge.PortGroup,
+		Group:          veth.PortGroup,
 	})
-	if errors.Is(err, bridge.ErrInterfaceExists) {
+	if errors.Is(err, veth.ErrInterfaceExists) {
 		return nil, cnierr.Wrap(err, cnierr.InterfaceExists, "cannot create the container interface")
 	}
-	return veth, err
+	return pair, err
 }
 
 // vethMTU is the config's MTU, else the bridge's, which a bridge Pier
@@ -120,7 +123,7 @@ func (c *call) vethMTU(br *netlink.Bridge) int {
 type hostSide struct {
 	bridge  string
 	created bool // this ADD created the bridge
-	veth    *bridge.Veth
+	veth    *veth.Pair
 }
 
 // configureHost does the node-side work that depends on the addresses:
@@ -130,7 +133,7 @@ type hostSide struct {
 func (c *call) configureHost(res *current.Result, h hostSide, undo *undoStack) error {
 	v4, v6 := families(res)
 	if c.conf.IsGateway {
-		if err := bridge.EnableForwarding(v4, v6); err != nil {
+		if err := sysctl.EnableForwarding(v4, v6); err != nil {
 			return err
 		}
 	}

@@ -12,6 +12,8 @@ import (
 	"github.com/pier-cni/pier/internal/bridge"
 	"github.com/pier-cni/pier/internal/cnierr"
 	"github.com/pier-cni/pier/internal/ipam"
+	"github.com/pier-cni/pier/internal/shaping"
+	"github.com/pier-cni/pier/internal/veth"
 )
 
 // TestAddBuildsTheAttachment: an ADD with masquerade, a host port and a
@@ -34,8 +36,8 @@ func TestAddBuildsTheAttachment(t *testing.T) {
 	for _, i := range res.Interfaces {
 		names = append(names, i.Name)
 	}
-	veth := bridge.HostVethName(a.id, a.ifName)
-	if want := []string{"pt-br0", veth, "eth0", bridge.IfbName(veth)}; !slices.Equal(names, want) {
+	host := veth.HostName(a.id, a.ifName)
+	if want := []string{"pt-br0", host, "eth0", shaping.IfbName(host)}; !slices.Equal(names, want) {
 		t.Errorf("result interfaces %v, want %v", names, want)
 	}
 	s := n.state(a, c)
@@ -167,7 +169,7 @@ func TestAddRollbackStopsAtAFailedUndo(t *testing.T) {
 
 func (n *node) ensureBridge(t *testing.T, name string) {
 	t.Helper()
-	if _, err := bridge.EnsureBridge(bridge.BridgeConfig{Name: name}); err != nil {
+	if _, _, err := bridge.Ensure(bridge.Config{Name: name}); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/pier-cni/pier/internal/bridge"
+	"github.com/pier-cni/pier/internal/container"
 )
 
 // prefixOf converts a result address into a netip.Prefix (address plus the
@@ -56,8 +57,8 @@ func (c *call) completeGateways(res *current.Result) {
 
 // bridgeConfigWithGateways is the bridge config with every gateway address
 // (with its subnet's length) to hold.
-func (c *call) bridgeConfigWithGateways(res *current.Result) bridge.BridgeConfig {
-	cfg := bridge.BridgeConfig{Name: c.conf.Bridge, MTU: c.conf.MTU, Promisc: c.conf.PromiscMode, ForceAddress: c.conf.ForceAddress}
+func (c *call) bridgeConfigWithGateways(res *current.Result) bridge.Config {
+	cfg := bridge.Config{Name: c.conf.Bridge, MTU: c.conf.MTU, Promisc: c.conf.PromiscMode, ForceAddress: c.conf.ForceAddress}
 	seen := map[netip.Prefix]bool{}
 	for _, ipc := range res.IPs {
 		p, ok := prefixOf(ipc)
@@ -79,8 +80,8 @@ func (c *call) bridgeConfigWithGateways(res *current.Result) bridge.BridgeConfig
 // its family, as the reference does) plus, with isDefaultGateway, a default
 // route per family unless IPAM already gave one. Added default routes are
 // appended to res.Routes so the result tells the runtime about them.
-func (c *call) containerIPConfig(res *current.Result) bridge.ContainerIPConfig {
-	cfg := bridge.ContainerIPConfig{EnableDAD: c.conf.EnableDAD}
+func (c *call) containerIPConfig(res *current.Result) container.IPConfig {
+	cfg := container.IPConfig{EnableDAD: c.conf.EnableDAD}
 	var gw4, gw6 netip.Addr
 	for _, ipc := range res.IPs {
 		if p, ok := prefixOf(ipc); ok {
@@ -103,10 +104,10 @@ func (c *call) containerIPConfig(res *current.Result) bridge.ContainerIPConfig {
 	return cfg
 }
 
-func containerRoute(r *types.Route, gw4, gw6 netip.Addr) bridge.Route {
+func containerRoute(r *types.Route, gw4, gw6 netip.Addr) container.Route {
 	addr, _ := addrOf(r.Dst.IP)
 	ones, _ := r.Dst.Mask.Size()
-	route := bridge.Route{Dst: netip.PrefixFrom(addr, ones).Masked()}
+	route := container.Route{Dst: netip.PrefixFrom(addr, ones).Masked()}
 	if gw, ok := addrOf(r.GW); ok && r.GW != nil {
 		route.Gw = gw
 	} else if addr.Is4() {

@@ -12,7 +12,9 @@ import (
 
 	"github.com/pier-cni/pier/internal/bridge"
 	"github.com/pier-cni/pier/internal/cnierr"
+	"github.com/pier-cni/pier/internal/container"
 	"github.com/pier-cni/pier/internal/nat"
+	"github.com/pier-cni/pier/internal/veth"
 )
 
 // check verifies that the attachment described by prevResult still exists as
@@ -46,7 +48,7 @@ func (c *call) check(ctx context.Context) (types.Result, error) {
 }
 
 func (c *call) checkContainer(prev *current.Result) []error {
-	state, err := bridge.ReadContainer(c.args.Netns, c.args.IfName)
+	state, err := container.Read(c.args.Netns, c.args.IfName)
 	if err != nil {
 		return []error{err}
 	}
@@ -79,8 +81,8 @@ func (c *call) checkContainer(prev *current.Result) []error {
 
 func (c *call) checkHost(prev *current.Result) []error {
 	var problems []error
-	hostName := bridge.HostVethName(c.args.ContainerID, c.args.IfName)
-	ports, err := bridge.BridgePorts(c.conf.Bridge)
+	hostName := veth.HostName(c.args.ContainerID, c.args.IfName)
+	ports, err := bridge.Ports(c.conf.Bridge)
 	if err != nil {
 		return []error{err}
 	}
@@ -93,7 +95,7 @@ func (c *call) checkHost(prev *current.Result) []error {
 	}
 	addrs, _, _ := c.gatewaysOf(prev)
 	if c.conf.IsGateway {
-		have, err := bridge.BridgeAddrs(c.conf.Bridge)
+		have, err := bridge.Addrs(c.conf.Bridge)
 		if err != nil {
 			return append(problems, err)
 		}

@@ -6,11 +6,11 @@ import (
 
 	current "github.com/containernetworking/cni/pkg/types/100"
 
-	"github.com/pier-cni/pier/internal/bridge"
 	"github.com/pier-cni/pier/internal/cnierr"
 	"github.com/pier-cni/pier/internal/config"
 	"github.com/pier-cni/pier/internal/ipam"
 	"github.com/pier-cni/pier/internal/nat"
+	"github.com/pier-cni/pier/internal/veth"
 )
 
 // TestCheckNamesWhatIsWrong: CHECK passes on a fresh attachment and, for
@@ -39,10 +39,10 @@ func TestCheckNamesWhatIsWrong(t *testing.T) {
 			res.Interfaces[2].Mac = "02:00:00:00:00:01"
 		}, cnierr.UnknownContainer, "prevResult says 02:00:00:00:00:01"},
 		{"hairpin", func(t *testing.T, a attachment, res *current.Result) {
-			mustRun(t, "ip", "link", "set", "dev", bridge.HostVethName(a.id, a.ifName), "type", "bridge_slave", "hairpin", "off")
+			mustRun(t, "ip", "link", "set", "dev", veth.HostName(a.id, a.ifName), "type", "bridge_slave", "hairpin", "off")
 		}, cnierr.UnknownContainer, "hairpin false"},
 		{"host veth", func(t *testing.T, a attachment, res *current.Result) {
-			mustRun(t, "ip", "link", "set", "dev", bridge.HostVethName(a.id, a.ifName), "nomaster")
+			mustRun(t, "ip", "link", "set", "dev", veth.HostName(a.id, a.ifName), "nomaster")
 		}, cnierr.UnknownContainer, "is not a port of bridge pt-br4"},
 		{"masquerade element", func(t *testing.T, a attachment, res *current.Result) {
 			if err := nat.DelMasq(nat.Network{Name: c.name}, addrsOf(res)); err != nil {
@@ -169,7 +169,7 @@ func TestCheckFeatures(t *testing.T) {
 			}
 		}, "MAC check: port"},
 		{"bandwidth", func(t *testing.T, a attachment) {
-			mustRun(t, "tc", "qdisc", "del", "dev", bridge.HostVethName(a.id, a.ifName), "root")
+			mustRun(t, "tc", "qdisc", "del", "dev", veth.HostName(a.id, a.ifName), "root")
 		}, "tbf"},
 	}
 	for i, tc := range cases {

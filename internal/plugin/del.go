@@ -8,11 +8,12 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 
-	"github.com/pier-cni/pier/internal/bridge"
 	"github.com/pier-cni/pier/internal/cnierr"
+	"github.com/pier-cni/pier/internal/container"
 	"github.com/pier-cni/pier/internal/nat"
 	"github.com/pier-cni/pier/internal/netns"
 	"github.com/pier-cni/pier/internal/nodestate"
+	"github.com/pier-cni/pier/internal/veth"
 )
 
 // del removes the attachment.
@@ -89,7 +90,7 @@ func refuseNodeNetNS(path string) error {
 func (c *call) deleteLinks() ([]netip.Addr, error) {
 	var addrs []netip.Addr
 	if c.args.Netns != "" {
-		gone, err := bridge.DeleteContainerLink(c.args.Netns, c.args.IfName)
+		gone, err := container.DeleteLink(c.args.Netns, c.args.IfName)
 		if err != nil {
 			return nil, err
 		}
@@ -99,7 +100,7 @@ func (c *call) deleteLinks() ([]netip.Addr, error) {
 	}
 	// The host end normally dies with its peer; this catches a veth whose
 	// container end was never moved or whose netns path the runtime lost.
-	return addrs, bridge.DeleteHostVeth(bridge.HostVethName(c.args.ContainerID, c.args.IfName))
+	return addrs, veth.DeleteHostEnd(veth.HostName(c.args.ContainerID, c.args.IfName))
 }
 
 // delMasq removes the masquerade elements of addresses this attachment

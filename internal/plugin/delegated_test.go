@@ -5,8 +5,8 @@ import (
 	"os"
 	"testing"
 
-	"github.com/pier-cni/pier/internal/bridge"
 	"github.com/pier-cni/pier/internal/cnierr"
+	"github.com/pier-cni/pier/internal/veth"
 )
 
 // TestDelegatedIPAM: another IPAM plugin (the reference host-local, which
@@ -64,7 +64,7 @@ func TestDelegatedIPAM(t *testing.T) {
 	err := run("ADD", n.container("hl-c"), fmt.Appendf(nil, `{"cniVersion":"1.0.0","name":"hlnet","type":"pier","bridge":"pt-br8",
 		"ipam":{"type":"no-such-ipam"}}`))
 	wantCode(t, err, cnierr.IOFailure, "no-such-ipam")
-	if _, err := os.Stat("/sys/class/net/" + bridge.HostVethName("hl-c", "eth0")); err == nil {
+	if _, err := os.Stat("/sys/class/net/" + veth.HostName("hl-c", "eth0")); err == nil {
 		t.Error("a failed delegated ADD left its veth")
 	}
 }

@@ -15,6 +15,8 @@ import (
 	"github.com/pier-cni/pier/internal/cnierr"
 	"github.com/pier-cni/pier/internal/nat"
 	"github.com/pier-cni/pier/internal/nodestate"
+	"github.com/pier-cni/pier/internal/shaping"
+	"github.com/pier-cni/pier/internal/veth"
 )
 
 // This file holds the attachment's optional node-side features — port
@@ -22,27 +24,27 @@ import (
 // they share with masquerade: one transaction per ADD for all of it.
 
 // limits converts the config's bandwidth to the shaper's; zero when none.
-func (c *call) limits() bridge.Limits {
+func (c *call) limits() shaping.Limits {
 	b := c.conf.Bandwidth
 	if b == nil {
-		return bridge.Limits{}
+		return shaping.Limits{}
 	}
-	return bridge.Limits{IngressRate: b.IngressRate, IngressBurst: b.IngressBurst, EgressRate: b.EgressRate, EgressBurst: b.EgressBurst}
+	return shaping.Limits{IngressRate: b.IngressRate, IngressBurst: b.IngressBurst, EgressRate: b.EgressRate, EgressBurst: b.EgressBurst}
 }
 
 // applyLimits shapes the container's traffic and returns the ifb device
 // the egress limit uses (nil without one), for the result.
-func (c *call) applyLimits(veth *bridge.Veth, undo *undoStack) (*current.Interface, error) {
+func (c *call) applyLimits(pair *veth.Pair, undo *undoStack) (*current.Interface, error) {
 	lim := c.limits()
 	if lim.IngressRate == 0 && lim.EgressRate == 0 {
 		return nil, nil
 	}
-	ifb, err := bridge.ApplyLimits(veth.Host, lim)
+	ifb, err := shaping.Apply(pair.Host, lim)
 	if err != nil {
 		return nil, cnierr.Wrap(err, cnierr.IOFailure, "cannot apply bandwidth limits")
 	}
-	name := veth.Host.Attrs().Name
-	undo.push("remove bandwidth limits of "+name, func() error { return bridge.RemoveLimits(name) })
+	name := pair.Host.Attrs().Name
+	undo.push("remove bandwidth limits of "+name, func() error { return shaping.Remove(name) })
 	if ifb == nil {
 		return nil, nil
 	}
@@ -102,7 +104,7 @@ func (c *call) configureNAT(res *current.Result, h hostSide, undo *undoStack) er
 		return err
 	}
 	network, addrs := c.masqTarget(res)
-	att := nat.Attachment{Network: network, Owner: c.owner(), Ports: ports, GuardGroup: bridge.PortGroup, Bridge: h.bridge}
+	att := nat.Attachment{Network: network, Owner: c.owner(), Ports: ports, GuardGroup: veth.PortGroup, Bridge: h.bridge}
 	if c.conf.IPMasq {
 		att.Masq = addrs
 	}
@@ -195,7 +197,7 @@ func (c *call) removeLimits() error {
 	if c.limits().EgressRate == 0 {
 		return nil
 	}
-	return bridge.RemoveLimits(bridge.HostVethName(c.args.ContainerID, c.args.IfName))
+	return shaping.Remove(veth.HostName(c.args.ContainerID, c.args.IfName))
 }
 
 // concurrently runs fns side by side and returns a function that waits for
@@ -218,9 +220,9 @@ func concurrently(fns ...func() error) (wait func() error) {
 // of the attachment against prevResult.
 func (c *call) checkFeatures(prev *current.Result, idx int) []error {
 	var problems []error
-	hostVeth := bridge.HostVethName(c.args.ContainerID, c.args.IfName)
-	if lim := c.limits(); lim != (bridge.Limits{}) {
-		problems = append(problems, bridge.CheckLimits(hostVeth, lim)...)
+	hostVeth := veth.HostName(c.args.ContainerID, c.args.IfName)
+	if lim := c.limits(); lim != (shaping.Limits{}) {
+		problems = append(problems, shaping.Check(hostVeth, lim)...)
 	}
 	if !c.usesNodeElements() {
 		return problems
@@ -305,14 +307,14 @@ func (c *call) gcNodeElements(ctx context.Context, valid map[string]bool) []erro
 
 // gcIfbs deletes ifb devices whose host veth is gone.
 func (c *call) gcIfbs() []error {
-	names, err := bridge.OrphanIfbs()
+	names, err := shaping.OrphanIfbs()
 	if err != nil {
 		return []error{err}
 	}
 	var errs []error
 	for _, name := range names {
 		c.log.Info("GC: deleting ifb", "ifb", name)
-		if err := bridge.DeleteHostVeth(name); err != nil {
+		if err := shaping.DeleteIfb(name); err != nil {
 			errs = append(errs, fmt.Errorf("delete ifb %s: %w", name, err))
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/pier-cni/pier/internal/bridge"
 	"github.com/pier-cni/pier/internal/cnierr"
 	"github.com/pier-cni/pier/internal/nat"
+	"github.com/pier-cni/pier/internal/veth"
 )
 
 // gc removes everything of this network that no valid attachment owns: IPAM
@@ -78,7 +79,7 @@ func (c *call) gcMasq(ctx context.Context, valid map[string]bool) []error {
 }
 
 func (c *call) gcVeths(valid map[string]bool) []error {
-	ports, err := bridge.BridgePorts(c.conf.Bridge)
+	ports, err := bridge.Ports(c.conf.Bridge)
 	if err != nil {
 		if errors.Is(err, bridge.ErrNotFound) {
 			return nil
@@ -97,7 +98,7 @@ func (c *call) gcVeths(valid map[string]bool) []error {
 			continue
 		}
 		c.log.Info("GC: deleting veth", "veth", p.Name, "owner", rest)
-		if err := bridge.DeleteHostVeth(p.Name); err != nil {
+		if err := veth.DeleteHostEnd(p.Name); err != nil {
 			errs = append(errs, fmt.Errorf("delete veth %s: %w", p.Name, err))
 		}
 	}

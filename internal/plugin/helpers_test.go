@@ -26,12 +26,13 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/vishvananda/netlink"
 
-	"github.com/pier-cni/pier/internal/bridge"
 	"github.com/pier-cni/pier/internal/cnierr"
 	"github.com/pier-cni/pier/internal/config"
 	"github.com/pier-cni/pier/internal/ipam"
 	"github.com/pier-cni/pier/internal/nat"
+	"github.com/pier-cni/pier/internal/shaping"
 	"github.com/pier-cni/pier/internal/testnet"
+	"github.com/pier-cni/pier/internal/veth"
 )
 
 // node is one test's view of its node namespace: the plugin, its
@@ -220,10 +221,10 @@ type state struct {
 func (n *node) state(a attachment, c netConf) state {
 	n.t.Helper()
 	var s state
-	veth := bridge.HostVethName(a.id, a.ifName)
-	_, err := netlink.LinkByName(veth)
+	host := veth.HostName(a.id, a.ifName)
+	_, err := netlink.LinkByName(host)
 	s.hostVeth = err == nil
-	_, err = netlink.LinkByName(bridge.IfbName(veth))
+	_, err = netlink.LinkByName(shaping.IfbName(host))
 	s.ifb = err == nil
 	if a.ns != nil {
 		out, _ := a.ns.Run("ip", "-o", "link", "show", "dev", a.ifName)

@@ -1,8 +1,9 @@
 // Package plugin is the `pier` CNI plugin: it turns one CNI call (ADD, DEL,
 // CHECK, STATUS, GC) into the steps that build, verify or remove one
 // container's attachment to a node bridge. Each verb lives in its own file and
-// reads top to bottom; the kernel work is done by internal/bridge (netlink)
-// and internal/nat (nftables), addresses come from internal/ipam or a
+// reads top to bottom; the kernel work is done over netlink by one package
+// per job (internal/bridge, veth, container, shaping, sysctl) and in
+// nftables by internal/nat; addresses come from internal/ipam or a
 // delegated IPAM plugin.
 //
 // The plugin process runs in the node's network namespace: the bridge, the

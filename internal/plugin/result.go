@@ -5,8 +5,8 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/vishvananda/netlink"
 
-	"github.com/pier-cni/pier/internal/bridge"
 	"github.com/pier-cni/pier/internal/cnierr"
+	"github.com/pier-cni/pier/internal/veth"
 )
 
 // result builds the ADD result: the bridge, the host veth and the container
@@ -15,7 +15,7 @@ import (
 // plugin is chained after another), that result is kept and ours appended,
 // as the spec's chaining rules ask. An ifb shaping the container's egress
 // comes last, as the reference bandwidth plugin reports it.
-func (c *call) result(res *current.Result, br *netlink.Bridge, veth *bridge.Veth, ifb *current.Interface) (types.Result, error) {
+func (c *call) result(res *current.Result, br *netlink.Bridge, pair *veth.Pair, ifb *current.Interface) (types.Result, error) {
 	out := &current.Result{CNIVersion: current.ImplementedSpecVersion, DNS: res.DNS}
 	if c.conf.PrevResult != nil {
 		prev, err := current.NewResultFromResult(c.conf.PrevResult)
@@ -34,8 +34,8 @@ func (c *call) result(res *current.Result, br *netlink.Bridge, veth *bridge.Veth
 	first := len(out.Interfaces)
 	out.Interfaces = append(out.Interfaces,
 		&current.Interface{Name: br.Attrs().Name, Mac: br.Attrs().HardwareAddr.String()},
-		&current.Interface{Name: veth.Host.Attrs().Name, Mac: veth.Host.Attrs().HardwareAddr.String()},
-		&current.Interface{Name: c.args.IfName, Mac: veth.Container.Attrs().HardwareAddr.String(), Sandbox: c.args.Netns},
+		&current.Interface{Name: pair.Host.Attrs().Name, Mac: pair.Host.Attrs().HardwareAddr.String()},
+		&current.Interface{Name: c.args.IfName, Mac: pair.Container.Attrs().HardwareAddr.String(), Sandbox: c.args.Netns},
 	)
 	for _, ipc := range res.IPs {
 		ipc.Interface = current.Int(first + 2)

@@ -1,8 +1,20 @@
-package bridge
+// Package rtnl is the route-netlink plumbing shared by the packages that
+// build one attachment's links (bridge, veth, container, shaping): the
+// caller's namespace opened over netlink, the requests vishvananda/netlink
+// cannot build (a link created and echoed back in one request, dumps the
+// kernel filters by interface), and the conversions between netip and the
+// library's net types.
+//
+// Errors wrap the netlink error with %w, so callers can test
+// errors.Is(err, unix.EEXIST); ErrNotFound marks a link or namespace that
+// is not there.
+package rtnl
 
 import (
+	"crypto/rand"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"syscall"
 
@@ -12,20 +24,25 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// node is the caller's (the node's) namespace as seen over netlink, for the
+// ErrNotFound is returned (wrapped) when a link or namespace that is read
+// does not exist.
+var ErrNotFound = errors.New("not found")
+
+// Node is the caller's (the node's) namespace as seen over netlink, for the
 // length of one exported call.
 //
-// h serves the requests the netlink library builds. raw is a second route
+// H serves the requests the netlink library builds. raw is a second route
 // socket for the few requests it cannot build: a veth created, enslaved and
 // echoed back in one request, and dumps the kernel filters by interface.
 // The library keeps its Handle's socket private, hence two sockets; each
 // costs a socket and a bind, no namespace switch.
-type node struct {
-	h   *netlink.Handle
+type Node struct {
+	H   *netlink.Handle
 	raw *nl.SocketHandle
 }
 
-func openNode() (*node, error) {
+// OpenNode opens both sockets in the calling thread's namespace.
+func OpenNode() (*Node, error) {
 	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("open netlink: %w", err)
@@ -43,36 +60,37 @@ func openNode() (*node, error) {
 	// Extended acks add the kernel's reason to errors ("invalid MTU", …);
 	// a kernel without them still reports the errno, so failure is ignored.
 	_ = s.SetExtAck(true)
-	return &node{h: h, raw: &nl.SocketHandle{Socket: s}}, nil
+	return &Node{H: h, raw: &nl.SocketHandle{Socket: s}}, nil
 }
 
-func (n *node) close() {
+// Close closes both sockets.
+func (n *Node) Close() {
 	n.raw.Close()
-	n.h.Close()
+	n.H.Close()
 }
 
-// request returns a route request that runs on n's raw socket.
-func (n *node) request(typ, flags int) *nl.NetlinkRequest {
+// Request returns a route request that runs on n's raw socket.
+func (n *Node) Request(typ, flags int) *nl.NetlinkRequest {
 	req := nl.NewNetlinkRequest(typ, flags)
 	req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: n.raw}
 	return req
 }
 
-// ifAddr is one address of an interface as the kernel reports it.
-type ifAddr struct {
+// IfAddr is one address of an interface as the kernel reports it.
+type IfAddr struct {
 	Prefix netip.Prefix
 	Flags  uint32 // IFA_F_*
 }
 
-// addrsOf returns the addresses of family on interface index. It is a dump,
+// AddrsOf returns the addresses of family on interface index. It is a dump,
 // but one the kernel filters to that interface (strict checking), so its
 // size does not grow with the number of veths on the node.
-func (n *node) addrsOf(index, family int) ([]ifAddr, error) {
-	req := n.request(unix.RTM_GETADDR, unix.NLM_F_DUMP)
+func (n *Node) AddrsOf(index, family int) ([]IfAddr, error) {
+	req := n.Request(unix.RTM_GETADDR, unix.NLM_F_DUMP)
 	msg := nl.NewIfAddrmsg(family)
 	msg.Index = uint32(index)
 	req.AddData(msg)
-	var out []ifAddr
+	var out []IfAddr
 	var perr error
 	err := req.ExecuteIter(unix.NETLINK_ROUTE, unix.RTM_NEWADDR, func(m []byte) bool {
 		a, idx, err := parseIfAddr(m)
@@ -89,13 +107,13 @@ func (n *node) addrsOf(index, family int) ([]ifAddr, error) {
 }
 
 // parseIfAddr decodes an RTM_NEWADDR message: its address, flags and index.
-func parseIfAddr(m []byte) (ifAddr, int, error) {
+func parseIfAddr(m []byte) (IfAddr, int, error) {
 	msg := nl.DeserializeIfAddrmsg(m)
 	attrs, err := nl.ParseRouteAttr(m[msg.Len():])
 	if err != nil {
-		return ifAddr{}, 0, fmt.Errorf("parse address: %w", err)
+		return IfAddr{}, 0, fmt.Errorf("parse address: %w", err)
 	}
-	a := ifAddr{Flags: uint32(msg.Flags)}
+	a := IfAddr{Flags: uint32(msg.Flags)}
 	var local, address netip.Addr
 	for _, at := range attrs {
 		switch at.Attr.Type {
@@ -115,19 +133,19 @@ func parseIfAddr(m []byte) (ifAddr, int, error) {
 		address = local
 	}
 	if !address.IsValid() {
-		return ifAddr{}, 0, errors.New("parse address: no IFA_ADDRESS")
+		return IfAddr{}, 0, errors.New("parse address: no IFA_ADDRESS")
 	}
 	a.Prefix = netip.PrefixFrom(address.Unmap(), int(msg.Prefixlen))
 	return a, int(msg.Index), nil
 }
 
-// newLinkEcho sends an RTM_NEWLINK with NLM_F_ECHO and returns the link the
+// NewLinkEcho sends an RTM_NEWLINK with NLM_F_ECHO and returns the link the
 // kernel echoes back, so a new link's index and MAC need no second request.
 // It reads up to the request's acknowledgement, not just to the echo: the
 // kernel echoes the link when it is configured and can still fail (and
 // remove it) afterwards, e.g. when enslaving it. Kernels before 6.1 do not
 // echo new links; then it returns (nil, nil) and the caller looks it up.
-func (n *node) newLinkEcho(req *nl.NetlinkRequest) (netlink.Link, error) {
+func (n *Node) NewLinkEcho(req *nl.NetlinkRequest) (netlink.Link, error) {
 	req.Flags |= unix.NLM_F_ECHO | unix.NLM_F_ACK
 	s := n.raw.Socket
 	if err := s.Send(req); err != nil {
@@ -193,4 +211,41 @@ func ackError(m syscall.NetlinkMessage) error {
 		}
 	}
 	return err
+}
+
+// RandomMAC returns a random unicast, locally administered MAC address, the
+// kind the kernel picks for a new bridge or veth.
+func RandomMAC() (net.HardwareAddr, error) {
+	mac := make(net.HardwareAddr, 6)
+	if _, err := rand.Read(mac); err != nil {
+		return nil, fmt.Errorf("random mac: %w", err)
+	}
+	mac[0] = mac[0]&^0x01 | 0x02
+	return mac, nil
+}
+
+// IPNet converts p to the *net.IPNet netlink wants, keeping the host bits.
+func IPNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// FamilyOf returns the netlink address family of a.
+func FamilyOf(a netip.Addr) int {
+	if a.Is4() {
+		return netlink.FAMILY_V4
+	}
+	return netlink.FAMILY_V6
+}
+
+// PrefixOf converts a netlink address to a prefix keeping the host bits.
+func PrefixOf(a netlink.Addr) (netip.Prefix, bool) {
+	if a.IPNet == nil {
+		return netip.Prefix{}, false
+	}
+	ip, ok := netip.AddrFromSlice(a.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ones, _ := a.Mask.Size()
+	return netip.PrefixFrom(ip.Unmap(), ones), true
 }

@@ -1,4 +1,4 @@
-package bridge
+package testnet
 
 import (
 	"encoding/json"
@@ -6,22 +6,20 @@ import (
 	"slices"
 	"strings"
 	"testing"
-
-	"github.com/pier-cni/pier/internal/testnet"
 )
 
-// inNode runs f on a thread inside the sandbox's node namespace: every call
-// of this package acts on the caller's namespace, and tests must never act
-// on the host's.
-func inNode(t testing.TB, sb *testnet.Sandbox, f func() error) {
+// MustDo runs f on a thread inside the sandbox's node namespace and fails
+// the test if it returns an error: the link packages act on the caller's
+// namespace, and tests must never act on the host's.
+func (s *Sandbox) MustDo(t testing.TB, f func() error) {
 	t.Helper()
-	if err := sb.Node.Do(f); err != nil {
+	if err := s.Node.Do(f); err != nil {
 		t.Fatal(err)
 	}
 }
 
-// ipLink is the part of `ip -j -d link` output the tests look at.
-type ipLink struct {
+// IPLink is the part of `ip -j -d addr show` output the tests look at.
+type IPLink struct {
 	Name     string   `json:"ifname"`
 	Index    int      `json:"ifindex"`
 	Address  string   `json:"address"`
@@ -46,42 +44,42 @@ type ipLink struct {
 	} `json:"addr_info"`
 }
 
-// links returns `ip -j -d addr show` of namespace n (links with addresses).
-func links(t testing.TB, n *testnet.NS) []ipLink {
+// Links returns `ip -j -d addr show` of the namespace (links with their
+// addresses).
+func (n *NS) Links(t testing.TB) []IPLink {
 	t.Helper()
-	var out []ipLink
+	var out []IPLink
 	if err := json.Unmarshal([]byte(n.MustRun(t, "ip", "-j", "-d", "addr", "show")), &out); err != nil {
 		t.Fatalf("parse ip -j output: %v", err)
 	}
 	return out
 }
 
-// link returns the link called name in n, failing the test if it is absent.
-func link(t testing.TB, n *testnet.NS, name string) ipLink {
+// Link returns the link called name, failing the test if it is absent.
+func (n *NS) Link(t testing.TB, name string) IPLink {
 	t.Helper()
-	for _, l := range links(t, n) {
+	for _, l := range n.Links(t) {
 		if l.Name == name {
 			return l
 		}
 	}
 	t.Fatalf("no link %s in %s", name, n.Name)
-	return ipLink{}
+	return IPLink{}
 }
 
-// linkNames returns the names of n's links, sorted.
-func linkNames(t testing.TB, n *testnet.NS) []string {
+// LinkNames returns the names of the namespace's links, sorted.
+func (n *NS) LinkNames(t testing.TB) []string {
 	t.Helper()
 	var names []string
-	for _, l := range links(t, n) {
+	for _, l := range n.Links(t) {
 		names = append(names, l.Name)
 	}
 	slices.Sort(names)
 	return names
 }
 
-// globalAddrs returns l's addresses without link-local ones, as prefixes.
-func globalAddrs(t testing.TB, l ipLink) []netip.Prefix {
-	t.Helper()
+// GlobalAddrs returns the link's addresses without link-local ones.
+func (l IPLink) GlobalAddrs() []netip.Prefix {
 	var out []netip.Prefix
 	for _, a := range l.AddrInfo {
 		if a.Scope == "link" {
@@ -92,10 +90,10 @@ func globalAddrs(t testing.TB, l ipLink) []netip.Prefix {
 	return out
 }
 
-// routes returns `ip -j route` of family ("-4" or "-6") on dev in n as
-// "dst via gw" strings (without "via" for on-link routes), excluding the
-// kernel's own routes.
-func routes(t testing.TB, n *testnet.NS, family, dev string) []string {
+// Routes returns `ip -j route` of family ("-4" or "-6") on dev as
+// "dst via gw" strings (without "via" for on-link routes), sorted,
+// excluding the kernel's own routes.
+func (n *NS) Routes(t testing.TB, family, dev string) []string {
 	t.Helper()
 	var rs []struct {
 		Dst      string `json:"dst"`
@@ -121,7 +119,8 @@ func routes(t testing.TB, n *testnet.NS, family, dev string) []string {
 	return got
 }
 
-func mustPrefixes(ss ...string) []netip.Prefix {
+// Prefixes parses ss, panicking on a malformed one (test literals).
+func Prefixes(ss ...string) []netip.Prefix {
 	out := make([]netip.Prefix, len(ss))
 	for i, s := range ss {
 		out[i] = netip.MustParsePrefix(s)
@@ -129,7 +128,8 @@ func mustPrefixes(ss ...string) []netip.Prefix {
 	return out
 }
 
-func sortedPrefixes(ps []netip.Prefix) []string {
+// SortedStrings returns the prefixes as sorted strings, for comparisons.
+func SortedStrings(ps []netip.Prefix) []string {
 	var out []string
 	for _, p := range ps {
 		out = append(out, p.String())
@@ -138,7 +138,9 @@ func sortedPrefixes(ps []netip.Prefix) []string {
 	return out
 }
 
-func wantErrContains(t testing.TB, err error, parts ...string) {
+// WantErrContains fails the test unless err is non-nil and its message
+// contains every one of parts.
+func WantErrContains(t testing.TB, err error, parts ...string) {
 	t.Helper()
 	if err == nil {
 		t.Fatalf("want an error containing %q, got nil", parts)

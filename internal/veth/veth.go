@@ -1,40 +1,56 @@
-package bridge
+// Package veth makes the veth pair that joins a container to the node's
+// bridge: the container end created straight inside the container's
+// namespace, the host end created enslaved to the bridge, up, with its alias
+// and hairpin mode, in Pier's device group and with IPv6 off; and deletes
+// the pair from the host side. The name of the host end is a function of
+// the attachment (HostName), so DEL, CHECK and GC find it without state.
+//
+// The plugin runs in the node's namespace: the host end is created in the
+// calling thread's namespace, the container end in the namespace given by
+// path, through an fd in the creating request, so no thread switches
+// namespaces.
+package veth
 
 import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	pnetns "github.com/pier-cni/pier/internal/netns"
-	"io/fs"
 	"net"
-	"os"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
+
+	pnetns "github.com/pier-cni/pier/internal/netns"
+	"github.com/pier-cni/pier/internal/rtnl"
+	"github.com/pier-cni/pier/internal/sysctl"
 )
 
-// hostVethHashLen is how many hex digits of the hash HostVethName keeps:
+// ErrInterfaceExists is returned (wrapped) when a name the pair is about to
+// take already exists.
+var ErrInterfaceExists = errors.New("interface already exists")
+
+// hostVethHashLen is how many hex digits of the hash HostName keeps:
 // "veth" plus 11 digits fills IFNAMSIZ-1 (15 bytes). 44 bits keep the chance
 // that two of 1000 attachments on a node collide near 3e-8; 8 digits (32
 // bits) would make it about 1e-4, and a collision fails every retry of
 // that ADD, because the name is a function of its arguments.
 const hostVethHashLen = 11
 
-// HostVethName returns the host-side veth name of the attachment
+// HostName returns the host-side veth name of the attachment
 // (containerID, ifName): "veth" and the first hex digits of a SHA-256 of
 // both. It is deterministic so DEL and GC find the link without state.
-func HostVethName(containerID, ifName string) string {
+func HostName(containerID, ifName string) string {
 	sum := sha256.Sum256([]byte(containerID + "\x00" + ifName))
 	return "veth" + hex.EncodeToString(sum[:])[:hostVethHashLen]
 }
 
-// VethConfig describes the veth pair of one attachment.
-type VethConfig struct {
+// Config describes the veth pair of one attachment.
+type Config struct {
 	ContainerNetNS string // path of the container's network namespace
 	IfName         string // name inside the container (CNI_IFNAME)
-	HostName       string // name on the node, normally HostVethName(...)
+	HostName       string // name on the node, normally HostName(...)
 	MTU            int    // 0: kernel default
 	// MAC of the container end; nil picks a random locally administered
 	// address, as the kernel would.
@@ -56,15 +72,15 @@ type VethConfig struct {
 // container.
 const PortGroup uint32 = 0x70696572
 
-// Veth is a created pair. Host is read back from the kernel; Container is
+// Pair is a created pair. Host is read back from the kernel; Container is
 // built from what was requested (name, MAC, MTU) and the peer index the
 // kernel reported, which saves a lookup inside the container namespace.
-type Veth struct {
+type Pair struct {
 	Host      netlink.Link
 	Container netlink.Link
 }
 
-// CreateVeth creates the pair in one request: the container end is created
+// Create creates the pair in one request: the container end is created
 // directly in the container namespace (no move afterwards) and the host end
 // is created enslaved to the bridge. IPv6 is then disabled on the host end,
 // and a second request brings it up and sets the alias and hairpin mode,
@@ -77,12 +93,12 @@ type Veth struct {
 // node's table and sends MLD reports and DAD probes that the bridge floods
 // to every port. The kernel's IPv6 route lookup walks all same-prefix
 // routes, so each such packet costs O(ports) and each new port O(ports²).
-// With 1000 ports on the bridge (2 vCPUs), CreateVeth+ConfigureContainer
+// With 1000 ports on the bridge (2 vCPUs), creating the pair and configuring the container
 // took 5.8 ms with IPv6 on the host ends and 1.8 ms with it off. The switch
 // is a sysctl of the node's namespace, the caller's own, so it is a file
 // write and no namespace switch; it is done before the link is up so the
 // port never sends anything.
-func CreateVeth(cfg VethConfig) (*Veth, error) {
+func Create(cfg Config) (*Pair, error) {
 	if cfg.HostName == "" || cfg.IfName == "" || cfg.Bridge == nil {
 		return nil, errors.New("create veth: host name, interface name and bridge are required")
 	}
@@ -92,46 +108,46 @@ func CreateVeth(cfg VethConfig) (*Veth, error) {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	defer cns.Close()
-	n, err := openNode()
+	n, err := rtnl.OpenNode()
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
-	defer n.close()
+	defer n.Close()
 
 	mac := cfg.MAC
 	if mac == nil {
-		if mac, err = randomMAC(); err != nil {
+		if mac, err = rtnl.RandomMAC(); err != nil {
 			return nil, fmt.Errorf("%s: %w", what, err)
 		}
 	}
-	host, err := n.newLinkEcho(vethRequest(n, cfg, int(cns), mac))
+	host, err := n.NewLinkEcho(request(n, cfg, int(cns), mac))
 	if errors.Is(err, unix.EEXIST) {
-		return nil, n.nameTaken(cfg, err)
+		return nil, nameTaken(n, cfg, err)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	if host == nil { // kernel too old to echo
-		if host, err = n.h.LinkByName(cfg.HostName); err != nil {
+		if host, err = n.H.LinkByName(cfg.HostName); err != nil {
 			err = fmt.Errorf("%s: read back: %w", what, err)
-			return nil, errors.Join(err, deleteByName(n.h, cfg.HostName))
+			return nil, errors.Join(err, rtnl.DeleteByName(n.H, cfg.HostName))
 		}
 	}
-	if err := disableIPv6(cfg.HostName); err != nil {
+	if err := sysctl.DisableIPv6(cfg.HostName); err != nil {
 		err = fmt.Errorf("%s: %w", what, err)
-		return nil, errors.Join(err, deleteByName(n.h, cfg.HostName))
+		return nil, errors.Join(err, rtnl.DeleteByName(n.H, cfg.HostName))
 	}
-	if err := n.setPort(host, cfg); err != nil {
-		return nil, errors.Join(err, deleteByName(n.h, cfg.HostName))
+	if err := setPort(n, host, cfg); err != nil {
+		return nil, errors.Join(err, rtnl.DeleteByName(n.H, cfg.HostName))
 	}
-	return &Veth{Host: host, Container: containerEnd(cfg, host, mac)}, nil
+	return &Pair{Host: host, Container: containerEnd(cfg, host, mac)}, nil
 }
 
-// vethRequest builds the RTM_NEWLINK that creates the pair: host end
+// request builds the RTM_NEWLINK that creates the pair: host end
 // enslaved (the kernel applies IFLA_MASTER at creation) and down, peer with
 // its name, MAC and MTU in the namespace given by nsFd.
-func vethRequest(n *node, cfg VethConfig, nsFd int, mac net.HardwareAddr) *nl.NetlinkRequest {
-	req := n.request(unix.RTM_NEWLINK, unix.NLM_F_CREATE|unix.NLM_F_EXCL)
+func request(n *rtnl.Node, cfg Config, nsFd int, mac net.HardwareAddr) *nl.NetlinkRequest {
+	req := n.Request(unix.RTM_NEWLINK, unix.NLM_F_CREATE|unix.NLM_F_EXCL)
 	req.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
 	req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(cfg.HostName)))
 	req.AddData(nl.NewRtAttr(unix.IFLA_MASTER, nl.Uint32Attr(uint32(cfg.Bridge.Index))))
@@ -159,8 +175,8 @@ func vethRequest(n *node, cfg VethConfig, nsFd int, mac net.HardwareAddr) *nl.Ne
 // in one RTM_NEWLINK on the existing link: flags and IFLA_IFALIAS are
 // applied by setlink, and bridge-port options travel as
 // IFLA_INFO_SLAVE_DATA, which the bridge (the master) applies.
-func (n *node) setPort(host netlink.Link, cfg VethConfig) error {
-	req := n.request(unix.RTM_NEWLINK, unix.NLM_F_ACK)
+func setPort(n *rtnl.Node, host netlink.Link, cfg Config) error {
+	req := n.Request(unix.RTM_NEWLINK, unix.NLM_F_ACK)
 	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
 	msg.Index = int32(host.Attrs().Index)
 	msg.Change, msg.Flags = unix.IFF_UP, unix.IFF_UP
@@ -185,32 +201,10 @@ func (n *node) setPort(host netlink.Link, cfg VethConfig) error {
 	return nil
 }
 
-// disableIPv6 turns IPv6 off on a link of the caller's namespace. A node
-// without IPv6 (no /proc/sys/net/ipv6) has nothing to turn off. The link is
-// new, so its values are the defaults and are written without reading them.
-//
-// accept_ra=0 first, as the reference does for its host veths: with IPv6
-// off it changes nothing today, but whoever turns IPv6 back on for every
-// interface (net.ipv6.conf.all.disable_ipv6=0 does) must not find the
-// node's bridge ports taking routes from a container's router
-// advertisement (CVE-2020-10749).
-func disableIPv6(name string) error {
-	for _, kv := range [][2]string{{"accept_ra", "0"}, {"disable_ipv6", "1"}} {
-		err := os.WriteFile("/proc/sys/net/ipv6/conf/"+name+"/"+kv[0], []byte(kv[1]), 0o644)
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("set %s=%s on %s: %w", kv[0], kv[1], name, err)
-		}
-	}
-	return nil
-}
-
 // nameTaken explains an EEXIST from creating the pair: the request creates
 // exactly two names, so if the host name is free the container's was taken.
-func (n *node) nameTaken(cfg VethConfig, cause error) error {
-	if _, err := n.h.LinkByName(cfg.HostName); err == nil {
+func nameTaken(n *rtnl.Node, cfg Config, cause error) error {
+	if _, err := n.H.LinkByName(cfg.HostName); err == nil {
 		return fmt.Errorf("create veth %s: %w: %s in the node namespace (%v)", cfg.HostName, ErrInterfaceExists, cfg.HostName, cause)
 	}
 	return fmt.Errorf("create veth %s: %w: %s in %s (%v)", cfg.HostName, ErrInterfaceExists, cfg.IfName, cfg.ContainerNetNS, cause)
@@ -219,45 +213,11 @@ func (n *node) nameTaken(cfg VethConfig, cause error) error {
 // containerEnd describes the container side of a new pair without asking
 // the container namespace: everything in it was either requested or is in
 // the host end's echo (IFLA_LINK holds the peer's index).
-func containerEnd(cfg VethConfig, host netlink.Link, mac net.HardwareAddr) netlink.Link {
+func containerEnd(cfg Config, host netlink.Link, mac net.HardwareAddr) netlink.Link {
 	attrs := netlink.NewLinkAttrs()
 	attrs.Name = cfg.IfName
 	attrs.Index = host.Attrs().ParentIndex
 	attrs.HardwareAddr = mac
 	attrs.MTU = host.Attrs().MTU // equal by construction: both set from cfg.MTU or both default
 	return &netlink.Veth{LinkAttrs: attrs, PeerName: cfg.HostName}
-}
-
-// DeleteHostVeth deletes the host end of a pair by name (which removes the
-// container end too). A missing link is not an error: rollback and GC call
-// it for links that may be gone already.
-func DeleteHostVeth(name string) error {
-	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
-	if err != nil {
-		return fmt.Errorf("delete %s: open netlink: %w", name, err)
-	}
-	defer h.Close()
-	return deleteByName(h, name)
-}
-
-// deleteByName deletes the link called name through h; a link that is gone
-// already, or goes while this runs, is not an error.
-func deleteByName(h *netlink.Handle, name string) error {
-	l, err := h.LinkByName(name)
-	if isNotExist(err) {
-		return nil
-	}
-	if err == nil {
-		err = h.LinkDel(l)
-	}
-	if err != nil && !isNotExist(err) {
-		return fmt.Errorf("delete %s: %w", name, err)
-	}
-	return nil
-}
-
-// isNotExist reports whether err says a link is gone: the library's
-// lookup error, or ENODEV from a request on an index that vanished.
-func isNotExist(err error) bool {
-	return errors.As(err, &netlink.LinkNotFoundError{}) || errors.Is(err, unix.ENODEV)
 }

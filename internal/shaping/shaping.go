@@ -1,16 +1,11 @@
-package bridge
-
-import (
-	"errors"
-	"fmt"
-	"strings"
-
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netlink/nl"
-	"golang.org/x/sys/unix"
-)
-
-// # Design notes: bandwidth limits
+// Package shaping applies a container's bandwidth limits, as the reference
+// bandwidth plugin does, with tc objects made over netlink: a token bucket
+// on the host veth for traffic into the container, and for traffic out of
+// it an ifb device the veth's ingress is redirected to. It also checks the
+// limits, removes the ifb on DEL, and lists ifbs left without their veth
+// for GC.
+//
+// # Design notes
 //
 // As the reference bandwidth plugin, with its units (bits per second and
 // bits) and its token bucket parameters (latency 25 ms):
@@ -31,6 +26,20 @@ import (
 // Requests: one for the ingress limit; five for the egress limit (create
 // the ifb with an echo of its index, its tbf, set it up, the veth's ingress
 // qdisc, the filter). None when the config sets no limit.
+package shaping
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
+
+	"github.com/pier-cni/pier/internal/rtnl"
+	"github.com/pier-cni/pier/internal/sysctl"
+)
 
 // Limits are a container's bandwidth limits: rates in bits per second,
 // bursts in bits; a zero rate leaves that direction unlimited.
@@ -50,49 +59,49 @@ func IfbName(hostVeth string) string {
 	return name[:min(len(name), unix.IFNAMSIZ-1)]
 }
 
-// ApplyLimits installs lim on the host veth and returns the ifb of the
+// Apply installs lim on the host veth and returns the ifb of the
 // egress limit (nil without one). On failure it deletes the ifb it
 // created; the veth's qdiscs go with the veth, which the caller's rollback
 // deletes.
-func ApplyLimits(hostVeth netlink.Link, lim Limits) (ifb netlink.Link, err error) {
+func Apply(hostVeth netlink.Link, lim Limits) (ifb netlink.Link, err error) {
 	if lim.IngressRate == 0 && lim.EgressRate == 0 {
 		return nil, nil
 	}
 	name := hostVeth.Attrs().Name
-	n, err := openNode()
+	n, err := rtnl.OpenNode()
 	if err != nil {
 		return nil, fmt.Errorf("bandwidth limits on %s: %w", name, err)
 	}
-	defer n.close()
+	defer n.Close()
 	if lim.IngressRate > 0 {
-		if err := n.h.QdiscAdd(tbf(hostVeth.Attrs().Index, lim.IngressRate, lim.IngressBurst)); err != nil {
+		if err := n.H.QdiscAdd(tbf(hostVeth.Attrs().Index, lim.IngressRate, lim.IngressBurst)); err != nil {
 			return nil, fmt.Errorf("ingress limit (tbf on %s): %w", name, err)
 		}
 	}
 	if lim.EgressRate == 0 {
 		return nil, nil
 	}
-	if ifb, err = n.createIfb(IfbName(name), hostVeth.Attrs().MTU); err != nil {
+	if ifb, err = createIfb(n, IfbName(name), hostVeth.Attrs().MTU); err != nil {
 		return nil, fmt.Errorf("egress limit of %s: %w", name, err)
 	}
-	if err := n.redirectToIfb(hostVeth, ifb, lim); err != nil {
+	if err := redirectToIfb(n, hostVeth, ifb, lim); err != nil {
 		err = fmt.Errorf("egress limit of %s: %w", name, err)
-		return nil, errors.Join(err, deleteByName(n.h, ifb.Attrs().Name))
+		return nil, errors.Join(err, rtnl.DeleteByName(n.H, ifb.Attrs().Name))
 	}
 	return ifb, nil
 }
 
 // redirectToIfb shapes the ifb and sends the veth's incoming frames to it.
-func (n *node) redirectToIfb(hostVeth, ifb netlink.Link, lim Limits) error {
-	if err := n.h.QdiscAdd(tbf(ifb.Attrs().Index, lim.EgressRate, lim.EgressBurst)); err != nil {
+func redirectToIfb(n *rtnl.Node, hostVeth, ifb netlink.Link, lim Limits) error {
+	if err := n.H.QdiscAdd(tbf(ifb.Attrs().Index, lim.EgressRate, lim.EgressBurst)); err != nil {
 		return fmt.Errorf("tbf on %s: %w", ifb.Attrs().Name, err)
 	}
-	if err := n.h.LinkSetUp(ifb); err != nil {
+	if err := n.H.LinkSetUp(ifb); err != nil {
 		return fmt.Errorf("set %s up: %w", ifb.Attrs().Name, err)
 	}
 	ingress := &netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{
 		LinkIndex: hostVeth.Attrs().Index, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_INGRESS}}
-	if err := n.h.QdiscAdd(ingress); err != nil {
+	if err := n.H.QdiscAdd(ingress); err != nil {
 		return fmt.Errorf("ingress qdisc on %s: %w", hostVeth.Attrs().Name, err)
 	}
 	redirect := &netlink.U32{ // no selector: matches every frame
@@ -100,7 +109,7 @@ func (n *node) redirectToIfb(hostVeth, ifb netlink.Link, lim Limits) error {
 		ClassId:     netlink.MakeHandle(1, 1),
 		RedirIndex:  ifb.Attrs().Index, // mirred egress redirect
 	}
-	if err := n.h.FilterAdd(redirect); err != nil {
+	if err := n.H.FilterAdd(redirect); err != nil {
 		return fmt.Errorf("redirect %s to %s: %w", hostVeth.Attrs().Name, ifb.Attrs().Name, err)
 	}
 	return nil
@@ -110,9 +119,9 @@ func (n *node) redirectToIfb(hostVeth, ifb netlink.Link, lim Limits) error {
 // on it. An ifb of that name already there is a leftover: its veth, whose
 // name the new veth now has, is gone, and a concurrent ADD of the same
 // attachment would have failed creating the veth. It is replaced.
-func (n *node) createIfb(name string, mtu int) (netlink.Link, error) {
+func createIfb(n *rtnl.Node, name string, mtu int) (netlink.Link, error) {
 	newIfb := func() *nl.NetlinkRequest {
-		req := n.request(unix.RTM_NEWLINK, unix.NLM_F_CREATE|unix.NLM_F_EXCL)
+		req := n.Request(unix.RTM_NEWLINK, unix.NLM_F_CREATE|unix.NLM_F_EXCL)
 		req.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
 		req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(name)))
 		if mtu > 0 {
@@ -123,20 +132,20 @@ func (n *node) createIfb(name string, mtu int) (netlink.Link, error) {
 		req.AddData(info)
 		return req
 	}
-	l, err := n.newLinkEcho(newIfb())
+	l, err := n.NewLinkEcho(newIfb())
 	if errors.Is(err, unix.EEXIST) {
-		if err = deleteByName(n.h, name); err == nil {
-			l, err = n.newLinkEcho(newIfb())
+		if err = rtnl.DeleteByName(n.H, name); err == nil {
+			l, err = n.NewLinkEcho(newIfb())
 		}
 	}
 	if err == nil && l == nil { // kernel too old to echo
-		l, err = n.h.LinkByName(name)
+		l, err = n.H.LinkByName(name)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("create %s: %w", name, err)
 	}
-	if err := disableIPv6(name); err != nil {
-		return nil, errors.Join(err, deleteByName(n.h, name))
+	if err := sysctl.DisableIPv6(name); err != nil {
+		return nil, errors.Join(err, rtnl.DeleteByName(n.H, name))
 	}
 	return l, nil
 }
@@ -153,76 +162,4 @@ func tbf(linkIndex int, rate, burst uint64) *netlink.Tbf {
 		Buffer:     uint32(bufferUsec * netlink.TickInUsec()),
 		Limit:      uint32(float64(rateBytes)*tbfLatencyUsec/1e6) + uint32(burstBytes),
 	}
-}
-
-// RemoveLimits deletes the ifb of hostVeth; a missing one is fine (DEL
-// policy). The veth's own qdiscs go with the veth.
-func RemoveLimits(hostVeth string) error {
-	return DeleteHostVeth(IfbName(hostVeth))
-}
-
-// CheckLimits reports how hostVeth's shaping differs from lim.
-func CheckLimits(hostVeth string, lim Limits) []error {
-	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
-	if err != nil {
-		return []error{err}
-	}
-	defer h.Close()
-	var problems []error
-	check := func(dev string, rate, burst uint64, what string) {
-		link, err := h.LinkByName(dev)
-		if err != nil {
-			problems = append(problems, fmt.Errorf("%s: %s: %w", what, dev, err))
-			return
-		}
-		qs, err := h.QdiscList(link)
-		if err != nil {
-			problems = append(problems, fmt.Errorf("%s: qdiscs of %s: %w", what, dev, err))
-			return
-		}
-		want := tbf(link.Attrs().Index, rate, burst)
-		for _, q := range qs {
-			if t, ok := q.(*netlink.Tbf); ok && t.Parent == netlink.HANDLE_ROOT {
-				if t.Rate != want.Rate || t.Buffer != want.Buffer || t.Limit != want.Limit {
-					problems = append(problems, fmt.Errorf("%s: tbf on %s has rate %d B/s buffer %d limit %d, want %d %d %d", what, dev, t.Rate, t.Buffer, t.Limit, want.Rate, want.Buffer, want.Limit))
-				}
-				return
-			}
-		}
-		problems = append(problems, fmt.Errorf("%s: no tbf qdisc on %s", what, dev))
-	}
-	if lim.IngressRate > 0 {
-		check(hostVeth, lim.IngressRate, lim.IngressBurst, "ingress limit")
-	}
-	if lim.EgressRate > 0 {
-		check(IfbName(hostVeth), lim.EgressRate, lim.EgressBurst, "egress limit")
-	}
-	return problems
-}
-
-// OrphanIfbs lists Pier's ifb devices whose host veth is gone: leftovers of
-// an attachment whose DEL did not run. GC deletes them. It dumps the
-// node's links: GC only.
-func OrphanIfbs() ([]string, error) {
-	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
-	if err != nil {
-		return nil, err
-	}
-	defer h.Close()
-	links, err := h.LinkList()
-	if err != nil {
-		return nil, fmt.Errorf("list links: %w", err)
-	}
-	names := map[string]bool{}
-	for _, l := range links {
-		names[l.Attrs().Name] = true
-	}
-	var out []string
-	for _, l := range links {
-		name := l.Attrs().Name
-		if _, ok := l.(*netlink.Ifb); ok && strings.HasPrefix(name, "pifb") && !names["veth"+strings.TrimPrefix(name, "pifb")] {
-			out = append(out, name)
-		}
-	}
-	return out, nil
 }
