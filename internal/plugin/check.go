@@ -167,3 +167,9 @@ func (c *call) prevResult() (*current.Result, error) {
 	}
 	return prev, nil
 }
+
+// checkFeatures verifies the host ports, MAC check and bandwidth limits
+// of the attachment against prevResult.
+func (c *call) checkFeatures(prev *current.Result, idx int) []error {
+	return append(c.checkLimits(), c.checkNodeElements(prev, idx)...)
+}

@@ -161,3 +161,19 @@ func dedup(addrs []netip.Addr) []netip.Addr {
 	}
 	return out
 }
+
+// concurrently runs fns side by side and returns a function that waits for
+// them and joins their errors.
+func concurrently(fns ...func() error) (wait func() error) {
+	errc := make(chan error, len(fns))
+	for _, f := range fns {
+		go func() { errc <- f() }()
+	}
+	return func() error {
+		var errs []error
+		for range fns {
+			errs = append(errs, <-errc)
+		}
+		return errors.Join(errs...)
+	}
+}
