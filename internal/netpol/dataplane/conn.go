@@ -1,0 +1,165 @@
+package dataplane
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Option changes where a call acts. Without options every call acts in the
+// network namespace of the calling OS thread.
+type Option func(*config)
+
+type config struct {
+	netnsFd int
+}
+
+// InNetNS makes a call act in the network namespace fd refers to; the
+// caller keeps ownership of fd.
+func InNetNS(fd int) Option { return func(c *config) { c.netnsFd = fd } }
+
+// dial opens one netlink socket for every batch of a call. Closing it waits
+// for the kernel's deferred release of deleted or replaced objects (an RCU
+// grace period), so a call closes it once, at its end.
+func dial(opts []Option) (*nftables.Conn, error) {
+	var c config
+	for _, o := range opts {
+		o(&c)
+	}
+	nopts := []nftables.ConnOption{nftables.AsLasting()}
+	if c.netnsFd != 0 {
+		nopts = append(nopts, nftables.WithNetNSFd(c.netnsFd))
+	}
+	conn, err := nftables.New(nopts...)
+	if err != nil {
+		return nil, fmt.Errorf("open nftables netlink socket: %w", err)
+	}
+	return conn, nil
+}
+
+func closeConn(conn *nftables.Conn) {
+	// Every batch was acknowledged before: a close error loses nothing.
+	_ = conn.CloseLasting()
+}
+
+// IsNotFound reports an nftables object that does not exist.
+func IsNotFound(err error) bool { return errors.Is(err, unix.ENOENT) }
+
+func isExist(err error) bool { return errors.Is(err, unix.EEXIST) }
+
+func isBusy(err error) bool { return errors.Is(err, unix.EBUSY) }
+
+// step is one indivisible part of a transaction (a chain with all its
+// rules, a chunk of elements) and its rough size in the netlink batch.
+type step struct {
+	weight int
+	queue  func(c *nftables.Conn) error
+}
+
+// Sizes, in bytes of netlink message, roughly. A batch is one sendmsg
+// whose size the socket's send buffer bounds (about 200 KiB by default),
+// and each message's acknowledgement takes room in the receive buffer, so
+// big changes go in several transactions, split between steps only.
+const (
+	ruleWeight    = 400
+	elemWeight    = 100
+	objectWeight  = 100
+	maxBatch      = 128 << 10
+	elemsPerChunk = 256 // one message per chunk: nested attributes end at 64 KiB
+)
+
+// runSteps sends the steps in order, as few transactions as fit.
+func runSteps(conn *nftables.Conn, steps []step) error {
+	var pending []step
+	weight := 0
+	send := func() error {
+		if len(pending) == 0 {
+			return nil
+		}
+		for _, s := range pending {
+			if err := s.queue(conn); err != nil {
+				return err
+			}
+		}
+		pending, weight = nil, 0
+		return conn.Flush()
+	}
+	for _, s := range steps {
+		if weight+s.weight > maxBatch {
+			if err := send(); err != nil {
+				return err
+			}
+		}
+		pending = append(pending, s)
+		weight += s.weight
+	}
+	return send()
+}
+
+// setIDs hands out batch-local set ids, so rules of a batch can refer to
+// a set it creates without the library's global id counter, which is not
+// safe for concurrent use.
+type setIDs struct{ next uint32 }
+
+func (s *setIDs) take() uint32 {
+	s.next++
+	return 0x4e50_0000 + s.next // "NP": apart from the ids internal/nat uses
+}
+
+// chunkElements splits elements into messages of elemsPerChunk.
+func chunkElements(els []nftables.SetElement, f func([]nftables.SetElement) error) error {
+	for len(els) > 0 {
+		n := min(len(els), elemsPerChunk)
+		if err := f(els[:n]); err != nil {
+			return err
+		}
+		els = els[n:]
+	}
+	return nil
+}
+
+// decodeVerdict reads a verdict map element's data: the verdict code and
+// the chain it jumps or goes to.
+func decodeVerdict(val []byte) (expr.VerdictKind, string) {
+	ad, err := netlink.NewAttributeDecoder(val)
+	if err != nil {
+		return 0, ""
+	}
+	ad.ByteOrder = binary.BigEndian
+	var kind expr.VerdictKind
+	var chain string
+	for ad.Next() {
+		switch ad.Type() {
+		case unix.NFTA_VERDICT_CODE:
+			kind = expr.VerdictKind(int32(ad.Uint32()))
+		case unix.NFTA_VERDICT_CHAIN:
+			chain = ad.String()
+		}
+	}
+	return kind, chain
+}
+
+// queueChain creates (or empties) a chain and fills it.
+func queueChain(c *nftables.Conn, ch *nftables.Chain, rules []rule) {
+	c.AddChain(ch)
+	c.FlushChain(ch)
+	for _, r := range rules {
+		c.AddRule(r.nftRule(ch))
+	}
+}
+
+func regularChain(name string) *nftables.Chain {
+	return &nftables.Chain{Name: name, Table: table()}
+}
+
+func chainStep(name string, rules []rule) step {
+	return step{weight: objectWeight + ruleWeight*len(rules), queue: func(c *nftables.Conn) error {
+		queueChain(c, regularChain(name), rules)
+		return nil
+	}}
+}
