@@ -16,18 +16,29 @@ import (
 // grpc-go's client shares one package with its server and links net/http
 // and crypto/tls (+1.1-1.4 ms per start, 7 -> 18 MB), the protobuf runtime
 // +0.25 ms; internal/ipamrpc/lite speaks the wire protocol with hpack alone
-// (see its package doc for the measurements). Prometheus is pierd's only.
+// (see its package doc for the measurements). Prometheus is pierd's only,
+// and so are the Kubernetes API types the network policy engine reads: the
+// plugin's part of network policy (internal/netpol/dataplane) knows only
+// pod names and nftables.
 func TestPluginBinariesStayLean(t *testing.T) {
 	forbidden := []string{
 		"net/http", "go.opentelemetry.io/", "google.golang.org/grpc", "go.etcd.io/", "crypto/tls",
 		"google.golang.org/protobuf", "github.com/prometheus/",
+		"k8s.io/", "sigs.k8s.io/",
 	}
+	// The engine itself, whatever it imports in the future.
+	forbiddenExact := []string{"github.com/pier-cni/pier/internal/netpol"}
 	for _, pkg := range []string{"github.com/pier-cni/pier/cmd/pier", "github.com/pier-cni/pier/cmd/pier-ipam"} {
 		out, err := exec.Command("go", "list", "-deps", pkg).Output()
 		if err != nil {
 			t.Fatalf("go list -deps %s: %v", pkg, err)
 		}
 		for _, dep := range strings.Fields(string(out)) {
+			for _, f := range forbiddenExact {
+				if dep == f {
+					t.Errorf("%s links %s", pkg, dep)
+				}
+			}
 			for _, f := range forbidden {
 				if dep == f || strings.HasPrefix(dep, f) {
 					t.Errorf("%s links %s", pkg, dep)

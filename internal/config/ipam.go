@@ -106,12 +106,15 @@ type ipamNetJSON struct {
 	ValidAttachments []types.GCAttachment `json:"cni.dev/valid-attachments"`
 }
 
-// ipamEnvArgs is CNI_ARGS as far as IPAM reads it. MAC= is the plugin's, but
-// is listed so that the same CNI_ARGS is accepted by both parsers.
+// ipamEnvArgs is CNI_ARGS as far as IPAM reads it. MAC= and the pod's
+// name are the plugin's, but are listed so that the same CNI_ARGS is
+// accepted by both parsers.
 type ipamEnvArgs struct {
 	types.CommonArgs
-	IP  types.UnmarshallableString `json:"ip,omitempty"`
-	MAC types.UnmarshallableString `json:"mac,omitempty"`
+	IP                types.UnmarshallableString `json:"ip,omitempty"`
+	MAC               types.UnmarshallableString `json:"mac,omitempty"`
+	K8S_POD_NAMESPACE types.UnmarshallableString //nolint:revive // the CNI_ARGS key
+	K8S_POD_NAME      types.UnmarshallableString //nolint:revive // the CNI_ARGS key
 }
 
 // LoadIPAM parses a whole network config (stdin of a CNI call) and CNI_ARGS.

@@ -69,6 +69,13 @@ type NetConf struct {
 	LogFile  string `json:"logFile,omitempty"`
 	LogLevel string `json:"logLevel,omitempty"`
 
+	// NetworkPolicy holds the network's pods to Kubernetes NetworkPolicy,
+	// which pierd enforces: ADD enters the container's addresses into
+	// the policy maps, leading to its pod's chains (named after
+	// K8S_POD_NAMESPACE and K8S_POD_NAME), or, until pierd has made
+	// them, to a chain that drops everything.
+	NetworkPolicy bool `json:"networkPolicy,omitempty"`
+
 	Args struct {
 		Cni struct {
 			Mac string `json:"mac,omitempty"`
@@ -88,14 +95,22 @@ type NetConf struct {
 	// reference's precedence: runtimeConfig.mac, then args.cni.mac, then
 	// CNI_ARGS MAC=. Nil lets the kernel choose.
 	MAC net.HardwareAddr `json:"-"`
+
+	// PodNamespace and PodName are the Kubernetes pod of the attachment,
+	// from CNI_ARGS K8S_POD_NAMESPACE and K8S_POD_NAME (kubelet's
+	// runtimes pass them); empty outside Kubernetes.
+	PodNamespace, PodName string `json:"-"`
 }
 
-// macEnvArgs is CNI_ARGS as far as the plugin reads it. IP= belongs to IPAM;
-// IgnoreUnknown is honoured by types.LoadArgs through CommonArgs.
-type macEnvArgs struct {
+// cniArgs is CNI_ARGS as far as the plugin reads it. IP= belongs to IPAM;
+// IgnoreUnknown is honoured by types.LoadArgs through CommonArgs. The
+// field names are the keys.
+type cniArgs struct {
 	types.CommonArgs
-	MAC types.UnmarshallableString `json:"mac,omitempty"`
-	IP  types.UnmarshallableString `json:"ip,omitempty"`
+	MAC               types.UnmarshallableString `json:"mac,omitempty"`
+	IP                types.UnmarshallableString `json:"ip,omitempty"`
+	K8S_POD_NAMESPACE types.UnmarshallableString //nolint:revive // the CNI_ARGS key
+	K8S_POD_NAME      types.UnmarshallableString //nolint:revive // the CNI_ARGS key
 }
 
 // LoadNetConf decodes stdin and CNI_ARGS into a validated NetConf.
@@ -120,11 +135,18 @@ func LoadNetConf(stdin []byte, envArgs string) (*NetConf, error) {
 			return nil, cnierr.Wrap(err, cnierr.DecodingFailure, "prevResult cannot be decoded")
 		}
 	}
-	mac, err := pickMAC(n, envArgs)
+	var args cniArgs
+	if envArgs != "" {
+		if err := types.LoadArgs(envArgs, &args); err != nil {
+			return nil, cnierr.Wrap(err, cnierr.InvalidEnv, "CNI_ARGS %q cannot be parsed", envArgs)
+		}
+	}
+	mac, err := pickMAC(n, envArgs != "", args)
 	if err != nil {
 		return nil, err
 	}
 	n.MAC = mac
+	n.PodNamespace, n.PodName = string(args.K8S_POD_NAMESPACE), string(args.K8S_POD_NAME)
 	return n, nil
 }
 
@@ -200,14 +222,10 @@ func validateIfName(key, name string) error {
 	return nil
 }
 
-func pickMAC(n *NetConf, envArgs string) (net.HardwareAddr, error) {
+func pickMAC(n *NetConf, haveArgs bool, args cniArgs) (net.HardwareAddr, error) {
 	var source, value string
-	if envArgs != "" {
-		e := macEnvArgs{}
-		if err := types.LoadArgs(envArgs, &e); err != nil {
-			return nil, cnierr.Wrap(err, cnierr.InvalidEnv, "CNI_ARGS %q cannot be parsed", envArgs)
-		}
-		source, value = "CNI_ARGS MAC", string(e.MAC)
+	if haveArgs {
+		source, value = "CNI_ARGS MAC", string(args.MAC)
 	}
 	if n.Args.Cni.Mac != "" {
 		source, value = "args.cni.mac", n.Args.Cni.Mac

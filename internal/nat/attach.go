@@ -35,6 +35,21 @@ type Attachment struct {
 	// GuardGroup is the device group of Pier's host veths, from which
 	// router advertisements are dropped.
 	GuardGroup uint32
+	// Extra is elements another package owns (network policy) that ride
+	// in the same transaction; nil: none.
+	Extra Extra
+}
+
+// Extra is a part of an ADD's transaction that another package owns. Its
+// additions join the fast path's batch; when that batch fails (ENOENT,
+// EEXIST), Prepare runs before each slow-path batch, on the same socket,
+// and may read the ruleset to decide what QueueSetup (objects it needs,
+// removal of elements its additions would collide with) and QueueAdds
+// queue next.
+type Extra interface {
+	QueueAdds(c *nftables.Conn) error
+	Prepare(c *nftables.Conn) error
+	QueueSetup(c *nftables.Conn) error
 }
 
 // NodeOwner is the comment of an attachment's node-wide elements:
@@ -50,6 +65,7 @@ type batch struct {
 	ports  []portElems
 	l2     []setElems
 	marker string // the bridge whose marker the batch touches; "" for none
+	extra  Extra
 }
 
 type setElems struct {
@@ -58,7 +74,7 @@ type setElems struct {
 }
 
 func (a Attachment) plan() (batch, error) {
-	var b batch
+	b := batch{extra: a.Extra}
 	var errs []error
 	if len(a.Masq) > 0 {
 		s, err := newSpec(a.Network)
@@ -100,7 +116,7 @@ func (a Attachment) plan() (batch, error) {
 }
 
 func (b batch) empty() bool {
-	return len(b.ups) == 0 && len(b.ports) == 0 && len(b.l2) == 0 && b.marker == ""
+	return len(b.ups) == 0 && len(b.ports) == 0 && len(b.l2) == 0 && b.marker == "" && b.extra == nil
 }
 
 // queueAdds queues every element addition of the batch.
@@ -114,6 +130,9 @@ func (b batch) queueAdds(c *nftables.Conn) error {
 	}
 	if b.marker != "" {
 		errs = append(errs, c.SetAddElements(markerSet(b.marker), []nftables.SetElement{{Key: ifnameKey(b.marker)}}))
+	}
+	if b.extra != nil {
+		errs = append(errs, b.extra.QueueAdds(c))
 	}
 	return errors.Join(errs...)
 }
@@ -197,6 +216,11 @@ func (b batch) slowAdd(conn *nftables.Conn, group uint32) (bool, error) {
 		if missing {
 			adds.marker = ""
 		}
+		if b.extra != nil {
+			if err := b.extra.Prepare(conn); err != nil {
+				return false, err
+			}
+		}
 		err = flush(conn, func(c *nftables.Conn) error {
 			errs := []error{queueBaseSetup(c)}
 			if b.masq != nil {
@@ -204,6 +228,9 @@ func (b batch) slowAdd(conn *nftables.Conn, group uint32) (bool, error) {
 			}
 			if len(b.ports) > 0 {
 				errs = append(errs, queuePortsSetup(c))
+			}
+			if b.extra != nil {
+				errs = append(errs, b.extra.QueueSetup(c))
 			}
 			errs = append(errs, queueL2Setup(c, group), adds.queueAdds(c))
 			return errors.Join(errs...)

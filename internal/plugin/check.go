@@ -108,7 +108,20 @@ func (c *call) checkHost(prev *current.Result) []error {
 	if c.conf.IPMasq {
 		problems = append(problems, c.checkMasq(prev, c.containerIndex(prev))...)
 	}
+	problems = append(problems, c.checkPolicy(c.ownAddrs(prev))...)
 	return append(problems, c.checkFeatures(prev, c.containerIndex(prev))...)
+}
+
+// ownAddrs are this attachment's addresses in a result.
+func (c *call) ownAddrs(res *current.Result) []netip.Addr {
+	idx := c.containerIndex(res)
+	var out []netip.Addr
+	for _, ipc := range res.IPs {
+		if a, ok := addrOf(ipc.Address.IP); ok && ipc.Interface != nil && *ipc.Interface == idx {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // containerIndex is the index of this attachment's interface in a result,

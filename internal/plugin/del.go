@@ -42,8 +42,9 @@ func (c *call) del(ctx context.Context) (types.Result, error) {
 	}
 	// Removing nftables elements and deleting links each wait for the
 	// kernel (an RCU grace period each, ~10 and ~20 ms): run them side by
-	// side — masquerade elements, host port and MAC check elements, the
-	// bandwidth limit's ifb, the veth. All act on the node's namespace,
+	// side — masquerade elements, network policy elements, host port and
+	// MAC check elements, the bandwidth limit's ifb, the veth. All act on
+	// the node's namespace,
 	// which every unlocked thread of this process is in. Host ports point
 	// at the address, so they too go before it is released.
 	//
@@ -52,7 +53,7 @@ func (c *call) del(ctx context.Context) (types.Result, error) {
 	// what this removes.
 	var gone []netip.Addr
 	err = nodestate.RemoveRecord(c.stateRoot(), c.conf.Name, c.owner(), func() error {
-		wait := concurrently(func() error { return c.delMasq(held) }, c.delNodeElements, c.removeLimits)
+		wait := concurrently(func() error { return c.delMasq(held) }, func() error { return c.delPolicy(held) }, c.delNodeElements, c.removeLimits)
 		var linkErr error
 		gone, linkErr = c.deleteLinks()
 		return errors.Join(linkErr, wait())
@@ -64,8 +65,8 @@ func (c *call) del(ctx context.Context) (types.Result, error) {
 	// Addresses IPAM no longer holds for us (a delegated IPAM, a repeated
 	// DEL) may belong to another container by now: their elements are
 	// removed only where the element names this attachment as its owner.
-	maybe := append(gone, c.prevResultAddrs()...)
-	if err := c.delOwnMasq(slices.DeleteFunc(maybe, func(a netip.Addr) bool { return slices.Contains(held, a) })); err != nil {
+	maybe := slices.DeleteFunc(append(gone, c.prevResultAddrs()...), func(a netip.Addr) bool { return slices.Contains(held, a) })
+	if err := errors.Join(c.delOwnMasq(maybe), c.delOwnPolicy(maybe)); err != nil {
 		return nil, err
 	}
 	return nil, c.ipam.Del(ctx)

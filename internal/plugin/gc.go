@@ -17,7 +17,8 @@ import (
 
 // gc removes everything of this network that no valid attachment owns: IPAM
 // reservations (forwarded to a delegated IPAM), masquerade elements, host
-// port and MAC check elements (their comment names the network), host
+// port, MAC check and network policy elements (their comment names the
+// network), host
 // veths on the bridge whose alias names this network, and ifb devices whose
 // veth is gone (of any network: such an ifb shapes nothing any more). An
 // empty list of valid attachments means none is valid. Other networks'
@@ -37,6 +38,7 @@ func (c *call) gc(ctx context.Context) (types.Result, error) {
 	// hold, and IPAM's own GC must not have changed that yet.
 	errs = append(errs, c.gcMasq(ctx, validMasq)...)
 	errs = append(errs, c.gcNodeElements(ctx, validNode)...)
+	errs = append(errs, c.gcPolicy(ctx, validNode)...)
 	if err := c.ipam.GC(ctx); err != nil {
 		errs = append(errs, err)
 	}

@@ -16,7 +16,8 @@ import (
 )
 
 // This file is the attachment's nftables work: masquerade elements, host
-// port mappings and the MAC check in one transaction per ADD, with the
+// port mappings, the MAC check and network policy elements in one
+// transaction per ADD, with the
 // attachment's record; and the removal, check and GC of the node-wide
 // elements (host ports, MAC check), which name the attachment as owner.
 
@@ -39,6 +40,10 @@ func (c *call) configureNAT(res *current.Result, h hostSide, undo *undoStack) er
 	if c.conf.MacSpoofChk {
 		att.Spoof = &nat.SpoofCheck{Port: h.veth.Host.Attrs().Name, MAC: h.veth.Container.Attrs().HardwareAddr}
 	}
+	policy := c.policyAttachment(addrs)
+	if policy != nil {
+		att.Extra = policy
+	}
 	if slices.ContainsFunc(ports, func(m nat.PortMapping) bool { return m.ContainerIP.Is4() }) {
 		if err := bridge.EnableRouteLocalnet(h.bridge); err != nil {
 			return cnierr.Wrap(err, cnierr.IOFailure, "cannot map host ports")
@@ -53,7 +58,7 @@ func (c *call) configureNAT(res *current.Result, h hostSide, undo *undoStack) er
 	}
 	remove := func() error {
 		return nodestate.RemoveRecord(c.stateRoot(), c.conf.Name, c.owner(), func() error {
-			return errors.Join(nat.DelMasq(network, att.Masq), c.delNodeElements())
+			return errors.Join(nat.DelMasq(network, att.Masq), c.delNodeElements(), c.delPolicy(addrs))
 		})
 	}
 	out, err := nat.Add(att)
@@ -68,6 +73,7 @@ func (c *call) configureNAT(res *current.Result, h hostSide, undo *undoStack) er
 	if err := c.afterAdd(out, h.bridge); err != nil {
 		return err
 	}
+	c.logPolicy(policy)
 	c.forgetUDPFlows(ports)
 	return nil
 }

@@ -93,8 +93,12 @@ func readInstalled(conn *nftables.Conn) (installed, error) {
 		}
 	}
 	sets, err := conn.GetSets(table())
-	if err != nil && !IsNotFound(err) {
-		return have, fmt.Errorf("list sets: %w", err)
+	if err != nil {
+		// google/nftables formats the errno of a missing table with %v:
+		// learn whether the table is there from the table list.
+		if exists, terr := tableExists(conn); terr != nil || exists {
+			return have, fmt.Errorf("list sets: %w", err)
+		}
 	}
 	for _, set := range sets {
 		base, kind, ok := setBase(set.Name)
@@ -223,4 +227,17 @@ func removeStalePointers(conn *nftables.Conn, ptrs []Pointer) error {
 		return nil
 	}
 	return conn.Flush()
+}
+
+func tableExists(conn *nftables.Conn) (bool, error) {
+	tables, err := conn.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return false, fmt.Errorf("list tables: %w", err)
+	}
+	for _, t := range tables {
+		if t.Name == TableName {
+			return true, nil
+		}
+	}
+	return false, nil
 }

@@ -1,0 +1,234 @@
+package dataplane
+
+import (
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/google/nftables"
+
+	"github.com/pier-cni/pier/internal/testnet"
+)
+
+// nodeNS is a throwaway node namespace and a data plane acting in it.
+type nodeNS struct {
+	ns *testnet.NS
+	fd int
+	dp *DataPlane
+}
+
+func newNodeNS(t *testing.T) *nodeNS {
+	t.Helper()
+	testnet.RequireRoot(t)
+	ns := testnet.NewNS(t, "pt-np-")
+	f, err := os.Open(ns.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	fd := int(f.Fd())
+	return &nodeNS{ns: ns, fd: fd, dp: New(InNetNS(fd))}
+}
+
+func (n *nodeNS) list(t *testing.T) string {
+	t.Helper()
+	return n.ns.MustRun(t, "nft", "list", "table", "inet", TableName)
+}
+
+var (
+	podA = Ref{"x", "a"}
+	podB = Ref{"y", "b"}
+	polP = Ref{"x", "p"}
+)
+
+func exampleState() State {
+	sel := SelectorSetName("namespace y pods(pod=b)")
+	return State{
+		Sets: []SetMembers{
+			{SetSpec: SetSpec{Name: sel, Kind: Addresses, Comment: "pier: pods pod=b of namespace y"},
+				Members: []Member{{Addr: netip.MustParseAddr("10.244.2.3"), Pod: podB}, {Addr: netip.MustParseAddr("fd00::3"), Pod: podB}}},
+			{SetSpec: SetSpec{Name: PortSetName("http"), Kind: PortTuples, Comment: "pier: container ports named http"},
+				Members: []Member{{Addr: netip.MustParseAddr("10.244.1.2"), Proto: TCP, Port: 8080, Pod: podA}}},
+		},
+		Policies: []PolicyChain{{Policy: polP, Dir: Ingress, Rules: []Rule{
+			{Peers: []Peer{{Set: sel}}, Ports: []Port{{Proto: TCP, First: 80, Last: 81}, {Proto: TCP, Name: "http"}}},
+			{Peers: []Peer{{CIDR: netip.MustParsePrefix("198.51.100.0/24"), Except: []netip.Prefix{netip.MustParsePrefix("198.51.100.7/32")}}}},
+		}}},
+		Pods: []PodChain{
+			{Pod: podA, Dir: Ingress, Verdict: Isolated, Policies: []Ref{polP}},
+			{Pod: podA, Dir: Egress, Verdict: Open},
+		},
+		Pointers: []Pointer{{Addr: netip.MustParseAddr("10.244.1.2"), Pod: podA}},
+	}
+}
+
+// TestResyncInstallsWhatNftReads writes a state into an empty namespace
+// and reads it back with nft: the kernel accepted every object, nft can
+// print them, and the rules say what the model says.
+func TestResyncInstallsWhatNftReads(t *testing.T) {
+	n := newNodeNS(t)
+	left, err := n.dp.Resync(exampleState())
+	if err != nil || len(left) != 0 {
+		t.Fatalf("resync: %v (left %v)", err, left)
+	}
+	out := n.list(t)
+	for _, want := range []string{
+		"chain np-forward-egress", "type filter hook forward priority filter; policy accept;",
+		"ct state established,related accept",
+		"ip saddr vmap @np-egress4", "ip6 daddr vmap @np-ingress6",
+		"chain np-pod-x/a-in", "jump np-pol-x/p-in", `drop comment "pier: pod x/a is isolated for ingress"`,
+		"chain np-pod-x/a-eg", `accept comment "pier: pod x/a: no policy isolates it for egress"`,
+		"ip saddr @" + SelectorSetName("namespace y pods(pod=b)") + "-4",
+		"ip daddr . meta l4proto . tcp dport @np-port-http-4",
+		"ip saddr 198.51.100.0/24 ip saddr != 198.51.100.7",
+		"10.244.1.2 comment \"pierd: x/a\" : goto np-pod-x/a-in",
+		"10.244.2.3 comment \"y/b\"",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("nft list lacks %q:\n%s", want, out)
+		}
+	}
+	// nft can load what it printed: the ruleset round-trips.
+	if _, err := n.ns.Run("sh", "-c", "nft list ruleset > /tmp/np-roundtrip-$$ && nft flush ruleset && nft -f /tmp/np-roundtrip-$$; rc=$?; rm -f /tmp/np-roundtrip-$$; exit $rc"); err != nil {
+		t.Errorf("nft cannot load its own listing of the policy objects: %v", err)
+	}
+}
+
+// TestResyncIsIdempotentAndRemovesStale: a second resync with less
+// removes what is no longer wanted (policy chain, sets), turns the chain
+// of a pod it no longer knows into a drop and removes it once nothing
+// leads to it.
+func TestResyncIsIdempotentAndRemovesStale(t *testing.T) {
+	n := newNodeNS(t)
+	s := exampleState()
+	if _, err := n.dp.Resync(s); err != nil {
+		t.Fatal(err)
+	}
+	first := n.list(t)
+	if _, err := n.dp.Resync(s); err != nil {
+		t.Fatal(err)
+	}
+	if again := n.list(t); again != first {
+		t.Errorf("a second resync changed the table:\n%s\n---\n%s", first, again)
+	}
+	// The plugin's element for another address of x/a (its DEL has not
+	// run) keeps x/a's ingress chain in use.
+	plugin := &Attachment{Pod: podA, Addrs: []netip.Addr{netip.MustParseAddr("10.244.1.5")}, Owner: "net/c1/eth0"}
+	if err := addWithFallback(t, n, plugin); err != nil || plugin.Unclassified() {
+		t.Fatalf("plugin add: %v (unclassified %v)", err, plugin.Unclassified())
+	}
+	// x/a is forgotten: its chains drop; the element pierd added for it
+	// goes, the plugin's stays, and so does the chain it leads to.
+	left, err := n.dp.Resync(State{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := n.list(t)
+	names := func(cs []PodChain) (out []string) {
+		for _, c := range cs {
+			out = append(out, c.Name())
+		}
+		return out
+	}
+	if got := strings.Join(names(left), ","); got != "np-pod-x/a-eg,np-pod-x/a-in" && got != "np-pod-x/a-in,np-pod-x/a-eg" {
+		t.Errorf("stale chains left: %v, want x/a's two (the plugin's elements lead there)", got)
+	}
+	for _, gone := range []string{"np-pol-x/p-in", "np-sel-", "np-port-http", "pierd: x/a"} {
+		if strings.Contains(out, gone) {
+			t.Errorf("%s still there after a resync without it:\n%s", gone, out)
+		}
+	}
+	if !strings.Contains(out, `drop comment "pier: pod x/a is gone"`) {
+		t.Errorf("the stale pod chain does not drop:\n%s", out)
+	}
+	// Once the plugin's DEL removed its elements, the chains can go.
+	if left, err := n.dp.RemovePods(left); err != nil || len(left) != 2 {
+		t.Errorf("removed a chain still in use: %v, left %v", err, left)
+	}
+	if err := RemoveElements(plugin.Addrs, InNetNS(n.fd)); err != nil {
+		t.Fatal(err)
+	}
+	if left, err := n.dp.RemovePods(left); err != nil || len(left) != 0 {
+		t.Errorf("remove pods: %v, left %v", err, left)
+	}
+	if out := n.list(t); strings.Contains(out, "np-pod-") {
+		t.Errorf("pod chain still there:\n%s", out)
+	}
+}
+
+// TestAttachmentFallsBackAndPierdRepoints is the ADD path: without the
+// pod's chains the addresses lead to np-unclassified (and the base objects
+// are created); once pierd has the chains, a pointer moves them over.
+func TestAttachmentFallsBackAndPierdRepoints(t *testing.T) {
+	n := newNodeNS(t)
+	addr := netip.MustParseAddr("10.244.1.2")
+	a := &Attachment{Pod: podA, Addrs: []netip.Addr{addr}, Owner: "net/c1/eth0"}
+	if err := addWithFallback(t, n, a); err != nil {
+		t.Fatal(err)
+	}
+	if !a.Unclassified() {
+		t.Errorf("no chains yet, but the attachment is classified")
+	}
+	els, err := ListElements(InNetNS(n.fd))
+	if err != nil || len(els) != 2 || els[0].Chain != ChainUnclassified || els[1].Chain != ChainUnclassified {
+		t.Fatalf("elements %+v (%v), want two leading to %s", els, err, ChainUnclassified)
+	}
+	s := exampleState()
+	s.Pointers = nil
+	if _, err := n.dp.Resync(s); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.dp.Apply(Delta{Pointers: []Pointer{{Addr: addr, Pod: podA}}}); err != nil {
+		t.Fatal(err)
+	}
+	els, _ = ListElements(InNetNS(n.fd))
+	if len(els) != 2 || els[0].Chain != "np-pod-x/a-in" || els[1].Chain != "np-pod-x/a-eg" || els[0].Owner != "net/c1/eth0" {
+		t.Fatalf("after the pointer: %+v, want the pod's chains, comment kept", els)
+	}
+	// A pointer for an address without element adds nothing: the plugin
+	// owns the elements' lifetime.
+	if err := n.dp.Apply(Delta{Pointers: []Pointer{{Addr: netip.MustParseAddr("10.244.1.9"), Pod: podA}}}); err != nil {
+		t.Fatal(err)
+	}
+	if els, _ := ListElements(InNetNS(n.fd)); len(els) != 2 {
+		t.Errorf("a pointer created elements: %+v", els)
+	}
+	if err := RemoveElements([]netip.Addr{addr, addr}, InNetNS(n.fd)); err != nil {
+		t.Fatal(err)
+	}
+	if err := RemoveElements([]netip.Addr{addr}, InNetNS(n.fd)); err != nil {
+		t.Errorf("a second removal failed: %v", err)
+	}
+	if els, _ := ListElements(InNetNS(n.fd)); len(els) != 0 {
+		t.Errorf("elements left: %+v", els)
+	}
+}
+
+// addWithFallback does what internal/nat does with an Attachment: the
+// fast batch, then on ENOENT or EEXIST Prepare, QueueSetup, QueueAdds.
+func addWithFallback(t *testing.T, n *nodeNS, a *Attachment) error {
+	t.Helper()
+	conn, err := nftables.New(nftables.WithNetNSFd(n.fd), nftables.AsLasting())
+	if err != nil {
+		return err
+	}
+	defer conn.CloseLasting()
+	if err := a.QueueAdds(conn); err != nil {
+		return err
+	}
+	err = conn.Flush()
+	if !IsNotFound(err) && !isExist(err) {
+		return err
+	}
+	if err := a.Prepare(conn); err != nil {
+		return err
+	}
+	if err := a.QueueSetup(conn); err != nil {
+		return err
+	}
+	if err := a.QueueAdds(conn); err != nil {
+		return err
+	}
+	return conn.Flush()
+}
