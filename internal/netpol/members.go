@@ -82,7 +82,9 @@ func (e *Engine) portMembers(name string, addr netip.Addr) []dataplane.Member {
 			}
 		}
 	}
-	slices.SortFunc(out, func(a, b dataplane.Member) int { return int(a.Proto)<<16 + int(a.Port) - int(b.Proto)<<16 - int(b.Port) })
+	slices.SortFunc(out, func(a, b dataplane.Member) int {
+		return int(a.Proto)<<16 + int(a.Port) - int(b.Proto)<<16 - int(b.Port)
+	})
 	return out
 }
 

@@ -273,4 +273,3 @@ func repoint(conn *nftables.Conn, ptrs []Pointer, addMissing bool) error {
 	}
 	return conn.Flush()
 }
-

@@ -77,7 +77,7 @@ func (dp *DataPlane) RemovePods(pods []PodChain) ([]PodChain, error) {
 // installed is what table inet pier holds of network policy objects.
 type installed struct {
 	chains map[string]bool
-	sets   map[string]SetKind            // set pairs by base name
+	sets   map[string]SetKind               // set pairs by base name
 	elems  map[string][]nftables.SetElement // by family set name
 }
 
