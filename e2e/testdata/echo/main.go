@@ -3,6 +3,10 @@
 //	echo -listen tcp/:80,udp/:53     serve until killed; prints "ready" once listening
 //	echo -dial tcp/198.51.100.1:8080 send one line, print the reply, exit 0
 //	echo -dial udp/… -from :40000    the same from a fixed local port
+//	echo -probe tcp/10.0.0.2:80=40001,udp/10.0.0.3:80=40002
+//	                                 dial every target at once, each from its
+//	                                 local port, and print "<target> ok" or
+//	                                 "<target> fail <why>" per target; exit 0
 //
 // The server answers each line (TCP) or datagram (UDP) with "<client
 // address> <line>", so a test sees whether the client's source address
@@ -25,6 +29,7 @@ func main() {
 	dial := flag.String("dial", "", "proto/addr to send one line to")
 	timeout := flag.Duration("timeout", 2*time.Second, "client: how long to wait for the reply")
 	from := flag.String("from", "", "client: local address to send from (e.g. :40000)")
+	probe := flag.String("probe", "", "comma-separated proto/addr=localport to dial at once")
 	flag.Parse()
 	var err error
 	switch {
@@ -32,6 +37,8 @@ func main() {
 		err = serve(strings.Split(*listen, ","))
 	case *dial != "":
 		err = client(*dial, *from, *timeout)
+	case *probe != "":
+		probeAll(strings.Split(*probe, ","), *timeout)
 	default:
 		err = fmt.Errorf("-listen or -dial")
 	}
@@ -103,9 +110,20 @@ func serveUDP(c net.PacketConn) {
 }
 
 func client(spec, from string, timeout time.Duration) error {
-	proto, addr, err := split(spec)
+	reply, err := exchange(spec, from, timeout)
 	if err != nil {
 		return err
+	}
+	fmt.Print(reply)
+	return nil
+}
+
+// exchange sends one line to spec from the local address from (any when
+// empty) and returns the reply line.
+func exchange(spec, from string, timeout time.Duration) (string, error) {
+	proto, addr, err := split(spec)
+	if err != nil {
+		return "", err
 	}
 	d := net.Dialer{Timeout: timeout}
 	if from != "" {
@@ -113,22 +131,50 @@ func client(spec, from string, timeout time.Duration) error {
 			d.LocalAddr, err = net.ResolveTCPAddr("tcp", from)
 		}
 		if err != nil {
-			return err
+			return "", err
 		}
 	}
 	c, err := d.Dial(proto, addr)
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(timeout))
 	if _, err := fmt.Fprintln(c, "hello"); err != nil {
-		return err
+		return "", err
 	}
 	reply, err := bufio.NewReader(c).ReadString('\n')
 	if err != nil {
-		return fmt.Errorf("no reply from %s: %w", spec, err)
+		return "", fmt.Errorf("no reply from %s: %w", spec, err)
 	}
-	fmt.Print(reply)
-	return nil
+	return reply, nil
+}
+
+// probeAll dials every target concurrently and prints one line per target
+// in the order given. A fixed local port per target keeps a probe from
+// landing on the conntrack entry of an earlier probe of the same pair.
+func probeAll(targets []string, timeout time.Duration) {
+	results := make([]string, len(targets))
+	done := make(chan struct{})
+	for i, t := range targets {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			spec, port, _ := strings.Cut(t, "=")
+			from := ""
+			if port != "" {
+				from = ":" + port
+			}
+			if _, err := exchange(spec, from, timeout); err != nil {
+				results[i] = fmt.Sprintf("%s fail %v", spec, err)
+				return
+			}
+			results[i] = spec + " ok"
+		}()
+	}
+	for range targets {
+		<-done
+	}
+	for _, r := range results {
+		fmt.Println(r)
+	}
 }
