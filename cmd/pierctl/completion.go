@@ -75,6 +75,8 @@ func subcommands(name string) string {
 		return "host-local"
 	case "completion":
 		return "bash"
+	case "policy":
+		return "pods explain"
 	}
 	return ""
 }

@@ -58,6 +58,7 @@ func commands() []command {
 		completionCommand(),
 		clusterCommand(),
 		nodeCommand(),
+		policyCommand(),
 	)
 	return cmds
 }

@@ -42,6 +42,20 @@ func dial(opts []Option) (*nftables.Conn, error) {
 	return conn, nil
 }
 
+// Dial opens a netlink socket where opts say, for readers of the
+// installed state (pierctl); close it with CloseConn.
+func Dial(opts ...Option) (*nftables.Conn, error) { return dial(opts) }
+
+// CloseConn closes a socket from Dial.
+func CloseConn(conn *nftables.Conn) { closeConn(conn) }
+
+// ForwardChains are the base chains of the forward hook, in the order the
+// kernel runs them: egress of local pods, then their ingress.
+func ForwardChains() []string { return []string{chainForwardEgress, chainForwardIngress} }
+
+// InputChains are the base chains of the input hook (traffic to the node).
+func InputChains() []string { return []string{chainInputEgress} }
+
 func closeConn(conn *nftables.Conn) {
 	// Every batch was acknowledged before: a close error loses nothing.
 	_ = conn.CloseLasting()
