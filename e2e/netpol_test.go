@@ -476,4 +476,11 @@ func TestPierctlPolicy(t *testing.T) {
 	if out, err := node1.sb.Node.Run(pierctl, "policy", "explain", "x/nope", "x/a", "80"); err == nil || !strings.Contains(out, "unknown here") {
 		t.Errorf("explain of an unknown pod: %v\n%s", err, out)
 	}
+	// inspect of the attachment shows its pod and the policies.
+	confDir := t.TempDir()
+	c.must(os.WriteFile(filepath.Join(confDir, "10-polnet.conf"), []byte(npConf(node1)), 0o644))
+	out = node1.sb.Node.MustRun(t, pierctl, "inspect", "--conf-dir", confDir, "--cache-dir", t.TempDir(), "x-a")
+	if !strings.Contains(out, "pod x/a; ingress isolated by x/a-from-y; egress open") {
+		t.Errorf("inspect lacks the network policy line:\n%s", out)
+	}
 }

@@ -18,29 +18,33 @@ import (
 	"github.com/pier-cni/pier/internal/container"
 	"github.com/pier-cni/pier/internal/ipam"
 	"github.com/pier-cni/pier/internal/nat"
+	"github.com/pier-cni/pier/internal/netpol/dataplane"
 	"github.com/pier-cni/pier/internal/veth"
 )
 
 // Attachment is everything about one container interface of one network.
 // Each part carries Why: one line saying what in the config put it there.
 type Attachment struct {
-	Network      string        `json:"network"`
-	ContainerID  string        `json:"containerID"`
-	IfName       string        `json:"ifname"`
-	NetNS        string        `json:"netns,omitempty"`
-	FoundIn      []string      `json:"foundIn"`
-	ConfigFrom   string        `json:"configFrom,omitempty"`
-	Bridge       *Bridge       `json:"bridge,omitempty"`
-	HostVeth     *HostVeth     `json:"hostVeth,omitempty"`
-	Interface    *Interface    `json:"interface,omitempty"`
-	Addresses    []Item        `json:"addresses"`
-	Routes       []Route       `json:"routes"`
-	Masquerade   []Masq        `json:"masquerade"`
-	PortMappings []PortMapping `json:"portMappings"`
-	Bandwidth    *Bandwidth    `json:"bandwidth,omitempty"`
-	Reservations []Reservation `json:"reservations"`
-	Notes        []string      `json:"notes,omitempty"`
-	Problems     []string      `json:"problems,omitempty"`
+	Network     string     `json:"network"`
+	ContainerID string     `json:"containerID"`
+	IfName      string     `json:"ifname"`
+	NetNS       string     `json:"netns,omitempty"`
+	FoundIn     []string   `json:"foundIn"`
+	ConfigFrom  string     `json:"configFrom,omitempty"`
+	Bridge      *Bridge    `json:"bridge,omitempty"`
+	HostVeth    *HostVeth  `json:"hostVeth,omitempty"`
+	Interface   *Interface `json:"interface,omitempty"`
+	Addresses   []Item     `json:"addresses"`
+	Routes      []Route    `json:"routes"`
+	Masquerade  []Masq     `json:"masquerade"`
+	// NetworkPolicy is the attachment's entry into network policy
+	// ("networkPolicy": true): its pod and the policies isolating it.
+	NetworkPolicy *Policy       `json:"networkPolicy,omitempty"`
+	PortMappings  []PortMapping `json:"portMappings"`
+	Bandwidth     *Bandwidth    `json:"bandwidth,omitempty"`
+	Reservations  []Reservation `json:"reservations"`
+	Notes         []string      `json:"notes,omitempty"`
+	Problems      []string      `json:"problems,omitempty"`
 }
 
 // Item is a value and why it is there.
@@ -99,6 +103,13 @@ type Masq struct {
 	Map   string `json:"map"`
 	Owner string `json:"owner"`
 	Why   string `json:"why"`
+}
+
+// Policy is what the policy maps of table inet pier say of the
+// attachment's addresses.
+type Policy struct {
+	dataplane.PodView
+	Why string `json:"why"`
 }
 
 // PortMapping is one mapping the runtime asked for.
@@ -174,6 +185,7 @@ func inspectOne(ctx context.Context, f *found, opts Options) *Attachment {
 	v.readContainer()
 	if v.conf != nil {
 		v.readMasq()
+		v.readPolicy()
 	}
 	v.readCapabilities(f)
 	return a
@@ -568,4 +580,24 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// readPolicy finds the attachment's elements in the policy maps.
+func (v *view) readPolicy() {
+	if !v.conf.NetworkPolicy {
+		return
+	}
+	pods, err := dataplane.LocalPods()
+	if err != nil {
+		v.problem("read network policy elements: %v", err)
+		return
+	}
+	owner := nat.NodeOwner(v.conf.Name, v.a.ContainerID+"/"+v.a.IfName)
+	for _, p := range pods {
+		if p.Owner == owner {
+			v.a.NetworkPolicy = &Policy{PodView: p, Why: `"networkPolicy": the ADD entered each address into the maps np-ingress and np-egress, leading to its pod's chains, which pierd keeps from the Kubernetes API`}
+			return
+		}
+	}
+	v.problem(`"networkPolicy" is set but no element of the policy maps names %s: the attachment's traffic escapes network policy`, owner)
 }

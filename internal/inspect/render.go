@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"io"
 	"strings"
+
+	"github.com/pier-cni/pier/internal/netpol/dataplane"
 )
 
 // textWriter writes "label  value" lines, each followed by its reason.
@@ -57,6 +59,13 @@ func WriteText(w io.Writer, a *Attachment) error {
 	}
 	for _, m := range a.Masquerade {
 		t.item("  ", "masquerade", fmt.Sprintf("%s in map %s, comment %q", m.Addr, m.Map, m.Owner), m.Why)
+	}
+	if p := a.NetworkPolicy; p != nil {
+		pod := p.Pod
+		if pod == "" {
+			pod = "not classified yet (dropped until pierd knows the pod)"
+		}
+		t.item("  ", "policy", fmt.Sprintf("pod %s; ingress %s; egress %s", pod, policyDir(p.Ingress), policyDir(p.Egress)), p.Why)
 	}
 	for _, p := range a.PortMappings {
 		v := fmt.Sprintf("host %d -> container %d/%s", p.HostPort, p.ContainerPort, p.Protocol)
@@ -208,4 +217,11 @@ func (t *textWriter) bridgeSetup(b *Bridge) {
 	for _, s := range b.Setup {
 		t.item("  ", "setup", s.Value, s.Why)
 	}
+}
+
+func policyDir(d dataplane.DirView) string {
+	if d.State == "isolated" {
+		return "isolated by " + strings.Join(d.Policies, ", ")
+	}
+	return d.State
 }
