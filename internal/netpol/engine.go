@@ -165,7 +165,11 @@ func (e *Engine) apply(ch *change) error {
 	if e.dirty {
 		return e.resyncLocked()
 	}
-	if err := e.cfg.DataPlane.Apply(ch.delta()); err != nil {
+	d := ch.delta()
+	if d.Empty() && len(ch.gone) == 0 {
+		return nil
+	}
+	if err := e.cfg.DataPlane.Apply(d); err != nil {
 		e.cfg.Log.Warn("network policy update failed; rewriting all", "err", err)
 		if rerr := e.resyncLocked(); rerr != nil {
 			return errors.Join(err, rerr)

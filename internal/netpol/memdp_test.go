@@ -22,7 +22,9 @@ type memDP struct {
 	policies map[string]dataplane.PolicyChain
 	pods     map[string]dataplane.PodChain
 	pointers map[netip.Addr]dataplane.Ref
-	removed  []string // pod chains removed
+	removed  []string        // pod chains removed
+	removals [][]string      // the chains of each RemovePods call
+	busy     map[string]bool // pod chains an element still leads to
 	applies  int
 	resyncs  int
 	fail     error // the next Apply fails with it
@@ -166,11 +168,19 @@ func (d *memDP) Resync(s dataplane.State) ([]dataplane.PodChain, error) {
 }
 
 func (d *memDP) RemovePods(pods []dataplane.PodChain) ([]dataplane.PodChain, error) {
+	var left []dataplane.PodChain
+	var call []string
 	for _, p := range pods {
+		call = append(call, p.Name())
+		if d.busy[p.Name()] {
+			left = append(left, p)
+			continue
+		}
 		d.removed = append(d.removed, p.Name())
 		delete(d.pods, p.Name())
 	}
-	return nil, nil
+	d.removals = append(d.removals, call)
+	return left, nil
 }
 
 // dump renders the model for comparisons: sets with sorted members,
