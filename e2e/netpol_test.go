@@ -484,3 +484,86 @@ func TestPierctlPolicy(t *testing.T) {
 		t.Errorf("inspect lacks the network policy line:\n%s", out)
 	}
 }
+
+// TestNetworkPolicyIPv6: dual-stack pods on one node. Policies hold for
+// IPv6 as for IPv4 (selector sets, named ports and ipBlocks of each
+// family), and neighbour discovery between pods still works when they are
+// isolated.
+func TestNetworkPolicyIPv6(t *testing.T) {
+	testnet.RequireRoot(t)
+	bin := testnet.Binaries(t)
+	sb := testnet.New(t)
+	f, err := os.Open(sb.Node.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	engine := netpol.New(netpol.Config{NodeName: "node1", DataPlane: dataplane.New(dataplane.InNetNS(int(f.Fd())))})
+	conf := fmt.Sprintf(`{ "cniVersion": "1.1.0", "name": "polnet6", "type": "pier", "bridge": "pier-np6",
+  "isGateway": true, "networkPolicy": true,
+  "ipam": { "type": "pier-ipam", "dataDir": %q, "ranges": [ [ { "subnet": "10.244.1.0/24" } ], [ { "subnet": "fd00:10:244:1::/64" } ] ] } }`, t.TempDir())
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, ns := range []string{"x", "y"} {
+		must(engine.SetNamespace(netpoltest.NamespaceObject(ns, nil)))
+	}
+	must(engine.Start())
+	pods := map[string]*npPod{}
+	v6 := map[string]netip.Addr{}
+	for _, name := range []string{"x/a", "x/c", "y/b"} {
+		ns, pod, _ := strings.Cut(name, "/")
+		p := &npPod{name: name, ns: sb.Container()}
+		env := []string{"CNI_COMMAND=ADD", "CNI_CONTAINERID=" + ns + "-" + pod, "CNI_NETNS=" + p.ns.Path, "CNI_IFNAME=eth0",
+			"CNI_PATH=" + bin, "CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE=" + ns + ";K8S_POD_NAME=" + pod}
+		r := sb.Exec(filepath.Join(bin, "pier"), env, []byte(conf))
+		if r.ExitCode != 0 {
+			t.Fatalf("ADD %s: %s %s", name, r.Stdout, r.Stderr)
+		}
+		var res current.Result
+		must(json.Unmarshal([]byte(r.Stdout), &res))
+		obj := netpoltest.PodObject(name, "node1", netip.Addr{}, nil)
+		for _, ipc := range res.IPs {
+			a, _ := netip.AddrFromSlice(ipc.Address.IP)
+			a = a.Unmap()
+			obj.Status.PodIPs = append(obj.Status.PodIPs, corev1.PodIP{IP: a.String()})
+			if a.Is6() {
+				v6[name] = a
+			} else {
+				p.addr = a
+			}
+		}
+		must(engine.SetPod(obj))
+		startEcho(t, p.ns, "tcp/:80,tcp/:81,udp/:80")
+		pods[name] = p
+	}
+	c := &npCluster{t: t, port: 20000}
+	check := func(from, to string, proto string, port int, want bool) {
+		t.Helper()
+		got := c.probeFrom(t, pods[from].ns, []probeTarget{{spec: fmt.Sprintf("%s/[%s]:%d", proto, v6[to], port)}}, "1s")[0]
+		if got != want {
+			t.Errorf("%s -> %s %s/%d over IPv6: allowed=%v, want %v", from, to, proto, port, got, want)
+		}
+	}
+	// x/a may send TCP 80 into the pod range (but to y/b) and nothing else,
+	// before it ever talked to anyone: resolving its neighbours over the
+	// bridge must pass its egress chain.
+	cidr := netip.MustParsePrefix("fd00:10:244:1::/64")
+	must(engine.SetPolicy(netpoltest.Out(netpoltest.Policy("x", "a-out", netpoltest.Sel("pod", "a"), networkingv1.PolicyTypeEgress),
+		netpoltest.Peers(netpoltest.CIDRPeer(cidr, netpoltest.Host32(v6["y/b"]))), netpoltest.Port(corev1.ProtocolTCP, 80))))
+	check("x/a", "x/c", "tcp", 80, true)
+	check("x/a", "x/c", "tcp", 81, false)
+	check("x/a", "y/b", "tcp", 80, false)
+	must(engine.SetPolicy(netpoltest.In(netpoltest.Policy("x", "a-from-y", netpoltest.Sel("pod", "a")),
+		netpoltest.Peers(netpoltest.NSPeer(netpoltest.Sel("ns", "y"))), netpoltest.Named(corev1.ProtocolTCP, "serve-80-tcp"))))
+	check("y/b", "x/a", "tcp", 80, true)
+	check("y/b", "x/a", "tcp", 81, false)
+	check("y/b", "x/a", "udp", 80, false)
+	check("x/c", "x/a", "tcp", 80, false)
+	if got := c.probeFrom(t, pods["x/a"].ns, []probeTarget{{spec: fmt.Sprintf("tcp/%s:80", pods["x/c"].addr)}}, "1s")[0]; got {
+		t.Errorf("x/a -> x/c over IPv4 passed an IPv6-only ipBlock")
+	}
+}
