@@ -68,17 +68,7 @@ func npConf(n *npNode) string {
 // attaches each pod with the plugin and reports its address.
 func newNPCluster(t *testing.T) *npCluster {
 	t.Helper()
-	testnet.RequireRoot(t)
-	c := &npCluster{t: t, bin: testnet.Binaries(t), underlay: testnet.NewNS(t, "pt-ul-"), pods: map[string]*npPod{}, port: 20000}
-	c.underlay.MustRun(t, "ip", "link", "add", "ul", "type", "bridge")
-	c.underlay.MustRun(t, "ip", "link", "set", "ul", "up")
-	for i := range c.nodes {
-		c.nodes[i] = c.addNode(i + 1)
-	}
-	for i, n := range c.nodes {
-		other := c.nodes[1-i]
-		n.sb.Node.MustRun(t, "ip", "route", "add", other.cidr.String(), "via", other.ip)
-	}
+	c := newNPNodes(t)
 	for _, ns := range netpoltest.NamespaceNames {
 		c.must(c.Apply(netpoltest.NamespaceObject(ns, nil)))
 	}
@@ -92,6 +82,24 @@ func newNPCluster(t *testing.T) *npCluster {
 		p := c.attach(pod, c.nodes[netpoltest.NodeOf(pod)-1])
 		c.must(c.Apply(netpoltest.PodOn(pod, p.addr, nil)))
 		startEcho(t, p.ns, "tcp/:80,tcp/:81,udp/:80,udp/:81,udp/:53")
+	}
+	return c
+}
+
+// newNPNodes builds the underlay and the two nodes, routing each other's
+// pod range, with engines not started and no pod.
+func newNPNodes(t *testing.T) *npCluster {
+	t.Helper()
+	testnet.RequireRoot(t)
+	c := &npCluster{t: t, bin: testnet.Binaries(t), underlay: testnet.NewNS(t, "pt-ul-"), pods: map[string]*npPod{}, port: 20000}
+	c.underlay.MustRun(t, "ip", "link", "add", "ul", "type", "bridge")
+	c.underlay.MustRun(t, "ip", "link", "set", "ul", "up")
+	for i := range c.nodes {
+		c.nodes[i] = c.addNode(i + 1)
+	}
+	for i, n := range c.nodes {
+		other := c.nodes[1-i]
+		n.sb.Node.MustRun(t, "ip", "route", "add", other.cidr.String(), "via", other.ip)
 	}
 	return c
 }

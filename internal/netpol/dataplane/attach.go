@@ -205,12 +205,7 @@ func RemoveElements(addrs []netip.Addr, opts ...Option) error {
 		}
 	}
 	for attempt := 0; len(refs) > 0; attempt++ {
-		for _, r := range refs {
-			if err := conn.SetDeleteElements(r.set, []nftables.SetElement{{Key: r.key}}); err != nil {
-				return fmt.Errorf("network policy: %w", err)
-			}
-		}
-		err := conn.Flush()
+		err := runSteps(conn, deleteSteps(refs))
 		if !IsNotFound(err) {
 			if err != nil {
 				return fmt.Errorf("network policy: remove elements of %v: %w", addrs, err)
@@ -225,6 +220,34 @@ func RemoveElements(addrs []netip.Addr, opts ...Option) error {
 		}
 	}
 	return nil
+}
+
+// deleteSteps deletes refs, grouped by map and chunked, so that a large
+// GC stays within the batch limits.
+func deleteSteps(refs []elemRef) []step {
+	bySet := map[string][]nftables.SetElement{}
+	sets := map[string]*nftables.Set{}
+	var order []string
+	for _, r := range refs {
+		if _, ok := sets[r.set.Name]; !ok {
+			sets[r.set.Name] = r.set
+			order = append(order, r.set.Name)
+		}
+		bySet[r.set.Name] = append(bySet[r.set.Name], nftables.SetElement{Key: r.key})
+	}
+	var steps []step
+	for _, name := range order {
+		els, set := bySet[name], sets[name]
+		for len(els) > 0 {
+			n := min(len(els), elemsPerChunk)
+			chunk := els[:n]
+			els = els[n:]
+			steps = append(steps, step{weight: elemWeight * n, msgs: 1, queue: func(c *nftables.Conn) error {
+				return c.SetDeleteElements(set, chunk)
+			}})
+		}
+	}
+	return steps
 }
 
 func presentRefs(conn *nftables.Conn, refs []elemRef) ([]elemRef, error) {

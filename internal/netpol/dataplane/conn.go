@@ -69,28 +69,33 @@ func isExist(err error) bool { return errors.Is(err, unix.EEXIST) }
 func isBusy(err error) bool { return errors.Is(err, unix.EBUSY) }
 
 // step is one indivisible part of a transaction (a chain with all its
-// rules, a chunk of elements) and its rough size in the netlink batch.
+// rules, a chunk of elements): its rough size in the netlink batch and
+// its number of messages.
 type step struct {
 	weight int
+	msgs   int
 	queue  func(c *nftables.Conn) error
 }
 
-// Sizes, in bytes of netlink message, roughly. A batch is one sendmsg
-// whose size the socket's send buffer bounds (about 200 KiB by default),
-// and each message's acknowledgement takes room in the receive buffer, so
-// big changes go in several transactions, split between steps only.
+// Batch limits. A batch is one sendmsg, whose size the socket's send
+// buffer bounds (about 200 KiB by default), and the kernel acknowledges
+// each of its messages: the acknowledgements of a few hundred messages
+// overflow the receive buffer (ENOBUFS), since each is charged a whole
+// socket buffer's overhead. So big changes go in several transactions,
+// split between steps only; a chain and its rules always share one.
 const (
 	ruleWeight    = 400
 	elemWeight    = 100
 	objectWeight  = 100
 	maxBatch      = 128 << 10
+	maxMessages   = 96
 	elemsPerChunk = 256 // one message per chunk: nested attributes end at 64 KiB
 )
 
 // runSteps sends the steps in order, as few transactions as fit.
 func runSteps(conn *nftables.Conn, steps []step) error {
 	var pending []step
-	weight := 0
+	weight, msgs := 0, 0
 	send := func() error {
 		if len(pending) == 0 {
 			return nil
@@ -100,17 +105,18 @@ func runSteps(conn *nftables.Conn, steps []step) error {
 				return err
 			}
 		}
-		pending, weight = nil, 0
+		pending, weight, msgs = nil, 0, 0
 		return conn.Flush()
 	}
 	for _, s := range steps {
-		if weight+s.weight > maxBatch {
+		if len(pending) > 0 && (weight+s.weight > maxBatch || msgs+s.msgs > maxMessages) {
 			if err := send(); err != nil {
 				return err
 			}
 		}
 		pending = append(pending, s)
 		weight += s.weight
+		msgs += s.msgs
 	}
 	return send()
 }
@@ -172,7 +178,7 @@ func regularChain(name string) *nftables.Chain {
 }
 
 func chainStep(name string, rules []rule) step {
-	return step{weight: objectWeight + ruleWeight*len(rules), queue: func(c *nftables.Conn) error {
+	return step{weight: objectWeight + ruleWeight*len(rules), msgs: 2 + len(rules), queue: func(c *nftables.Conn) error {
 		queueChain(c, regularChain(name), rules)
 		return nil
 	}}

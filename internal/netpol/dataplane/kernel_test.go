@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"fmt"
 	"net/netip"
 	"os"
 	"strings"
@@ -231,4 +232,43 @@ func addWithFallback(t *testing.T, n *nodeNS, a *Attachment) error {
 		return err
 	}
 	return conn.Flush()
+}
+
+// TestLargeChangesStayWithinBatchLimits guards against ENOBUFS: the kernel
+// acknowledges every message of a batch, and a few hundred
+// acknowledgements overflow the socket's receive buffer. A resync of
+// hundreds of chains, a delta that rewrites the chains of every local pod
+// (a policy of a busy namespace) and the removal of hundreds of elements
+// (a GC) used to be one batch each and failed.
+func TestLargeChangesStayWithinBatchLimits(t *testing.T) {
+	n := newNodeNS(t)
+	var s State
+	var addrs []netip.Addr
+	for i := range 300 {
+		pol := Ref{Namespace: "big", Name: fmt.Sprintf("p%d", i)}
+		pod := Ref{Namespace: "big", Name: fmt.Sprintf("pod%d", i)}
+		s.Policies = append(s.Policies, PolicyChain{Policy: pol, Dir: Ingress, Rules: []Rule{{Ports: []Port{{Proto: TCP, First: 80, Last: 80}}}}})
+		s.Pods = append(s.Pods, PodChain{Pod: pod, Dir: Ingress, Verdict: Isolated, Policies: []Ref{pol}}, PodChain{Pod: pod, Dir: Egress})
+		addrs = append(addrs, netip.AddrFrom4([4]byte{10, 7, byte(i / 250), byte(1 + i%250)}))
+		s.Pointers = append(s.Pointers, Pointer{Addr: addrs[i], Pod: pod})
+	}
+	if _, err := n.dp.Resync(s); err != nil {
+		t.Fatalf("resync of 300 policies and 300 pods: %v", err)
+	}
+	var d Delta
+	for _, p := range s.Pods {
+		if p.Dir == Ingress {
+			p.Verdict, p.Policies = Open, nil
+			d.Pods = append(d.Pods, p)
+		}
+	}
+	if err := n.dp.Apply(d); err != nil {
+		t.Fatalf("apply of 300 pod chains: %v", err)
+	}
+	if err := RemoveElements(addrs, InNetNS(n.fd)); err != nil {
+		t.Fatalf("remove 600 elements: %v", err)
+	}
+	if els, err := ListElements(InNetNS(n.fd)); err != nil || len(els) != 0 {
+		t.Errorf("elements left: %d (%v)", len(els), err)
+	}
 }

@@ -18,11 +18,15 @@ import (
 // wanted goes last. It returns the stale pod chains it could not delete
 // yet (an element still leads to them); they drop until a later call.
 func (dp *DataPlane) Resync(s State) ([]PodChain, error) {
-	conn, err := dial(dp.opts)
+	conn, err := dp.socket()
 	if err != nil {
-		return nil, fmt.Errorf("network policy resync: %w", err)
+		return nil, err
 	}
-	defer closeConn(conn)
+	left, err := resync(conn, s)
+	return left, dp.done(err)
+}
+
+func resync(conn *nftables.Conn, s State) ([]PodChain, error) {
 	have, err := readInstalled(conn)
 	if err != nil {
 		return nil, fmt.Errorf("network policy resync: read table inet %s: %w", TableName, err)
@@ -66,12 +70,12 @@ func (dp *DataPlane) Resync(s State) ([]PodChain, error) {
 // RemovePods deletes pod chains no element leads to any more and returns
 // those still in use.
 func (dp *DataPlane) RemovePods(pods []PodChain) ([]PodChain, error) {
-	conn, err := dial(dp.opts)
+	conn, err := dp.socket()
 	if err != nil {
-		return pods, fmt.Errorf("network policy: %w", err)
+		return pods, err
 	}
-	defer closeConn(conn)
-	return removePodChains(conn, pods)
+	left, err := removePodChains(conn, pods)
+	return left, dp.done(err)
 }
 
 // installed is what table inet pier holds of network policy objects.
@@ -140,7 +144,7 @@ func (have installed) setSteps(ids *setIDs, want SetMembers) []step {
 	}
 	if kind != want.Kind {
 		// Cannot happen with Pier's names; refuse rather than corrupt.
-		return []step{{queue: func(*nftables.Conn) error {
+		return []step{{msgs: 1, queue: func(*nftables.Conn) error {
 			return fmt.Errorf("set %s exists with another type", want.Name)
 		}}}
 	}
@@ -208,7 +212,7 @@ func removeStalePointers(conn *nftables.Conn, ptrs []Pointer) error {
 	for _, p := range ptrs {
 		keep[p.Addr.Unmap()] = true
 	}
-	queued := false
+	var steps []step
 	for _, m := range maps() {
 		els, err := readMap(conn, m)
 		if err != nil {
@@ -216,17 +220,13 @@ func removeStalePointers(conn *nftables.Conn, ptrs []Pointer) error {
 		}
 		for a, e := range els {
 			if strings.HasPrefix(e.comment, pointerComment) && !keep[a] {
-				if err := conn.SetDeleteElements(m, []nftables.SetElement{{Key: a.AsSlice()}}); err != nil {
-					return err
-				}
-				queued = true
+				steps = append(steps, step{weight: elemWeight, msgs: 1, queue: func(c *nftables.Conn) error {
+					return c.SetDeleteElements(m, []nftables.SetElement{{Key: a.AsSlice()}})
+				}})
 			}
 		}
 	}
-	if !queued {
-		return nil
-	}
-	return conn.Flush()
+	return runSteps(conn, steps)
 }
 
 func tableExists(conn *nftables.Conn) (bool, error) {
