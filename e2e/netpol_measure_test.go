@@ -80,44 +80,69 @@ func (c *npCluster) cniWith(n *npNode, verb string, p *npPod, conf string) testn
 	return testnet.Outcome(cmd, cmd.Wait())
 }
 
-// addLatency times the ADDs of 30 pods of namespace bench on node1, each
-// told to the engines before its ADD as the watch does (labelled
-// app=svc-k, so policy k selects it), then their DELs. ADDs and DELs are
-// not interleaved: a transaction that deletes leaves the kernel a
-// deferred release that the next socket to close waits for, whoever it
-// belongs to, and that wait would land on the following ADD.
-func (c *npCluster) addLatency(t *testing.T, conf string, round string) (add, del time.Duration) {
-	n := c.nodes[0]
-	var adds, dels []time.Duration
-	var pods []*npPod
+// latencyVariant is one kind of ADD in an interleaved latency round.
+type latencyVariant struct {
+	name string
+	node *npNode
+	conf string
+	adds []time.Duration
+	dels []time.Duration
+}
+
+// addLatency times the ADDs of 30 pods of namespace bench per variant,
+// the variants taking turns so that the machine's drift hits them alike.
+// Each pod is told to the engines before its ADD, as the watch does
+// (labelled app=svc-k, so that policy k selects it where the policies
+// are). The DELs come after all ADDs, not in between: a transaction that
+// deletes leaves the kernel a deferred release that the next socket to
+// close waits for, whoever it belongs to, and the following ADD would
+// pay it.
+func (c *npCluster) addLatency(t *testing.T, variants []*latencyVariant) {
+	type made struct {
+		v *latencyVariant
+		p *npPod
+	}
+	var pods []made
 	for k := range 31 {
-		name := fmt.Sprintf("bench/%s-%d", round, k)
-		p := &npPod{name: name, node: n, ns: n.sb.Container()}
-		c.must(c.Apply(netpoltest.PodObject(name, n.name, netip.Addr{}, map[string]string{"app": fmt.Sprintf("svc-%d", k)})))
-		start := time.Now()
-		if r := c.cniWith(n, "ADD", p, conf); r.ExitCode != 0 {
-			t.Fatalf("ADD %s: %s %s", name, r.Stdout, r.Stderr)
+		for _, v := range variants {
+			name := fmt.Sprintf("bench/%s-%d", v.name, k)
+			p := &npPod{name: name, node: v.node, ns: v.node.sb.Container()}
+			c.must(c.Apply(netpoltest.PodObject(name, v.node.name, netip.Addr{}, map[string]string{"app": fmt.Sprintf("svc-%d", k)})))
+			start := time.Now()
+			if r := c.cniWith(v.node, "ADD", p, v.conf); r.ExitCode != 0 {
+				t.Fatalf("ADD %s: %s %s", name, r.Stdout, r.Stderr)
+			}
+			if k > 0 { // the first warms the bridge and the tables up
+				v.adds = append(v.adds, time.Since(start))
+			}
+			pods = append(pods, made{v, p})
 		}
-		if k > 0 { // the first warms the bridge and the tables up
-			adds = append(adds, time.Since(start))
-		}
-		pods = append(pods, p)
 	}
-	for _, p := range pods {
+	for _, m := range pods {
 		start := time.Now()
-		if r := c.cniWith(n, "DEL", p, conf); r.ExitCode != 0 {
-			t.Fatalf("DEL %s: %s %s", p.name, r.Stdout, r.Stderr)
+		if r := c.cniWith(m.v.node, "DEL", m.p, m.v.conf); r.ExitCode != 0 {
+			t.Fatalf("DEL %s: %s %s", m.p.name, r.Stdout, r.Stderr)
 		}
-		dels = append(dels, time.Since(start))
+		m.v.dels = append(m.v.dels, time.Since(start))
 	}
-	for _, p := range pods {
-		ns, pod, _ := strings.Cut(p.name, "/")
+	for _, m := range pods {
+		ns, pod, _ := strings.Cut(m.p.name, "/")
 		for _, node := range c.nodes {
 			c.must(node.engine.DeletePod(ns, pod))
 		}
-		p.ns.Delete(t)
+		m.p.ns.Delete(t)
 	}
-	return median(adds), median(dels)
+}
+
+// masqConf is a node's policy network config with ipMasq, so that every
+// latency variant makes its one nftables transaction and the figures
+// compare its content; policy says whether networkPolicy is on.
+func masqConf(n *npNode, policy bool) string {
+	conf := strings.Replace(npConf(n), `"isGateway": true,`, `"isGateway": true, "ipMasq": true,`, 1)
+	if !policy {
+		conf = strings.Replace(conf, `"networkPolicy": true`, `"networkPolicy": false`, 1)
+	}
+	return conf
 }
 
 func median(d []time.Duration) time.Duration {
@@ -169,43 +194,46 @@ func TestNetworkPolicyMeasure(t *testing.T) {
 		t.Skip("measurements: set PIER_MEASURE=1")
 	}
 	c := newNPNodes(t)
-	// The latency rounds masquerade, so that every variant makes its one
-	// nftables transaction and the figures compare its content.
-	on := strings.Replace(npConf(c.nodes[0]), `"isGateway": true,`, `"isGateway": true, "ipMasq": true,`, 1)
-	off := strings.Replace(on, `"networkPolicy": true`, `"networkPolicy": false`, 1)
+	node1, node2 := c.nodes[0], c.nodes[1]
 	report := func(format string, a ...any) { fmt.Printf("netpol measure: "+format+"\n", a...) }
 
-	// Throughput before any policy object exists.
 	srv, cli, remote := c.iperfPods(t)
-	report("iperf3 without network policy: same node %.1f Gbit/s, across nodes %.1f Gbit/s", iperf3(t, cli, srv), iperf3(t, remote, srv))
-
-	addOff, delOff := c.addLatency(t, off, "off")
 	benchCluster(t, c)
 	for _, n := range c.nodes {
 		c.must(n.engine.Start())
 	}
-	base := c.nodes[0].counts(t)
-	addOn0, delOn0 := c.addLatency(t, on, "on0")
+	base := node1.counts(t)
 	c.reattach(t, srv, cli, remote)
-	report("iperf3 with enforcement, no policy: same node %.1f Gbit/s, across nodes %.1f Gbit/s", iperf3(t, cli, srv), iperf3(t, remote, srv))
 
+	// node2 gets the 500 policies first, so that ADDs on node1 (none) and
+	// node2 (500) can take turns.
 	start := time.Now()
 	for i := range benchPolicies {
-		c.must(c.Apply(benchPolicy(i)))
+		c.must(node2.engine.SetPolicy(benchPolicy(i)))
 	}
-	report("%d policies applied on both nodes one by one in %s (%s per policy and node)", benchPolicies, time.Since(start).Round(time.Millisecond),
-		(time.Since(start) / (2 * benchPolicies)).Round(time.Microsecond))
-	full := c.nodes[0].counts(t)
-	addOn500, delOn500 := c.addLatency(t, on, "on500")
-	report("ADD (with ipMasq) median of 30: policy off %s, on with 0 policies %s (%.2fx), on with %d policies %s (%.2fx of 0)", addOff, addOn0,
-		float64(addOn0)/float64(addOff), benchPolicies, addOn500, float64(addOn500)/float64(addOn0))
-	report("DEL median of 30: off %s, on with 0 policies %s, on with %d policies %s", delOff, delOn0, benchPolicies, delOn500)
-	report("iperf3 with %d policies (both pods selected, the flow allowed): same node %.1f Gbit/s, across nodes %.1f Gbit/s",
-		benchPolicies, iperf3(t, cli, srv), iperf3(t, remote, srv))
+	report("%d policies applied one by one on a node in %s (%s per policy)", benchPolicies, time.Since(start).Round(time.Millisecond),
+		(time.Since(start) / benchPolicies).Round(time.Microsecond))
+	variants := []*latencyVariant{
+		{name: "off", node: node1, conf: masqConf(node1, false)},
+		{name: "on0", node: node1, conf: masqConf(node1, true)},
+		{name: "on500", node: node2, conf: masqConf(node2, true)},
+	}
+	c.addLatency(t, variants)
+	off, on0, on500 := variants[0], variants[1], variants[2]
+	report("ADD (ipMasq on, median of 30, interleaved): networkPolicy off %s, on with no policy %s (%.2fx), on with %d policies %s (%.2fx of no policy)",
+		median(off.adds), median(on0.adds), ratio(on0.adds, off.adds), benchPolicies, median(on500.adds), ratio(on500.adds, on0.adds))
+	report("DEL (same): off %s, on with no policy %s, on with %d policies %s", median(off.dels), median(on0.dels), benchPolicies, median(on500.dels))
 
+	for i := range benchPolicies {
+		c.must(node1.engine.SetPolicy(benchPolicy(i)))
+	}
+	full := node1.counts(t)
+	c.iperfRounds(t, report, srv, cli, remote)
 	c.measureEnforce(t, report)
 	c.measureObjects(t, report, base, full)
 }
+
+func ratio(a, b []time.Duration) float64 { return float64(median(a)) / float64(median(b)) }
 
 // measureEnforce times policy creation → both nodes' tables updated (the
 // engines run side by side, as two nodes do), and the engine's cost of a
@@ -265,6 +293,33 @@ func (c *npCluster) measureObjects(t *testing.T, report func(string, ...any), ba
 	}
 }
 
+// iperfRounds compares throughput between allowed pods with the policy
+// data plane out of the path (its hooked chains deleted) and in it (500
+// policies, restored by a resync), in alternating rounds: this machine is
+// shared, and one run of iperf3 varies by 2x.
+func (c *npCluster) iperfRounds(t *testing.T, report func(string, ...any), srv, cli, remote *npPod) {
+	var sameOff, sameOn, crossOff, crossOn []float64
+	for range 5 {
+		for _, n := range c.nodes {
+			for _, ch := range []string{"np-forward-egress", "np-forward-ingress", "np-input-egress"} {
+				n.sb.Node.MustRun(t, "nft", "delete", "chain", "inet", "pier", ch)
+			}
+		}
+		sameOff, crossOff = append(sameOff, iperf3Once(t, cli, srv)), append(crossOff, iperf3Once(t, remote, srv))
+		for _, n := range c.nodes {
+			c.must(n.engine.Resync())
+		}
+		sameOn, crossOn = append(sameOn, iperf3Once(t, cli, srv)), append(crossOn, iperf3Once(t, remote, srv))
+	}
+	med := func(v []float64) string {
+		s := slices.Clone(v)
+		slices.Sort(s)
+		return fmt.Sprintf("%.1f (%.1f-%.1f)", s[len(s)/2], s[0], s[len(s)-1])
+	}
+	report("iperf3 Gbit/s, median (range) of 5 alternating rounds: same node without the policy chains %s, with %d policies %s; across nodes without %s, with %s",
+		med(sameOff), benchPolicies, med(sameOn), med(crossOff), med(crossOn))
+}
+
 // iperfPods attaches an iperf3 server pod on node1 (bench/svc-0) and
 // clients on node1 and node2 (t-0/client-0, which policy 0 admits) with
 // networkPolicy off, and starts the server.
@@ -314,15 +369,8 @@ func (c *npCluster) reattach(t *testing.T, pods ...*npPod) {
 	}
 }
 
-// iperf3 is the median of three 3 s TCP tests from a client pod to the
-// server pod's port 8000, in Gbit/s (this machine is shared: one run
-// varies by 2x).
-func iperf3(t *testing.T, from, to *npPod) float64 {
-	runs := []float64{iperf3Once(t, from, to), iperf3Once(t, from, to), iperf3Once(t, from, to)}
-	slices.Sort(runs)
-	return runs[1]
-}
-
+// iperf3Once is a 3 s TCP test from a client pod to the server pod's port
+// 8000, in Gbit/s.
 func iperf3Once(t *testing.T, from, to *npPod) float64 {
 	var last string
 	for range 20 {

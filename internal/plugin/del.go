@@ -44,9 +44,9 @@ func (c *call) del(ctx context.Context) (types.Result, error) {
 	// kernel (an RCU grace period each, ~10 and ~20 ms): run them side by
 	// side — masquerade elements, network policy elements, host port and
 	// MAC check elements, the bandwidth limit's ifb, the veth. All act on
-	// the node's namespace,
-	// which every unlocked thread of this process is in. Host ports point
-	// at the address, so they too go before it is released.
+	// the node's namespace, which every unlocked thread of this process is
+	// in. Host ports point at the address, so they too go before it is
+	// released.
 	//
 	// Under the lock of the attachment's record, which is removed last, so
 	// that no restore (pierd's, or another ADD's after a flush) puts back
