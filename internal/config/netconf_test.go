@@ -128,3 +128,29 @@ func TestFirewallKeys(t *testing.T) {
 		}
 	}
 }
+
+// TestPodFromCNIArgs: kubelet's runtimes pass the pod's namespace and name
+// in CNI_ARGS; network policy names the pod's chains after them. The keys
+// are known, so CNI_ARGS without IgnoreUnknown is accepted too, by the
+// plugin's and by IPAM's parser.
+func TestPodFromCNIArgs(t *testing.T) {
+	for _, args := range []string{
+		"IgnoreUnknown=1;K8S_POD_NAMESPACE=team-a;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=abc",
+		"K8S_POD_NAMESPACE=team-a;K8S_POD_NAME=web-0",
+	} {
+		n, err := LoadNetConf(conf(`"networkPolicy": true`), args)
+		if err != nil {
+			t.Fatalf("%s: %v", args, err)
+		}
+		if !n.NetworkPolicy || n.PodNamespace != "team-a" || n.PodName != "web-0" {
+			t.Errorf("%s: networkPolicy %v pod %s/%s", args, n.NetworkPolicy, n.PodNamespace, n.PodName)
+		}
+		if _, err := LoadIPAM(conf(""), args); err != nil {
+			t.Errorf("IPAM refuses %s: %v", args, err)
+		}
+	}
+	n, err := LoadNetConf(conf(""), "")
+	if err != nil || n.NetworkPolicy || n.PodName != "" {
+		t.Errorf("defaults: %+v %v", n, err)
+	}
+}
