@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -50,10 +51,11 @@ type npNode struct {
 }
 
 type npPod struct {
-	name string // "ns/pod"
-	node *npNode
-	ns   *testnet.NS
-	addr netip.Addr
+	name   string // "ns/pod"
+	node   *npNode
+	ns     *testnet.NS
+	addr   netip.Addr
+	result string // the ADD's result
 }
 
 func npConf(n *npNode) string {
@@ -145,7 +147,7 @@ func (c *npCluster) attach(pod string, n *npNode) *npPod {
 		t.Fatalf("ADD %s result: %v\n%s", pod, err, r.Stdout)
 	}
 	a, _ := netip.AddrFromSlice(res.IPs[0].Address.IP)
-	p.addr = a.Unmap()
+	p.addr, p.result = a.Unmap(), r.Stdout
 	c.pods[pod] = p
 	return p
 }
@@ -346,6 +348,51 @@ func TestNetworkPolicyPodStart(t *testing.T) {
 	}
 	if out := node1.sb.Node.MustRun(t, "nft", "list", "table", "inet", "pier"); strings.Contains(out, "np-pod-y/e-") {
 		t.Errorf("chains of the deleted pod y/e remain:\n%s", out)
+	}
+	c.checkAndGC(node1)
+}
+
+// checkAndGC: CHECK finds an attachment's policy elements and reports one
+// that is missing; GC removes the elements of attachments no longer valid
+// and keeps the others'.
+func (c *npCluster) checkAndGC(n *npNode) {
+	t := c.t
+	xa := c.pods["x/a"]
+	check := strings.Replace(npConf(n), `"type": "pier",`, `"type": "pier", "prevResult": `+xa.result+`,`, 1)
+	run := func(verb, conf string, p *npPod) testnet.PluginRun {
+		ns, name, _ := strings.Cut(p.name, "/")
+		env := []string{"CNI_COMMAND=" + verb, "CNI_CONTAINERID=" + strings.ReplaceAll(p.name, "/", "-"), "CNI_NETNS=" + p.ns.Path,
+			"CNI_IFNAME=eth0", "CNI_PATH=" + c.bin, "CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE=" + ns + ";K8S_POD_NAME=" + name}
+		return n.sb.Exec(filepath.Join(c.bin, "pier"), env, []byte(conf))
+	}
+	if r := run("CHECK", check, xa); r.ExitCode != 0 {
+		t.Errorf("CHECK x/a: %s %s", r.Stdout, r.Stderr)
+	}
+	n.sb.Node.MustRun(t, "nft", "delete", "element", "inet", "pier", "np-ingress4", "{", xa.addr.String(), "}")
+	if r := run("CHECK", check, xa); r.ExitCode == 0 || !strings.Contains(r.Stdout, "no ingress element") {
+		t.Errorf("CHECK x/a without its ingress element: exit %d %s", r.ExitCode, r.Stdout)
+	}
+	// GC with every pod of the node valid but x/b.
+	var valid []attachment
+	for name, p := range c.pods {
+		if p.node == n && name != "x/b" {
+			valid = append(valid, attachment{id: strings.ReplaceAll(name, "/", "-"), ifName: "eth0"})
+		}
+	}
+	gc := withValidAttachments(npConf(n), valid...)
+	if r := run("GC", gc, xa); r.ExitCode != 0 {
+		t.Fatalf("GC: %s %s", r.Stdout, r.Stderr)
+	}
+	els, err := dataplane.ListElements(dataplane.InNetNS(n.fd))
+	c.must(err)
+	has := func(a netip.Addr) bool {
+		return slices.ContainsFunc(els, func(e dataplane.Element) bool { return e.Addr == a })
+	}
+	if has(c.pods["x/b"].addr) {
+		t.Errorf("GC kept the elements of x/b, no longer valid")
+	}
+	if !has(c.pods["y/c"].addr) || !has(xa.addr) {
+		t.Errorf("GC removed elements of valid attachments: %+v", els)
 	}
 }
 
