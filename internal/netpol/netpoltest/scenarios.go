@@ -127,7 +127,11 @@ var (
 // Scenarios are the upstream suite's policies, with the matrices the API
 // semantics give. Comments say why a cell is what it is.
 func Scenarios() []Scenario {
-	return append(selectorScenarios(), append(portScenarios(), append(ipBlockScenarios(), updateScenarios()...)...)...)
+	var out []Scenario
+	for _, group := range [][]Scenario{selectorScenarios(), combinedScenarios(), portScenarios(), ipBlockScenarios(), updateScenarios()} {
+		out = append(out, group...)
+	}
+	return out
 }
 
 func selectorScenarios() []Scenario {
@@ -199,6 +203,11 @@ func selectorScenarios() []Scenario {
 				m.Set(func(from, to string, _ Probe) bool { return InNamespace(to, "x") && !InNamespace(from, "x") }, false)
 			},
 		}}},
+	}
+}
+
+func combinedScenarios() []Scenario {
+	return []Scenario{
 		{Name: "stacked-policies", Steps: []Step{{
 			// Two policies select x/a: what either allows is allowed.
 			Do: apply(In(Policy("x", "from-y", Sel("pod", "a")), Peers(NSPeer(Sel("ns", "y")))),
