@@ -212,15 +212,33 @@ func (e *Engine) setPod(ref dataplane.Ref, now *podState) error {
 	node := e.cfg.NodeName
 	if old.localTo(node) || now.localTo(node) {
 		e.refreshLocal(ch, ref)
-		if now.localTo(node) && !now.finished {
-			for _, a := range now.addrs {
-				if !old.localTo(node) || !slices.Contains(old.addrs, a) {
-					ch.d.Pointers = append(ch.d.Pointers, dataplane.Pointer{Addr: a, Pod: ref})
-				}
-			}
-		}
+		ch.d.Pointers, ch.d.Unpoint = pointerChanges(ref, old.liveAddrs(node), now.liveAddrs(node))
 	}
 	return e.apply(ch)
+}
+
+// liveAddrs are the addresses of a pod running on node, none otherwise.
+func (p *podState) liveAddrs(node string) []netip.Addr {
+	if !p.localTo(node) || p.finished {
+		return nil
+	}
+	return p.addrs
+}
+
+// pointerChanges: new addresses of a local pod are pointed at its chains;
+// addresses it no longer has lose the elements pierd may have added.
+func pointerChanges(ref dataplane.Ref, old, now []netip.Addr) (add, remove []dataplane.Pointer) {
+	for _, a := range now {
+		if !slices.Contains(old, a) {
+			add = append(add, dataplane.Pointer{Addr: a, Pod: ref})
+		}
+	}
+	for _, a := range old {
+		if !slices.Contains(now, a) {
+			remove = append(remove, dataplane.Pointer{Addr: a, Pod: ref})
+		}
+	}
+	return add, remove
 }
 
 func (e *Engine) index(p *podState) {

@@ -191,3 +191,22 @@ func TestEventsBeforeStart(t *testing.T) {
 		t.Errorf("after Start: %s", dp.dump())
 	}
 }
+
+// TestGoneAddressesUnpointed: a local pod that goes (or changes address)
+// has its old addresses unpointed, so that elements pierd added for it
+// after a flushed table do not keep its chain in use.
+func TestGoneAddressesUnpointed(t *testing.T) {
+	e, dp := newEngine(t, "n1")
+	mustNil(t, e.SetPod(PodObject("x/a", "n1", ip1, nil)))
+	n := len(dp.deltas)
+	mustNil(t, e.SetPod(PodObject("x/a", "n1", ip2, nil)))
+	d := dp.deltas[n]
+	if len(d.Pointers) != 1 || d.Pointers[0].Addr != ip2 || len(d.Unpoint) != 1 || d.Unpoint[0].Addr != ip1 {
+		t.Errorf("address change: pointers %+v unpoint %+v", d.Pointers, d.Unpoint)
+	}
+	n = len(dp.deltas)
+	mustNil(t, e.DeletePod("x", "a"))
+	if d := dp.deltas[n]; len(d.Unpoint) != 1 || d.Unpoint[0].Addr != ip2 {
+		t.Errorf("deletion: unpoint %+v", d.Unpoint)
+	}
+}

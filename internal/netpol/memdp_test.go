@@ -111,6 +111,9 @@ func (d *memDP) Apply(delta dataplane.Delta) error {
 	for _, p := range delta.Pointers {
 		d.pointers[p.Addr] = p.Pod
 	}
+	for _, p := range delta.Unpoint {
+		delete(d.pointers, p.Addr)
+	}
 	return nil
 }
 

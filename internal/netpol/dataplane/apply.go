@@ -119,6 +119,9 @@ func apply(conn *nftables.Conn, d Delta) error {
 	if err := repoint(conn, d.Pointers, false); err != nil {
 		return fmt.Errorf("network policy: point pod addresses at their chains: %w", err)
 	}
+	if err := unpoint(conn, d.Unpoint); err != nil {
+		return fmt.Errorf("network policy: remove pierd's elements of gone addresses: %w", err)
+	}
 	return nil
 }
 
@@ -309,4 +312,26 @@ func repoint(conn *nftables.Conn, ptrs []Pointer, addMissing bool) error {
 		}
 	}
 	return runSteps(conn, steps)
+}
+
+// unpoint deletes the elements pierd added itself (its comment names the
+// pod) for addresses the pod no longer has.
+func unpoint(conn *nftables.Conn, ptrs []Pointer) error {
+	if len(ptrs) == 0 {
+		return nil
+	}
+	var refs []elemRef
+	for _, m := range maps() {
+		els, err := readMap(conn, m)
+		if err != nil {
+			return err
+		}
+		for _, p := range ptrs {
+			a := p.Addr.Unmap()
+			if e, ok := els[a]; ok && e.comment == clampComment(pointerComment+p.Pod.String()) {
+				refs = append(refs, elemRef{m, a.AsSlice()})
+			}
+		}
+	}
+	return runSteps(conn, deleteSteps(refs))
 }

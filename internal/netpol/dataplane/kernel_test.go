@@ -195,6 +195,22 @@ func TestAttachmentFallsBackAndPierdRepoints(t *testing.T) {
 	if els, _ := ListElements(InNetNS(n.fd)); len(els) != 2 {
 		t.Errorf("a pointer created elements: %+v", els)
 	}
+	// Unpoint leaves the plugin's elements alone (its DEL removes them),
+	// and removes those pierd added itself after a flushed table.
+	extra := netip.MustParseAddr("10.244.1.7")
+	s.Pointers = []Pointer{{Addr: addr, Pod: podA}, {Addr: extra, Pod: podA}}
+	if _, err := n.dp.Resync(s); err != nil {
+		t.Fatal(err)
+	}
+	if els, _ := ListElements(InNetNS(n.fd)); len(els) != 4 {
+		t.Fatalf("resync did not add pierd's elements for %s: %+v", extra, els)
+	}
+	if err := n.dp.Apply(Delta{Unpoint: []Pointer{{Addr: addr, Pod: podA}, {Addr: extra, Pod: podA}}}); err != nil {
+		t.Fatal(err)
+	}
+	if els, _ := ListElements(InNetNS(n.fd)); len(els) != 2 || els[0].Addr != addr {
+		t.Fatalf("after unpoint: %+v, want the plugin's two elements of %s", els, addr)
+	}
 	if err := RemoveElements([]netip.Addr{addr, addr}, InNetNS(n.fd)); err != nil {
 		t.Fatal(err)
 	}

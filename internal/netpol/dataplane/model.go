@@ -152,12 +152,16 @@ type Delta struct {
 	RemovePolicies []PolicyChain // only Policy and Dir are used
 	RemoveSets     []SetSpec
 	Pointers       []Pointer
+	// Unpoint are addresses a local pod no longer has (it is gone, or its
+	// address changed): the elements pierd added for them itself, after a
+	// flushed table, go; the plugin's stay for its DEL.
+	Unpoint []Pointer
 }
 
 // Empty reports whether the delta changes nothing.
 func (d Delta) Empty() bool {
 	return len(d.NewSets) == 0 && len(d.Elements) == 0 && len(d.Policies) == 0 && len(d.Pods) == 0 &&
-		len(d.RemovePolicies) == 0 && len(d.RemoveSets) == 0 && len(d.Pointers) == 0
+		len(d.RemovePolicies) == 0 && len(d.RemoveSets) == 0 && len(d.Pointers) == 0 && len(d.Unpoint) == 0
 }
 
 // State is everything pierd wants in the kernel, for a full resync.
