@@ -1,11 +1,13 @@
 package netpol
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"net/netip"
 	"slices"
 	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -26,7 +28,10 @@ type DataPlane interface {
 	RemovePods([]dataplane.PodChain) ([]dataplane.PodChain, error)
 }
 
-// Config is what an engine needs.
+// Config is what an engine needs. A daemon in the node's namespace also
+// calls dataplane.EnableBridgeNetfilter once before Start (the engine does
+// not: it may write into another namespace than the one it runs in, and
+// sysctls are the running thread's).
 type Config struct {
 	// NodeName is the node whose pods' policies this engine enforces.
 	NodeName  string
@@ -119,6 +124,23 @@ func (e *Engine) Tick() error {
 		return e.resyncLocked()
 	}
 	return e.removePods(nil)
+}
+
+// Run calls Tick every interval until ctx ends, logging failures: the
+// background half of an engine in a daemon.
+func (e *Engine) Run(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := e.Tick(); err != nil {
+				e.cfg.Log.Warn("network policy: background resync failed; retrying", "err", err, "in", interval)
+			}
+		}
+	}
 }
 
 // removePods removes the chains of gone pods (more, and those left from
