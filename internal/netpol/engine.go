@@ -57,8 +57,9 @@ type Engine struct {
 	byNS       map[string]map[dataplane.Ref]*podState
 	namespaces map[string]labels.Set
 	policies   map[dataplane.Ref]*policy
-	sets       map[string]*selectorSet // by set name
-	ports      map[string]*portSet     // by port name
+	policyNS   map[string]map[dataplane.Ref]*policy // the same, by namespace
+	sets       map[string]*selectorSet              // by set name
+	ports      map[string]*portSet                  // by port name
 	// chains are the local pods' chains as installed (or to install).
 	chains map[chainKey]dataplane.PodChain
 	// stale are chains of gone pods still to remove.
@@ -84,6 +85,7 @@ func New(cfg Config) *Engine {
 		byNS:       map[string]map[dataplane.Ref]*podState{},
 		namespaces: map[string]labels.Set{},
 		policies:   map[dataplane.Ref]*policy{},
+		policyNS:   map[string]map[dataplane.Ref]*policy{},
 		sets:       map[string]*selectorSet{},
 		ports:      map[string]*portSet{},
 		chains:     map[chainKey]dataplane.PodChain{},
@@ -379,8 +381,16 @@ func (e *Engine) setPolicy(ref dataplane.Ref, pol *policy) error {
 			e.refPort(ch, n)
 		}
 		e.policies[ref] = pol
+		if e.policyNS[ref.Namespace] == nil {
+			e.policyNS[ref.Namespace] = map[dataplane.Ref]*policy{}
+		}
+		e.policyNS[ref.Namespace][ref] = pol
 	} else {
 		delete(e.policies, ref)
+		delete(e.policyNS[ref.Namespace], ref)
+		if len(e.policyNS[ref.Namespace]) == 0 {
+			delete(e.policyNS, ref.Namespace)
+		}
 	}
 	for _, d := range directions {
 		switch {
@@ -439,8 +449,8 @@ func (e *Engine) podChain(p *podState, d dataplane.Direction) dataplane.PodChain
 		c.Verdict = dataplane.Gone
 		return c
 	}
-	for ref, pol := range e.policies {
-		if ref.Namespace == p.ref.Namespace && pol.dirs[d] && pol.podSel != nil && pol.podSel.Matches(p.labels) {
+	for ref, pol := range e.policyNS[p.ref.Namespace] {
+		if pol.dirs[d] && pol.podSel != nil && pol.podSel.Matches(p.labels) {
 			c.Policies = append(c.Policies, ref)
 		}
 	}
