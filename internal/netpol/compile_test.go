@@ -197,7 +197,7 @@ func TestIsolation(t *testing.T) {
 	}
 }
 
-func mustNil(t *testing.T, err error) {
+func mustNil(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
