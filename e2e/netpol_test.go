@@ -622,3 +622,46 @@ func TestNetworkPolicyIPv6(t *testing.T) {
 		t.Errorf("x/a -> x/c over IPv4 passed an IPv6-only ipBlock")
 	}
 }
+
+// TestNetworkPolicyAfterFlush: after someone flushes the node's ruleset,
+// the plugin's restore (here by GC, as by the next ADD, by CHECK or by
+// pierd's watcher) puts the pods' policy elements back from their records,
+// leading to np-unclassified while the pods' chains are gone, so the pods
+// are cut off rather than open; the engine's resync (pierd's hook after a
+// flush) then rebuilds the chains and moves the elements over.
+func TestNetworkPolicyAfterFlush(t *testing.T) {
+	c := newNPCluster(t)
+	node1 := c.nodes[0]
+	c.must(c.Apply(netpoltest.Policy("x", "deny-ingress", nil, networkingv1.PolicyTypeIngress)))
+	c.expectProbe(c.pods["y/a"].ns, "y/a -> x/a under deny-ingress", c.pods["x/a"].addr, false)
+
+	node1.sb.Node.MustRun(t, "nft", "flush", "ruleset")
+	var valid []attachment
+	for name, p := range c.pods {
+		if p.node == node1 {
+			valid = append(valid, attachment{id: strings.ReplaceAll(name, "/", "-"), ifName: "eth0"})
+		}
+	}
+	xa := c.pods["x/a"]
+	env := []string{"CNI_COMMAND=GC", "CNI_PATH=" + c.bin}
+	if r := node1.sb.Exec(filepath.Join(c.bin, "pier"), env, []byte(withValidAttachments(npConf(node1), valid...))); r.ExitCode != 0 {
+		t.Fatalf("GC: %s %s", r.Stdout, r.Stderr)
+	}
+	els, err := dataplane.ListElements(dataplane.InNetNS(node1.fd))
+	c.must(err)
+	for _, e := range els {
+		if e.Addr == xa.addr && e.Chain != dataplane.ChainUnclassified {
+			t.Errorf("restored element %+v, want it to lead to %s (the pod's chains are gone)", e, dataplane.ChainUnclassified)
+		}
+	}
+	if len(els) != 2*len(valid) {
+		t.Errorf("%d elements restored, want 2 per attachment of node1 (%d)", len(els), len(valid))
+	}
+	c.expectProbe(c.pods["y/a"].ns, "y/a -> x/a after the flush and restore", xa.addr, false)
+	c.expectProbe(c.pods["x/b"].ns, "x/b -> y/a after the flush and restore (not classified: cut off)", c.pods["y/a"].addr, false)
+
+	c.must(node1.engine.Resync())
+	c.expectProbe(c.pods["y/a"].ns, "y/a -> x/a after the resync", xa.addr, false)
+	c.expectProbe(c.pods["x/b"].ns, "x/b -> y/a after the resync (egress open)", c.pods["y/a"].addr, true)
+	c.expectProbe(c.pods["y/c"].ns, "y/c -> y/a after the resync (no policy)", c.pods["y/a"].addr, true)
+}

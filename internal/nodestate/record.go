@@ -57,6 +57,7 @@ import (
 
 	"github.com/pier-cni/pier/internal/ipam/store"
 	"github.com/pier-cni/pier/internal/nat"
+	"github.com/pier-cni/pier/internal/netpol/dataplane"
 )
 
 // Record is one attachment's netfilter state.
@@ -74,6 +75,11 @@ type Record struct {
 	// (firewallBackend auto); Isolated: ingressPolicy same-bridge.
 	Firewall bool `json:"firewall"`
 	Isolated bool `json:"isolated,omitempty"`
+	// PolicyAddrs are the addresses the ADD entered into the network
+	// policy maps ("networkPolicy"), leading to the chains of Pod
+	// ("namespace/name"; none: np-unclassified, which drops).
+	PolicyAddrs []netip.Addr `json:"policyAddrs,omitempty"`
+	Pod         string       `json:"pod,omitempty"`
 }
 
 // Port is a nat.PortMapping as recorded.
@@ -116,6 +122,16 @@ func (r Record) Attachment(group uint32) (nat.Attachment, error) {
 			return a, fmt.Errorf("record of %s: MAC %q: %w", r.Owner, r.Spoof.MAC, err)
 		}
 		a.Spoof = &nat.SpoofCheck{Port: r.Spoof.Port, MAC: mac}
+	}
+	if len(r.PolicyAddrs) > 0 {
+		// Restored like an ADD: to the pod's chains if pierd has them
+		// (again), else to np-unclassified until it has; never to nothing,
+		// which would let the pod's traffic escape its policies.
+		p := &dataplane.Attachment{Addrs: r.PolicyAddrs, Owner: nat.NodeOwner(r.Network, r.Owner)}
+		if ns, name, ok := strings.Cut(r.Pod, "/"); ok {
+			p.Pod = dataplane.Ref{Namespace: ns, Name: name}
+		}
+		a.Extra = p
 	}
 	return a, nil
 }

@@ -6,6 +6,9 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/pier-cni/pier/internal/nat"
+	"github.com/pier-cni/pier/internal/netpol/dataplane"
 )
 
 func testRecord(owner string) Record {
@@ -95,5 +98,31 @@ func BenchmarkWriteRecord(b *testing.B) {
 		if err := WriteRecord(root, testRecord(fmt.Sprintf("c%d/eth0", i))); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestRecordPolicyElements: a record of a network policy attachment gives
+// back its policy elements for a restore, leading to its pod's chains (or
+// to np-unclassified without a pod): a restore that left them out would
+// let the pod's traffic escape its policies until pierd noticed.
+func TestRecordPolicyElements(t *testing.T) {
+	r := testRecord("c1/eth0")
+	r.PolicyAddrs = []netip.Addr{netip.MustParseAddr("10.1.0.2")}
+	r.Pod = "team-a/web-0"
+	root := t.TempDir()
+	if err := WriteRecord(root, r); err != nil {
+		t.Fatal(err)
+	}
+	recs, _ := Records(root, "net1")
+	a, err := recs[0].Attachment(7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, ok := a.Extra.(*dataplane.Attachment)
+	if !ok || p.Pod.String() != "team-a/web-0" || len(p.Addrs) != 1 || p.Owner != nat.NodeOwner("net1", "c1/eth0") {
+		t.Fatalf("policy part %+v (%T)", a.Extra, a.Extra)
+	}
+	if a, _ := testRecord("c2/eth0").Attachment(7); a.Extra != nil {
+		t.Errorf("a record without policy addresses restores policy elements: %+v", a.Extra)
 	}
 }

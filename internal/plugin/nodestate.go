@@ -5,6 +5,7 @@ import (
 	"github.com/pier-cni/pier/internal/config"
 	"github.com/pier-cni/pier/internal/firewall"
 	"github.com/pier-cni/pier/internal/nat"
+	"github.com/pier-cni/pier/internal/netpol/dataplane"
 	"github.com/pier-cni/pier/internal/nodestate"
 )
 
@@ -45,6 +46,12 @@ func (c *call) record(att nat.Attachment, hostVeth string) (nodestate.Record, er
 	}
 	if att.Spoof != nil {
 		r.Spoof = &nodestate.Spoof{Port: att.Spoof.Port, MAC: att.Spoof.MAC.String()}
+	}
+	if p, ok := att.Extra.(*dataplane.Attachment); ok && p != nil {
+		r.PolicyAddrs = p.Addrs
+		if p.Pod != (dataplane.Ref{}) {
+			r.Pod = p.Pod.String()
+		}
 	}
 	return r, nil
 }
