@@ -61,9 +61,10 @@
 // has not seen the pod) the elements lead to np-unclassified instead, and
 // pierd moves them to the pod's chains when it learns the pod's address
 // (a Pointer), so a pod's traffic is held to its policies, or dropped,
-// from its first packet. After a flushed table a resync adds the elements
-// of the local pods it knows, commented "pierd: <pod>", and removes those
-// later when the pod goes.
+// from its first packet. After a flushed table the plugin's records put
+// its elements back (package nodestate), and a resync adds those of the
+// local pods it knows that are still missing, commented "pierd: <pod>",
+// which go again with the pod.
 //
 // A pod chain is removed when its pod is deleted, once no element leads to
 // it: the kernel refuses to delete a chain in use (EBUSY), which makes the
