@@ -12,6 +12,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/pier-cni/pier/internal/routing"
 	"github.com/pier-cni/pier/internal/testnet"
 )
 
@@ -36,7 +37,7 @@ func (s *syncBuffer) String() string {
 // agentRoutes returns the node's routes of the route agent: block → via.
 func agentRoutes(t *testing.T) map[netip.Prefix]netip.Addr {
 	t.Helper()
-	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: RouteProtocol}, netlink.RT_FILTER_PROTOCOL)
+	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: routing.Protocol}, netlink.RT_FILTER_PROTOCOL)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,12 +8,14 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/pier-cni/pier/internal/routing"
 )
 
 // Routing modes.
 const (
-	ModeHostGW = "host-gw"
-	ModeVXLAN  = "vxlan"
+	ModeHostGW = routing.ModeHostGW
+	ModeVXLAN  = routing.ModeVXLAN
 )
 
 // Default block sizes.

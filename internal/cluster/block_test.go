@@ -114,12 +114,6 @@ func TestConfigValidate(t *testing.T) {
 	}
 }
 
-func TestMACFor(t *testing.T) {
-	if m := MACFor(netip.MustParseAddr("192.0.2.7")).String(); m != "0a:58:c0:00:02:07" {
-		t.Fatal(m)
-	}
-}
-
 func TestTakeAddr(t *testing.T) {
 	b := &Block{CIDR: netip.MustParsePrefix("10.244.0.64/26"), Node: "n1", EmptySince: time.Now()}
 	a1 := Allocation{Alloc: Alloc{Network: "net", ContainerID: "c1", IfName: "eth0"}, ID: "1"}

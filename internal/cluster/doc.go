@@ -98,22 +98,27 @@
 //
 // # Routes between nodes (Agent)
 //
-// Each pierd watches /pier/blocks/ and keeps, for every block of another
-// node, one route in the main table with protocol RouteProtocol (so it
-// can find and remove its own routes and no other):
+// Each pierd watches /pier/blocks/ and hands package routing (the data
+// plane, shared with pierd's Kubernetes mode) the State "every block of
+// another node, via that node": routing keeps one route per block in the
+// main table with its own protocol, so it finds and removes its own routes
+// and no other.
 //
 //   - host-gw: "block via <node IP>": nodes on one L2 link, no
 //     encapsulation, no MTU cost. An IPv6 block goes via the node's IPv6
 //     underlay address (pierd --node-ip6, recorded as the block's nodeIP);
 //     an IPv6 block of a node without one is not routed.
-//   - vxlan: a pier.vxlan device (VNI 1, UDP 8472, learning off) whose MAC
-//     is derived from the node IP (MACFor), and per remote node one FDB
-//     entry (its MAC → its IP) and one permanent neighbour entry (its IP →
-//     its MAC) on pier.vxlan, and "block via <node IP> dev pier.vxlan
-//     onlink". Unlike flannel no VTEP address is needed: the remote node IP
-//     is only a neighbour key on pier.vxlan. Cost: 50 bytes per packet
-//     (container MTU 1450 on a 1500 underlay). IPv4 only: IPv6 blocks
-//     are not routed in vxlan mode.
+//   - vxlan: a pier.vxlan device whose MAC is derived from the node IP
+//     (routing.MACFor), and per remote node one FDB entry (its MAC → its
+//     IP) and one permanent neighbour entry (its IP → its MAC) on
+//     pier.vxlan, and "block via <node IP> dev pier.vxlan onlink". Unlike
+//     flannel no VTEP address is needed: the remote node IP is only a
+//     neighbour key on pier.vxlan. Cost: 50 bytes per packet (container MTU
+//     1450 on a 1500 underlay). IPv4 only: IPv6 blocks are not routed in
+//     vxlan mode.
+//
+// A block the agent cannot parse (key or value) is not routed; it is
+// logged and counted (Agent.Unreadable), never skipped in silence.
 //
 // The watch resumes from the revision after the last full read; a compacted
 // revision (at once) or a broken watch (after a second) triggers a full

@@ -124,19 +124,30 @@ type revBlock struct {
 
 // ListBlocks reads every block and the revision of the read.
 func ListBlocks(ctx context.Context, cli *clientv3.Client) (map[netip.Prefix]revBlock, int64, error) {
+	// An unreadable block was never claimed by a pierd: it stays taken (its
+	// key exists), so allocation ignores it; the route agent reports it.
+	out, _, rev, err := listBlocks(ctx, cli)
+	return out, rev, err
+}
+
+// listBlocks is ListBlocks that also returns the keys it could not decode,
+// with the reason.
+func listBlocks(ctx context.Context, cli *clientv3.Client) (map[netip.Prefix]revBlock, map[string]error, int64, error) {
 	resp, err := cli.Get(ctx, blocksPrefix, clientv3.WithPrefix())
 	if err != nil {
-		return nil, 0, err
+		return nil, nil, 0, err
 	}
 	out := map[netip.Prefix]revBlock{}
+	bad := map[string]error{}
 	for _, kv := range resp.Kvs {
 		b, err := decodeBlock(kv.Key, kv.Value)
 		if err != nil {
-			continue // never claimed by us; it stays taken (its key exists)
+			bad[string(kv.Key)] = err
+			continue
 		}
 		out[b.CIDR] = revBlock{b, kv.ModRevision}
 	}
-	return out, resp.Header.Revision, nil
+	return out, bad, resp.Header.Revision, nil
 }
 
 // TakenBlocks returns the prefixes of every block key (keys only: a claim
