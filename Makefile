@@ -20,7 +20,9 @@ demo: build
 # then each fuzzer briefly (its seed corpus always runs with the unit tests).
 test: deps
 	$(GO) vet ./...
-	PIER_CRICTL=$(CURDIR)/bin/tools/crictl $(GO) test -count=1 -timeout 30m ./...
+	PIER_CRICTL=$(CURDIR)/bin/tools/crictl \
+	PIER_KUBE_APISERVER=$(CURDIR)/bin/tools/kube-apiserver PIER_KUBELET=$(CURDIR)/bin/tools/kubelet \
+		$(GO) test -count=1 -timeout 30m ./...
 	$(MAKE) fuzz
 
 FUZZTIME ?= 15s
