@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/netip"
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -42,6 +43,12 @@ type NetConf struct {
 	ForceAddress     bool   `json:"forceAddress"`
 	IPMasq           bool   `json:"ipMasq"`
 	IPMasqBackend    string `json:"ipMasqBackend,omitempty"`
+	// NonMasqueradeCIDRs are destinations that the containers' traffic
+	// reaches with its own source address even with ipMasq, besides the
+	// network's own subnets: the cluster's pod CIDRs when each node serves
+	// a range of its own (pierd's Kubernetes mode writes them), so traffic
+	// between pods of different nodes keeps its source.
+	NonMasqueradeCIDRs []string `json:"nonMasqueradeCIDRs,omitempty"`
 	MTU              int    `json:"mtu"`
 	HairpinMode      bool   `json:"hairpinMode"`
 	PromiscMode      bool   `json:"promiscMode"`
@@ -86,6 +93,9 @@ type NetConf struct {
 		PortMappings []PortMapping `json:"portMappings,omitempty"`
 		Bandwidth    *Bandwidth    `json:"bandwidth,omitempty"`
 	} `json:"runtimeConfig,omitempty"`
+
+	// NonMasquerade is NonMasqueradeCIDRs parsed, host bits cleared.
+	NonMasquerade []netip.Prefix `json:"-"`
 
 	// Bandwidth is the limits to apply, from the top-level keys or the
 	// capability (see resolveFeatures); nil when nothing is limited.
@@ -180,7 +190,28 @@ func (n *NetConf) validate() error {
 	if err := n.validateFirewall(); err != nil {
 		return err
 	}
+	if err := n.parseNonMasquerade(); err != nil {
+		return err
+	}
 	return n.refuseUnsupported()
+}
+
+// parseNonMasquerade fills NonMasquerade. A /0 is refused: it would exempt
+// every destination, so nothing would ever be masqueraded, which no one who
+// sets ipMasq means.
+func (n *NetConf) parseNonMasquerade() error {
+	n.NonMasquerade = nil
+	for _, s := range n.NonMasqueradeCIDRs {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return cnierr.New(cnierr.InvalidConfig, `"nonMasqueradeCIDRs": %q is not a CIDR`, s)
+		}
+		if p.Bits() == 0 || p.Addr().Zone() != "" {
+			return cnierr.New(cnierr.InvalidConfig, `"nonMasqueradeCIDRs": %q would exempt every destination from masquerade`, s)
+		}
+		n.NonMasquerade = append(n.NonMasquerade, p.Masked())
+	}
+	return nil
 }
 
 // refuseUnsupported turns every known key Pier cannot honour into a code-2

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -152,5 +153,25 @@ func TestPodFromCNIArgs(t *testing.T) {
 	n, err := LoadNetConf(conf(""), "")
 	if err != nil || n.NetworkPolicy || n.PodName != "" {
 		t.Errorf("defaults: %+v %v", n, err)
+	}
+}
+
+func TestNonMasqueradeCIDRs(t *testing.T) {
+	n, err := LoadNetConf(conf(`"ipMasq": true, "nonMasqueradeCIDRs": ["10.244.0.0/16", "fd00:10:244::1/56"]`), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(n.NonMasquerade) != "[10.244.0.0/16 fd00:10:244::/56]" {
+		t.Fatalf("parsed %v", n.NonMasquerade)
+	}
+	for _, bad := range []string{`["10.244.0.0"]`, `["0.0.0.0/0"]`, `["::/0"]`, `["fe80::/64%eth0"]`, `"10.0.0.0/8"`} {
+		_, err := LoadNetConf(conf(`"nonMasqueradeCIDRs": `+bad), "")
+		want := cnierr.InvalidConfig
+		if bad[0] == '"' {
+			want = cnierr.DecodingFailure // not a list
+		}
+		if cnierr.CodeOf(err) != want || (want == cnierr.InvalidConfig && !strings.Contains(err.Error(), "nonMasqueradeCIDRs")) {
+			t.Errorf("%s: %v (code %d, want %d)", bad, err, cnierr.CodeOf(err), want)
+		}
 	}
 }

@@ -148,10 +148,12 @@ func (c *call) configureHost(res *current.Result, h hostSide, undo *undoStack) e
 // masqTarget is the network's masquerade identity (its subnets, exempt from
 // masquerade) and the container's addresses to add to its sets. The
 // exempt subnets are the configured ranges' (in cluster mode the whole
-// cluster CIDR: traffic to other nodes' containers keeps its source) plus
-// any result prefix they do not cover (a delegated IPAM's).
+// cluster CIDR: traffic to other nodes' containers keeps its source), the
+// config's nonMasqueradeCIDRs (in Kubernetes mode the cluster's pod CIDRs,
+// for the same reason) and any result prefix they do not cover (a
+// delegated IPAM's).
 func (c *call) masqTarget(res *current.Result) (nat.Network, []netip.Addr) {
-	network := nat.Network{Name: c.conf.Name, Subnets: c.ipam.Subnets()}
+	network := nat.Network{Name: c.conf.Name, Subnets: slices.Concat(c.ipam.Subnets(), c.conf.NonMasquerade)}
 	var addrs []netip.Addr
 	for _, ipc := range res.IPs {
 		p, ok := prefixOf(ipc)
