@@ -19,7 +19,8 @@ import (
 // (see its package doc for the measurements). Prometheus is pierd's only,
 // and so are the Kubernetes API types the network policy engine reads: the
 // plugin's part of network policy (internal/netpol/dataplane) knows only
-// pod names and nftables.
+// pod names and nftables; and client-go (pierd's Kubernetes mode): a pod
+// start never talks to the API server.
 func TestPluginBinariesStayLean(t *testing.T) {
 	forbidden := []string{
 		"net/http", "go.opentelemetry.io/", "google.golang.org/grpc", "go.etcd.io/", "crypto/tls",

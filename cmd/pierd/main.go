@@ -2,7 +2,10 @@
 // socket (daemon mode: "ipam": {"type": "pier-ipam", "daemonSocket": …}),
 // with Prometheus metrics. With --etcd-endpoints it runs in cluster mode
 // (package cluster: addresses from the cluster's blocks in etcd, routes to
-// the other nodes' blocks). SIGTERM or SIGINT drains in-flight calls and
+// the other nodes' blocks); with --datastore kubernetes in Kubernetes mode
+// (package kube: the node's pod ranges from its Node object, routes from
+// the other Node objects, the CNI config written once the ranges are
+// known). SIGTERM or SIGINT drains in-flight calls and
 // exits.
 package main
 
@@ -36,6 +39,7 @@ func run(args []string, stderr io.Writer) int {
 	drain := fs.Duration("drain-timeout", pierd.DefaultDrainTimeout, "how long SIGTERM waits for in-flight calls")
 	cf := clusterFlags(fs)
 	rf := restoreFlagSet(fs)
+	kf := kubeFlags(fs, cf)
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -66,6 +70,12 @@ func run(args []string, stderr io.Writer) int {
 		defer cl.Close()
 		opts.IPAM = cl
 	}
+	km, err := kf.start(*socket, *dataDir, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "pierd: kubernetes mode: %v\n", err)
+		return 1
+	}
+	defer km.stop()
 	d, err := pierd.Start(opts)
 	if err != nil {
 		log.Error("cannot start", "err", err)

@@ -193,3 +193,23 @@ func (p *Programmer) reconcileNeighbours(h *netlink.Handle, vx netlink.Link, pee
 	}
 	return errors.Join(errs...)
 }
+
+// UnderlayMTU returns the MTU of the link holding the VTEP address (in
+// host-gw mode, the node's underlay address): the pods' MTU in host-gw
+// mode. 0 when no local link holds it.
+func (p *Programmer) UnderlayMTU() int {
+	if !p.VTEP.IsValid() {
+		return 0
+	}
+	h, done, err := p.handle()
+	if err != nil {
+		return 0
+	}
+	defer done()
+	_, mtu, err := linkWith(h, p.VTEP.Unmap())
+	if err != nil {
+		p.log().Warn("cannot find the underlay's MTU", "err", err)
+		return 0
+	}
+	return mtu
+}

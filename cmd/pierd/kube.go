@@ -1,0 +1,150 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+
+	"github.com/pier-cni/pier/internal/kube"
+	"github.com/pier-cni/pier/internal/nodestatus"
+	"github.com/pier-cni/pier/internal/routing"
+)
+
+// Datastores (--datastore).
+const (
+	datastoreLocal      = "local"
+	datastoreEtcd       = "etcd"
+	datastoreKubernetes = "kubernetes"
+)
+
+// kubeOpts are the Kubernetes-mode flags; --datastore kubernetes turns it
+// on. --node-name and --node-ip are cluster mode's, shared.
+type kubeOpts struct {
+	cluster                         *clusterOpts
+	datastore, kubeconfig, routing  *string
+	clusterCIDR                     *string
+	allocate, ipMasq, daemonIPAM    *bool
+	mask4, mask6, mtu               *int
+	confDir, confFile, net, bridgeN *string
+}
+
+func kubeFlags(fs *flag.FlagSet, c *clusterOpts) *kubeOpts {
+	return &kubeOpts{
+		cluster:     c,
+		datastore:   fs.String("datastore", "", "where the node's pod ranges and the other nodes come from: local (this node alone), etcd (cluster mode, implied by --etcd-endpoints) or kubernetes (Node objects)"),
+		kubeconfig:  fs.String("kubeconfig", "", "kubernetes: kubeconfig file for the API server (default: in-cluster, the pod's service account)"),
+		routing:     fs.String("routing", routing.ModeVXLAN, "kubernetes: routes between nodes: vxlan, host-gw (nodes share one L2 link) or none"),
+		clusterCIDR: fs.String("cluster-cidr", "", "kubernetes: the cluster's pod CIDRs, comma-separated (one per family): exempt from masquerade, and the source of --allocate-pod-cidrs"),
+		allocate:    fs.Bool("allocate-pod-cidrs", false, "kubernetes: give this node pod ranges from --cluster-cidr when its Node has none (for clusters whose controller manager does not)"),
+		mask4:       fs.Int("node-cidr-mask-size-ipv4", 24, "kubernetes: size of the IPv4 pod range --allocate-pod-cidrs gives a node"),
+		mask6:       fs.Int("node-cidr-mask-size-ipv6", 64, "kubernetes: size of the IPv6 pod range --allocate-pod-cidrs gives a node"),
+		ipMasq:      fs.Bool("cni-ip-masq", true, "kubernetes: masquerade pod traffic that leaves the cluster CIDRs (needs --cluster-cidr)"),
+		mtu:         fs.Int("cni-mtu", 0, "kubernetes: the pods' MTU (default: the underlay's, less 50 in vxlan mode)"),
+		confDir:     fs.String("cni-conf-dir", kube.DefaultCNIDir, "kubernetes: where to write the CNI config once the node's pod ranges are known"),
+		confFile:    fs.String("cni-conf-file", kube.DefaultCNIFile, "kubernetes: the CNI config's file name"),
+		net:         fs.String("cni-network", kube.DefaultNetworkName, "kubernetes: the CNI network's name"),
+		bridgeN:     fs.String("cni-bridge", "pier0", "kubernetes: the pods' bridge"),
+		daemonIPAM:  fs.Bool("cni-daemon-ipam", false, "kubernetes: the CNI config allocates through this pierd (daemon mode) instead of in the plugin (the default: pods then start while pierd is down)"),
+	}
+}
+
+// kubeMode is a running Kubernetes mode.
+type kubeMode struct {
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// stop ends the Kubernetes mode and waits for it. Routes and the conflist
+// stay: pods keep their connectivity and keep starting while pierd is away.
+func (k *kubeMode) stop() {
+	if k == nil {
+		return
+	}
+	k.cancel()
+	k.wg.Wait()
+}
+
+// start returns nil unless --datastore kubernetes. Errors of the flags and
+// of the kubeconfig fail the start; the API server need not be up.
+func (k *kubeOpts) start(socket, dataDir string, log *slog.Logger) (*kubeMode, error) {
+	switch *k.datastore {
+	case "", datastoreLocal, datastoreEtcd:
+		if *k.datastore == datastoreEtcd && *k.cluster.endpoints == "" {
+			return nil, errors.New("--datastore etcd needs --etcd-endpoints")
+		}
+		return nil, nil
+	case datastoreKubernetes:
+	default:
+		return nil, fmt.Errorf("--datastore %q: want local, etcd or kubernetes", *k.datastore)
+	}
+	if *k.cluster.endpoints != "" {
+		return nil, errors.New("--datastore kubernetes and --etcd-endpoints exclude each other")
+	}
+	o, err := k.options(socket, dataDir, log)
+	if err != nil {
+		return nil, err
+	}
+	d, err := kube.New(o)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	m := &kubeMode{cancel: cancel}
+	m.wg.Go(func() { d.Run(ctx) })
+	return m, nil
+}
+
+func (k *kubeOpts) options(socket, dataDir string, log *slog.Logger) (kube.Options, error) {
+	name := *k.cluster.nodeName
+	if name == "" {
+		name, _ = os.Hostname()
+	}
+	o := kube.Options{NodeName: name, Mode: *k.routing, StatusFile: nodestatus.PathFor(socket), Log: log.With("datastore", "kubernetes")}
+	if *k.cluster.nodeIP != "" {
+		ip, err := netip.ParseAddr(*k.cluster.nodeIP)
+		if err != nil {
+			return o, errors.New("--node-ip must be an IP address")
+		}
+		o.NodeIP = ip
+	}
+	cidrs, err := parseCIDRs(*k.clusterCIDR)
+	if err != nil {
+		return o, fmt.Errorf("--cluster-cidr: %w", err)
+	}
+	if *k.ipMasq && len(cidrs) == 0 {
+		return o, errors.New("--cluster-cidr is needed to exempt pod-to-pod traffic from masquerade (or --cni-ip-masq=false)")
+	}
+	if *k.allocate {
+		o.Allocator = &kube.Allocator{ClusterCIDRs: cidrs, MaskSize4: *k.mask4, MaskSize6: *k.mask6, Log: o.Log}
+	}
+	o.CNI = kube.CNIConfig{Dir: *k.confDir, File: *k.confFile, Network: *k.net, Bridge: *k.bridgeN, MTU: *k.mtu,
+		IPMasq: *k.ipMasq, NonMasquerade: cidrs, DataDir: dataDir}
+	if *k.daemonIPAM {
+		o.CNI.DaemonSocket = socket
+	}
+	if o.Config, err = kube.Connect(*k.kubeconfig); err != nil {
+		return o, fmt.Errorf("kubeconfig: %w", err)
+	}
+	return o, nil
+}
+
+func parseCIDRs(s string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(f)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not a CIDR", f)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}

@@ -1,0 +1,169 @@
+package kube
+
+import (
+	"context"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/pier-cni/pier/internal/nodestatus"
+	"github.com/pier-cni/pier/internal/routing"
+)
+
+// ResyncEvery is how often the route agent reconciles without an event:
+// it repairs routes someone else removed or changed.
+const ResyncEvery = 30 * time.Second
+
+// DataPlane is where the route agent's State goes: routing.Programmer on a
+// node, a recorder in tests.
+type DataPlane interface {
+	Apply(routing.State) error
+}
+
+// routeAgent keeps the node's routes to the other nodes' pod ranges in
+// step with the Node objects: every Node event that changes what routes
+// (ranges, InternalIPs, VTEP annotations; not kubelet's status updates)
+// or a deletion kicks one reconcile of the whole table. Kicks coalesce:
+// 1,000 events at start are one or two reconciles.
+type routeAgent struct {
+	mode  string
+	self  string
+	vtep  netip.Addr // this node's VTEP (vxlan), to plan with
+	dp    DataPlane
+	nodes corelisters.NodeLister
+	log   *slog.Logger
+	kick  chan struct{}
+
+	// onSync runs after each reconcile (the status file's writer).
+	onSync func()
+
+	mu        sync.Mutex // guards the fields below, read by fill
+	routes    []nodestatus.Route
+	problems  []string
+	synced    time.Time
+	applyErr  string
+	nodeCount int
+}
+
+func newRouteAgent(mode, self string, vtep netip.Addr, dp DataPlane, inf cache.SharedIndexInformer, log *slog.Logger) (*routeAgent, error) {
+	a := &routeAgent{mode: mode, self: self, vtep: vtep, dp: dp, nodes: corelisters.NewNodeLister(inf.GetIndexer()),
+		log: log, kick: make(chan struct{}, 1)}
+	_, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: func(any) { a.trigger() },
+		UpdateFunc: func(oldObj, newObj any) {
+			o, ok1 := oldObj.(*corev1.Node)
+			n, ok2 := newObj.(*corev1.Node)
+			if !ok1 || !ok2 {
+				a.trigger()
+				return
+			}
+			po, _ := ParseNode(o)
+			pn, _ := ParseNode(n)
+			if !po.Equal(pn) {
+				a.trigger()
+			}
+		},
+		DeleteFunc: func(any) { a.trigger() },
+	})
+	return a, err
+}
+
+func (a *routeAgent) trigger() {
+	select {
+	case a.kick <- struct{}{}:
+	default: // a reconcile is pending already and will see this change
+	}
+}
+
+// run reconciles on every kick and every ResyncEvery until ctx ends. The
+// caller starts it once the informer has synced, so the first reconcile
+// sees every node (an early one would delete the routes of nodes not yet
+// listed, cutting their traffic for a moment).
+func (a *routeAgent) run(ctx context.Context) {
+	t := time.NewTicker(ResyncEvery)
+	defer t.Stop()
+	a.sync()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.kick:
+		case <-t.C:
+		}
+		a.sync()
+	}
+}
+
+// sync plans from the informer's cache and applies. With the API server
+// unreachable the cache keeps its last content, so routes stay as they
+// were: nothing is removed for want of an answer.
+func (a *routeAgent) sync() {
+	objs, err := a.nodes.List(labels.Everything())
+	if err != nil {
+		a.log.Warn("route agent: list nodes from the cache", "err", err)
+		return
+	}
+	nodes := make([]Node, 0, len(objs))
+	var problems []string
+	self := Node{Name: a.self}
+	for _, o := range objs {
+		n, err := ParseNode(o)
+		if err != nil {
+			problems = append(problems, "node "+o.Name+": "+strings.ReplaceAll(err.Error(), "\n", "; "))
+		}
+		if n.Name == a.self {
+			self = n
+		}
+		nodes = append(nodes, n)
+	}
+	self.VTEP = a.vtep
+	state, planned := Plan(a.mode, self, nodes)
+	problems = append(problems, planned...)
+	applyErr := ""
+	if err := a.dp.Apply(state); err != nil {
+		applyErr = err.Error()
+		a.log.Warn("route agent: reconcile", "err", err)
+	}
+	a.record(state, nodes, problems, applyErr)
+}
+
+// record keeps the outcome for Status and logs the problems when they
+// changed since the last reconcile (not at every event).
+func (a *routeAgent) record(s routing.State, nodes []Node, problems []string, applyErr string) {
+	owner := map[netip.Prefix]string{}
+	for _, n := range nodes {
+		for _, p := range n.PodCIDRs {
+			owner[p] = n.Name
+		}
+	}
+	routes := make([]nodestatus.Route, 0, len(s.Routes))
+	for _, r := range s.Routes {
+		routes = append(routes, nodestatus.Route{Dst: r.Dst, Via: r.Via, Node: owner[r.Dst]})
+	}
+	a.mu.Lock()
+	if strings.Join(problems, "\n") != strings.Join(a.problems, "\n") {
+		for _, p := range problems {
+			a.log.Info("route agent: " + p)
+		}
+	}
+	a.log.Debug("route agent: reconciled", "nodes", len(nodes), "routes", len(routes))
+	a.routes, a.problems, a.synced, a.applyErr, a.nodeCount = routes, problems, time.Now(), applyErr, len(nodes)
+	a.mu.Unlock()
+	if a.onSync != nil {
+		a.onSync()
+	}
+}
+
+// fill copies the last reconcile's outcome into s.
+func (a *routeAgent) fill(s *nodestatus.Status) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	s.Routes, s.Problems, s.Synced, s.ApplyError, s.Nodes = a.routes, a.problems, a.synced, a.applyErr, a.nodeCount
+}
