@@ -11,6 +11,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/pier-cni/pier/internal/cluster"
+	"github.com/pier-cni/pier/internal/config"
 )
 
 // etcdFlags are the flags of the commands that talk to etcd.
@@ -77,32 +78,51 @@ settings are refused.`,
 
 func nodeCommand() command {
 	return command{
-		name: "node", args: "forget NAME",
-		summary: "remove a dead node from the cluster and free its blocks",
-		help: `forget is for a node that is gone for good: every address its blocks
-hold is released, its blocks are deleted (other nodes may claim them) and
-its node key removed. A node whose pierd merely died keeps its blocks until
-then, so that its running containers' addresses are never handed out twice.`,
+		name: "node", args: "[show] | forget NAME",
+		summary: "show the node's pod ranges and routes to other nodes; forget a dead node (cluster mode)",
+		help: `show (the default) prints what pierd knows of this node when it routes
+between nodes (--datastore kubernetes): the node's pod ranges and where they
+come from, the CNI config pierd wrote, the routing mode, and every route to
+another node's range with the node it leads to, checked against the
+kernel's route table (main table, protocol 80): "ok", "missing" (pierd
+wants it, the kernel lacks it) or "differs"; routes of protocol 80 that
+pierd does not want are listed as "stale". Ranges that are not routed are
+listed with the reason. It reads pierd's status file beside --socket.
+
+forget is for a node that is gone for good (cluster mode, etcd): every
+address its blocks hold is released, its blocks are deleted (other nodes
+may claim them) and its node key removed. A node whose pierd merely died
+keeps its blocks until then, so that its running containers' addresses are
+never handed out twice.`,
 		setup: func(fs *flag.FlagSet) runner {
 			ef := addEtcdFlags(fs)
+			socket := fs.String("socket", config.DefaultDaemonSocket, "show: the socket of the pierd whose status to read")
+			out := outputFlag(fs)
 			return func(e *env, args []string) int {
-				if len(args) != 2 || args[0] != "forget" {
-					return usageError(e, "node", "want 'forget NAME'")
+				switch {
+				case len(args) == 0 || (len(args) == 1 && args[0] == "show"):
+					return nodeShow(e, *socket, *out)
+				case len(args) == 2 && args[0] == "forget":
+					return nodeForget(e, ef, args[1])
 				}
-				cli, err := ef.connect()
-				if err != nil {
-					return fail(e, "node", err)
-				}
-				defer cli.Close()
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				defer cancel()
-				addrs, blocks, err := cluster.Forget(ctx, cli, args[1])
-				if err != nil {
-					return fail(e, "node", err)
-				}
-				fmt.Fprintf(e.stdout, "node %s forgotten: %d addresses released, %d blocks freed\n", args[1], addrs, blocks)
-				return exitOK
+				return usageError(e, "node", "want 'show' or 'forget NAME'")
 			}
 		},
 	}
+}
+
+func nodeForget(e *env, ef etcdFlags, name string) int {
+	cli, err := ef.connect()
+	if err != nil {
+		return fail(e, "node", err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	addrs, blocks, err := cluster.Forget(ctx, cli, name)
+	if err != nil {
+		return fail(e, "node", err)
+	}
+	fmt.Fprintf(e.stdout, "node %s forgotten: %d addresses released, %d blocks freed\n", name, addrs, blocks)
+	return exitOK
 }

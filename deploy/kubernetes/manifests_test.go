@@ -13,6 +13,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/pier-cni/pier/internal/lint"
@@ -95,5 +96,104 @@ func TestManifestsDecode(t *testing.T) {
 	res := lint.File(path, lint.Options{Uplinks: func() ([]lint.Uplink, error) { return nil, nil }})
 	if errs, _ := res.Counts(); errs > 0 {
 		t.Errorf("conflist lint: %+v", res.Findings)
+	}
+}
+
+// TestKubernetesModeManifest: pier-kubernetes.yaml decodes strictly; the
+// DaemonSet runs pierd in Kubernetes mode on the host network under its
+// own ServiceAccount, installs only the binaries (pierd writes the CNI
+// config); RBAC grants exactly the verbs pierd uses: on Nodes get, list,
+// watch (the informer, the allocator's reads) and patch (annotations,
+// spec.podCIDRs), and on Leases in kube-system list, create, update and
+// delete (pod range claims). e2e/kube_test.go runs pierd with exactly
+// these rules against a real API server.
+func TestKubernetesModeManifest(t *testing.T) {
+	raw, err := os.ReadFile("pier-kubernetes.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		sa   corev1.ServiceAccount
+		cr   rbacv1.ClusterRole
+		crb  rbacv1.ClusterRoleBinding
+		role rbacv1.Role
+		rb   rbacv1.RoleBinding
+		cm   corev1.ConfigMap
+		ds   appsv1.DaemonSet
+	)
+	objs := map[string]any{
+		"v1 ServiceAccount": &sa, "rbac.authorization.k8s.io/v1 ClusterRole": &cr,
+		"rbac.authorization.k8s.io/v1 ClusterRoleBinding": &crb, "rbac.authorization.k8s.io/v1 Role": &role,
+		"rbac.authorization.k8s.io/v1 RoleBinding": &rb, "v1 ConfigMap": &cm, "apps/v1 DaemonSet": &ds,
+	}
+	seen := map[string]int{}
+	for i, doc := range strings.Split(string(raw), "\n---\n") {
+		var meta struct {
+			APIVersion string `json:"apiVersion"`
+			Kind       string `json:"kind"`
+		}
+		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
+			t.Fatalf("document %d: %v", i, err)
+		}
+		key := meta.APIVersion + " " + meta.Kind
+		obj, ok := objs[key]
+		if !ok {
+			t.Fatalf("document %d: unexpected %s", i, key)
+		}
+		if err := yaml.UnmarshalStrict([]byte(doc), obj); err != nil {
+			t.Fatalf("document %d (%s): %v", i, meta.Kind, err)
+		}
+		seen[key]++
+	}
+	for k := range objs {
+		if seen[k] != 1 {
+			t.Errorf("want one %s, got %d", k, seen[k])
+		}
+	}
+	verbs := func(rules []rbacv1.PolicyRule) map[string]string {
+		out := map[string]string{}
+		for _, r := range rules {
+			for _, res := range r.Resources {
+				out[strings.Join(r.APIGroups, ",")+"/"+res] = strings.Join(r.Verbs, ",")
+			}
+		}
+		return out
+	}
+	if v := verbs(cr.Rules); len(v) != 1 || v["/nodes"] != "get,list,watch,patch" {
+		t.Errorf("ClusterRole rules: %v", v)
+	}
+	if v := verbs(role.Rules); len(v) != 1 || v["coordination.k8s.io/leases"] != "list,create,update,delete" || role.Namespace != "kube-system" {
+		t.Errorf("Role rules: %v in %s", v, role.Namespace)
+	}
+	for _, b := range []struct {
+		ref      rbacv1.RoleRef
+		subjects []rbacv1.Subject
+		want     string
+	}{{crb.RoleRef, crb.Subjects, cr.Name}, {rb.RoleRef, rb.Subjects, role.Name}} {
+		if b.ref.Name != b.want || len(b.subjects) != 1 || b.subjects[0].Name != sa.Name || b.subjects[0].Namespace != sa.Namespace {
+			t.Errorf("binding of %s: %+v %+v", b.want, b.ref, b.subjects)
+		}
+	}
+	spec := ds.Spec.Template.Spec
+	if !spec.HostNetwork || spec.ServiceAccountName != sa.Name || len(spec.InitContainers) != 1 || len(spec.Containers) != 1 {
+		t.Fatalf("DaemonSet: hostNetwork %v, serviceAccount %q, %d init containers, %d containers",
+			spec.HostNetwork, spec.ServiceAccountName, len(spec.InitContainers), len(spec.Containers))
+	}
+	if script := strings.Join(spec.InitContainers[0].Args, " "); !strings.Contains(script, "pier pier-ipam") || strings.Contains(script, "conflist") {
+		t.Errorf("the init container should install the binaries only:\n%s", script)
+	}
+	args := strings.Join(spec.Containers[0].Args, " ")
+	for _, flag := range []string{"--datastore=kubernetes", "--node-name=$(NODE_NAME)", "--cluster-cidr=$(CLUSTER_CIDR)", "--routing=$(ROUTING)", "--cni-conf-dir="} {
+		if !strings.Contains(args, flag) {
+			t.Errorf("pierd args lack %s: %s", flag, args)
+		}
+	}
+	if strings.Contains(args, "--etcd") {
+		t.Errorf("Kubernetes mode needs no etcd: %s", args)
+	}
+	for _, key := range []string{"cluster-cidr", "routing"} {
+		if cm.Data[key] == "" {
+			t.Errorf("ConfigMap lacks %s", key)
+		}
 	}
 }
