@@ -49,11 +49,11 @@ type NetConf struct {
 	// a range of its own (pierd's Kubernetes mode writes them), so traffic
 	// between pods of different nodes keeps its source.
 	NonMasqueradeCIDRs []string `json:"nonMasqueradeCIDRs,omitempty"`
-	MTU              int    `json:"mtu"`
-	HairpinMode      bool   `json:"hairpinMode"`
-	PromiscMode      bool   `json:"promiscMode"`
-	EnableDAD        bool   `json:"enabledad,omitempty"`
-	Vlan             int    `json:"vlan"`
+	MTU                int      `json:"mtu"`
+	HairpinMode        bool     `json:"hairpinMode"`
+	PromiscMode        bool     `json:"promiscMode"`
+	EnableDAD          bool     `json:"enabledad,omitempty"`
+	Vlan               int      `json:"vlan"`
 	// MacSpoofChk drops frames from the container whose source MAC is not
 	// its interface's (nftables, table bridge pier).
 	MacSpoofChk bool `json:"macspoofchk,omitempty"`
