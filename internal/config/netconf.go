@@ -43,23 +43,24 @@ type NetConf struct {
 	ForceAddress     bool   `json:"forceAddress"`
 	IPMasq           bool   `json:"ipMasq"`
 	IPMasqBackend    string `json:"ipMasqBackend,omitempty"`
-	// NonMasqueradeCIDRs are destinations that the containers' traffic
-	// reaches with its own source address even with ipMasq, besides the
-	// network's own subnets: the cluster's pod CIDRs when each node serves
-	// a range of its own (pierd's Kubernetes mode writes them), so traffic
-	// between pods of different nodes keeps its source.
-	NonMasqueradeCIDRs []string `json:"nonMasqueradeCIDRs,omitempty"`
-	MTU                int      `json:"mtu"`
-	HairpinMode        bool     `json:"hairpinMode"`
-	PromiscMode        bool     `json:"promiscMode"`
-	EnableDAD          bool     `json:"enabledad,omitempty"`
-	Vlan               int      `json:"vlan"`
+	MTU              int    `json:"mtu"`
+	HairpinMode      bool   `json:"hairpinMode"`
+	PromiscMode      bool   `json:"promiscMode"`
+	EnableDAD        bool   `json:"enabledad,omitempty"`
+	Vlan             int    `json:"vlan"`
 	// MacSpoofChk drops frames from the container whose source MAC is not
 	// its interface's (nftables, table bridge pier).
 	MacSpoofChk bool `json:"macspoofchk,omitempty"`
 	// FirewallBackend and IngressPolicy: see firewall.go.
 	FirewallBackend string `json:"firewallBackend,omitempty"`
 	IngressPolicy   string `json:"ingressPolicy,omitempty"`
+
+	// NonMasqueradeCIDRs are destinations that the containers' traffic
+	// reaches with its own source address even with ipMasq, besides the
+	// network's own subnets: the cluster's pod CIDRs when each node serves
+	// a range of its own (pierd's Kubernetes mode writes them), so traffic
+	// between pods of different nodes keeps its source.
+	NonMasqueradeCIDRs []string `json:"nonMasqueradeCIDRs,omitempty"`
 
 	// The reference bandwidth plugin's top-level keys (bits/s, bits); when
 	// any is set they win over runtimeConfig.bandwidth, as there.
