@@ -508,3 +508,90 @@ func checkPierctlNode(t *testing.T, n *kubeNode) {
 	}
 	t.Logf("pierctl node:\n%s", out)
 }
+
+// TestKubeAPIServerDown: with the API server killed, pods keep starting
+// (the plugin never calls the API: addresses come from the node's range in
+// the embedded store) and pods on two nodes reach each other (routes stay:
+// nothing is removed for want of an answer); pierd stays up, and once the
+// API server is back its informers resume: a Node deleted then is
+// unrouted.
+func TestKubeAPIServerDown(t *testing.T) {
+	e := newKubeEnv(t, "host-gw", false)
+	n1, n2 := e.addNode(1, e.nodeRanges(1)), e.addNode(2, e.nodeRanges(2))
+	n1.start()
+	n2.start()
+	n1.waitConflist()
+	n2.waitConflist()
+	before := []kubePod{n1.addPod("before-1"), n2.addPod("before-2")}
+	pingPods(t, before)
+
+	e.api.StopAPIServer()
+	const perNode = 10
+	var pods []kubePod
+	start := time.Now()
+	for i := range perNode {
+		for _, n := range []*kubeNode{n1, n2} {
+			pods = append(pods, n.addPod(fmt.Sprintf("down-%s-%d", n.name, i)))
+		}
+	}
+	elapsed := time.Since(start)
+	t.Logf("MEASURE API server down: %d pods started in %v (%.0f pods/s, ADD through the pier binary, one at a time)",
+		len(pods), elapsed.Round(time.Millisecond), float64(len(pods))/elapsed.Seconds())
+	pingPods(t, append(before, pods[0], pods[1], pods[len(pods)-1]))
+	for _, n := range []*kubeNode{n1, n2} {
+		select {
+		case <-n.exited:
+			t.Fatalf("pierd on %s exited while the API server was down:\n%s", n.name, tail(n.stderr.String(), 4000))
+		default:
+		}
+	}
+
+	e.api.Restart(t)
+	if err := e.api.Client.CoreV1().Nodes().Delete(context.Background(), n2.name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, 30*time.Second, "node2's route to go from node1 after the API server came back", func() bool {
+		return !hasRouteTo(t, n1, e.nodeRanges(2)[0])
+	}, n1.stderr.String)
+}
+
+// TestKubeAllocatePodCIDRs: three pierds started at once with
+// --allocate-pod-cidrs on Nodes without ranges: each node gets one IPv4
+// and one IPv6 range of the cluster CIDRs, no two overlap, each is in its
+// Node's spec.podCIDRs and its conflist, and pods on them reach each
+// other.
+func TestKubeAllocatePodCIDRs(t *testing.T) {
+	e := newKubeEnv(t, "vxlan", true)
+	e.args = []string{"--allocate-pod-cidrs"}
+	for i := 1; i <= 3; i++ {
+		e.addNode(i, nil)
+	}
+	for _, n := range e.nodes { // as close together as the test can
+		n.start()
+	}
+	var all []netip.Prefix
+	var pods []kubePod
+	for _, n := range e.nodes {
+		conf := n.waitConflist()
+		obj, err := e.api.Client.CoreV1().Nodes().Get(context.Background(), n.name, metav1.GetOptions{})
+		if err != nil || len(obj.Spec.PodCIDRs) != 2 {
+			t.Fatalf("%s's spec.podCIDRs: %v %v", n.name, obj.Spec.PodCIDRs, err)
+		}
+		for i, s := range obj.Spec.PodCIDRs {
+			p := netip.MustParsePrefix(s)
+			cidr := netip.MustParsePrefix([]string{kubeCIDR4, kubeCIDR6}[i])
+			if !cidr.Contains(p.Addr()) || p.Bits() != []int{24, 64}[i] || !strings.Contains(conf, `"subnet":"`+s+`"`) {
+				t.Fatalf("%s got %s (cluster CIDR %s), conflist %s", n.name, s, cidr, conf)
+			}
+			for _, q := range all {
+				if q.Overlaps(p) {
+					t.Fatalf("%s got %s, overlapping %s", n.name, p, q)
+				}
+			}
+			all = append(all, p)
+		}
+		pods = append(pods, n.addPod(n.name+"-p"))
+	}
+	t.Logf("ranges: %v", all)
+	pingPods(t, pods)
+}

@@ -10,8 +10,8 @@
 // Authentication is by static bearer tokens (one per User, the admin in
 // system:masters), authorization by RBAC, so a test can run a component
 // with exactly the ClusterRole it ships. The API server's serving
-// certificate is self-signed into the temp dir; kubeconfigs written by
-// Kubeconfig trust it.
+// certificate comes from a CA made for the test in the temp dir (the same
+// across a Restart); kubeconfigs written by Kubeconfig trust that CA.
 //
 // Usage:
 //
@@ -188,7 +188,6 @@ func Start(t testing.TB, o Options) *APIServer {
 	})
 	a.startEtcd(t)
 	a.startAPIServer(t, bin)
-	a.waitCert(t)
 	a.Config = a.restConfig("admin")
 	client, err := kubernetes.NewForConfig(a.Config)
 	if err != nil {
@@ -222,6 +221,7 @@ func (a *APIServer) startAPIServer(t testing.TB, bin string) {
 	t.Helper()
 	key := filepath.Join(a.dir, "sa.key")
 	writeECKey(t, key)
+	writeServingCert(t, a.dir, a.opts.Addr)
 	tokens := filepath.Join(a.dir, "tokens.csv")
 	a.writeTokens(t, tokens)
 	args := []string{
@@ -229,7 +229,8 @@ func (a *APIServer) startAPIServer(t testing.TB, bin string) {
 		"--bind-address=" + a.opts.Addr.String(),
 		"--advertise-address=" + a.opts.Addr.String(),
 		fmt.Sprintf("--secure-port=%d", Port),
-		"--cert-dir=" + filepath.Join(a.dir, "certs"),
+		"--tls-cert-file=" + filepath.Join(a.dir, "apiserver.crt"),
+		"--tls-private-key-file=" + filepath.Join(a.dir, "apiserver.key"),
 		"--token-auth-file=" + tokens,
 		"--authorization-mode=RBAC",
 		"--service-account-issuer=https://kubernetes.default.svc",
@@ -295,9 +296,9 @@ func (a *APIServer) writeTokens(t testing.TB, path string) {
 	}
 }
 
-// caFile is the API server's self-signed serving certificate, which
-// clients trust as their CA.
-func (a *APIServer) caFile() string { return filepath.Join(a.dir, "certs", "apiserver.crt") }
+// caFile is the CA of the API server's serving certificate, which clients
+// trust.
+func (a *APIServer) caFile() string { return filepath.Join(a.dir, "ca.crt") }
 
 // restConfig is a config for user from the test process: its sockets are
 // opened inside NS.
@@ -328,19 +329,6 @@ func (a *APIServer) dialInNS(ctx context.Context, network, addr string) (net.Con
 		return err
 	})
 	return conn, err
-}
-
-// waitCert waits for the API server to write its self-signed certificate,
-// which client configs read when they are made.
-func (a *APIServer) waitCert(t testing.TB) {
-	t.Helper()
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline) && a.api.running(); {
-		if _, err := os.Stat(a.caFile()); err == nil {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("kube-apiserver wrote no certificate:\n%s", a.apiLog.tail(6000))
 }
 
 func (a *APIServer) waitReady(t testing.TB) {
