@@ -45,6 +45,11 @@ type Attachment struct {
 	Reservations  []Reservation `json:"reservations"`
 	Notes         []string      `json:"notes,omitempty"`
 	Problems      []string      `json:"problems,omitempty"`
+
+	// OtherPlugins, when set, are the plugin types of a network Pier has
+	// no part in (containerd's cni-loopback, say): the attachment is shown
+	// as theirs, and nothing of Pier's is expected of it.
+	OtherPlugins []string `json:"otherPlugins,omitempty"`
 }
 
 // Item is a value and why it is there.
@@ -177,6 +182,10 @@ func inspectOne(ctx context.Context, f *found, opts Options) *Attachment {
 		Addresses: []Item{}, Routes: []Route{}, Masquerade: []Masq{}, PortMappings: []PortMapping{}, Reservations: []Reservation{}}
 	v := &view{a: a, opts: opts}
 	v.loadConfig(f)
+	if len(a.OtherPlugins) > 0 {
+		v.readContainer()
+		return a
+	}
 	v.readReservations(ctx)
 	v.readHostVeth()
 	if v.conf != nil {
@@ -211,6 +220,10 @@ func (v *view) loadConfig(f *found) {
 		return
 	}
 	v.net = n
+	if n.PluginIndex < 0 {
+		v.otherPlugins(n)
+		return
+	}
 	switch {
 	case n.ConfErr != nil:
 		v.problem("the network's config is refused by pier: %v", n.ConfErr)
@@ -226,6 +239,18 @@ func (v *view) loadConfig(f *found) {
 	} else {
 		v.problem("IPAM config: %v", err)
 	}
+}
+
+// otherPlugins marks the attachment as another plugin's: a network with
+// neither a pier plugin nor pier-ipam (a runtime adds its own beside
+// Pier's: containerd a cni-loopback network for every sandbox). Pier built
+// none of it, so none of Pier's pieces is missing.
+func (v *view) otherPlugins(n *confdir.Network) {
+	for _, p := range n.List.Plugins {
+		v.a.OtherPlugins = append(v.a.OtherPlugins, p.Network.Type)
+	}
+	v.a.Notes = append(v.a.Notes, fmt.Sprintf("an attachment of another plugin (%s, network %s): Pier built none of it and checks nothing of it",
+		strings.Join(v.a.OtherPlugins, ", "), n.Name))
 }
 
 func (v *view) readReservations(ctx context.Context) {
@@ -385,9 +410,12 @@ func (v *view) readContainer() {
 	at := st.Link.Attrs()
 	iface := &Interface{Name: at.Name, Index: at.Index, PeerIndex: at.ParentIndex, MAC: at.HardwareAddr.String(), MTU: at.MTU}
 	iface.Why = "CNI_IFNAME inside the container, the other end of the pair"
-	if v.conf != nil && v.conf.MTU != 0 {
+	switch {
+	case len(v.a.OtherPlugins) > 0:
+		iface.Why = "CNI_IFNAME inside the container, set up by " + strings.Join(v.a.OtherPlugins, ", ")
+	case v.conf != nil && v.conf.MTU != 0:
 		iface.Why += fmt.Sprintf(`; MTU %d from "mtu"`, v.conf.MTU)
-	} else {
+	default:
 		iface.Why += "; MTU is the kernel default (the config sets no \"mtu\")"
 	}
 	if v.host != nil && (v.host.Attrs().ParentIndex != at.Index || at.ParentIndex != v.host.Attrs().Index) {
@@ -408,6 +436,9 @@ func (v *view) readContainer() {
 }
 
 func (v *view) addrWhy(p netip.Prefix) string {
+	if len(v.a.OtherPlugins) > 0 {
+		return "set up by " + strings.Join(v.a.OtherPlugins, ", ")
+	}
 	for _, r := range v.res {
 		if r.Addr == p.Addr() {
 			if r.RangeSet >= 0 {
@@ -426,6 +457,9 @@ func (v *view) addrWhy(p netip.Prefix) string {
 }
 
 func (v *view) routeWhy(r container.Route) string {
+	if len(v.a.OtherPlugins) > 0 {
+		return "set up by " + strings.Join(v.a.OtherPlugins, ", ") + " or the kernel"
+	}
 	if v.net == nil || v.net.IPAM == nil {
 		return "(no config to explain it)"
 	}

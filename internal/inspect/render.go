@@ -31,7 +31,11 @@ func (t *textWriter) item(indent, label, value, why string) {
 // WriteText renders an attachment for people.
 func WriteText(w io.Writer, a *Attachment) error {
 	t := &textWriter{w: w}
-	t.printf("attachment %s/%s of network %s\n", a.ContainerID, a.IfName, a.Network)
+	t.printf("attachment %s/%s of network %s", a.ContainerID, a.IfName, a.Network)
+	if len(a.OtherPlugins) > 0 {
+		t.printf(" (plugin %s, not Pier's)", strings.Join(a.OtherPlugins, ", "))
+	}
+	t.printf("\n")
 	t.printf("  found in: %s", strings.Join(a.FoundIn, ", "))
 	if a.ConfigFrom != "" {
 		t.printf("; config from %s", a.ConfigFrom)
