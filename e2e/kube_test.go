@@ -23,6 +23,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -30,6 +31,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/yaml"
 
 	"github.com/pier-cni/pier/internal/kubetest"
@@ -202,14 +204,24 @@ func (e *kubeEnv) createNode(name string, ranges []string, ips ...string) {
 	if len(ranges) > 0 {
 		obj.Spec.PodCIDR = ranges[0]
 	}
-	n, err := e.api.Client.CoreV1().Nodes().Create(ctx, obj, metav1.CreateOptions{})
-	if err != nil {
+	if _, err := e.api.Client.CoreV1().Nodes().Create(ctx, obj, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	for _, ip := range ips {
-		n.Status.Addresses = append(n.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: ip})
-	}
-	if _, err := e.api.Client.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
+	// A running pierd may annotate the Node in between (its VTEP): re-read
+	// on a conflict, as kubelet does.
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		n, err := e.api.Client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		n.Status.Addresses = nil
+		for _, ip := range ips {
+			n.Status.Addresses = append(n.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: ip})
+		}
+		_, err = e.api.Client.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 }
@@ -248,6 +260,19 @@ func (n *kubeNode) kill() {
 	}
 }
 
+// stacks makes pierd print its goroutines (SIGQUIT: the Go runtime dumps
+// them and exits) and returns its output: what it was waiting for.
+func (n *kubeNode) stacks() string {
+	if n.cmd != nil {
+		_ = n.cmd.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-n.exited:
+		case <-time.After(5 * time.Second):
+		}
+	}
+	return n.stderr.String()
+}
+
 func tail(s string, n int) string {
 	if len(s) > n {
 		return s[len(s)-n:]
@@ -266,7 +291,7 @@ func (n *kubeNode) waitConflist() string {
 		var err error
 		b, err = os.ReadFile(path)
 		return err == nil
-	}, n.stderr.String)
+	}, n.stacks)
 	var list struct {
 		CNIVersion string           `json:"cniVersion"`
 		Name       string           `json:"name"`
@@ -293,7 +318,7 @@ func poll(t *testing.T, d time.Duration, what string, f func() bool, logs func()
 		if time.Now().After(end) {
 			msg := ""
 			if logs != nil {
-				msg = tail(logs(), 6000)
+				msg = tail(logs(), 60000)
 			}
 			t.Fatalf("timed out waiting for %s\n%s", what, msg)
 		}
@@ -453,6 +478,22 @@ func testKubePing(t *testing.T, mode string) {
 		}, n.stderr.String)
 	}
 	t.Logf("MEASURE %s: a deleted Node's routes gone from the other nodes %v after the delete", mode, time.Since(start))
+
+	// It registers again with other ranges (a reinstalled node): its pierd
+	// rewrites its conflist, the others route the new ranges, and a new
+	// pod there is reachable.
+	moved := e.nodeRanges(33)
+	ips := []string{gone.ip, gone.ip6}
+	e.createNode(gone.name, moved, ips...)
+	poll(t, 10*time.Second, gone.name+"'s conflist with its new ranges", func() bool {
+		b, _ := os.ReadFile(filepath.Join(gone.confDir, "10-pier.conflist"))
+		return strings.Contains(string(b), moved[0]) && strings.Contains(string(b), moved[1])
+	}, gone.stderr.String)
+	gone.waitConflist()
+	poll(t, 10*time.Second, "node1's routes to "+gone.name+"'s new ranges", func() bool {
+		return hasRouteTo(t, e.nodes[0], moved[0]) && hasRouteTo(t, e.nodes[0], moved[1])
+	}, e.nodes[0].stderr.String)
+	pingPods(t, []kubePod{pods[0], gone.addPod(gone.name + "-moved")})
 
 	// A new node: the others route it once its Node has ranges (host-gw)
 	// or once its pierd has published its VTEP (vxlan).

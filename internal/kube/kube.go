@@ -76,17 +76,22 @@ func Connect(kubeconfig string) (*rest.Config, error) {
 // written once they are known, the vxlan annotations, and the route agent
 // on the other Node objects.
 type Datastore struct {
-	o       Options
-	client  kubernetes.Interface
-	factory informers.SharedInformerFactory
-	nodeInf cache.SharedIndexInformer
-	nodes   corelisters.NodeLister
-	agent   *routeAgent
-	prog    *routing.Programmer // nil with Options.DataPlane or ModeNone
-	ownKick chan struct{}       // this node's Node changed
+	o        Options
+	client   kubernetes.Interface
+	factory  informers.SharedInformerFactory
+	nodeInf  cache.SharedIndexInformer
+	nodes    corelisters.NodeLister
+	agent    *routeAgent
+	prog     *routing.Programmer // nil with Options.DataPlane or ModeNone
+	ownKick  chan struct{}       // this node's Node changed (keepRanges)
+	vtepKick chan struct{}       // the same, for keepVTEP
 
 	mu     sync.Mutex // guards status
 	status nodestatus.Status
+	// writing serialises the status file's writers (the route agent and
+	// the ranges loop): each computes the status under it, so the last
+	// file written is never older than another.
+	writing sync.Mutex
 }
 
 // New prepares the Kubernetes mode without talking to the API server;
@@ -111,7 +116,7 @@ func New(o Options) (*Datastore, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Datastore{o: o, client: client, factory: NewInformers(client), ownKick: make(chan struct{}, 1)}
+	d := &Datastore{o: o, client: client, factory: NewInformers(client), ownKick: make(chan struct{}, 1), vtepKick: make(chan struct{}, 1)}
 	if o.Allocator != nil && o.Allocator.Client == nil {
 		o.Allocator.Client = client
 	}
@@ -152,9 +157,11 @@ type noRoutes struct{}
 func (noRoutes) Apply(routing.State) error { return nil }
 
 func (d *Datastore) kickOwn() {
-	select {
-	case d.ownKick <- struct{}{}:
-	default:
+	for _, ch := range []chan struct{}{d.ownKick, d.vtepKick} {
+		select {
+		case ch <- struct{}{}:
+		default: // a kick is pending already
+		}
 	}
 }
 
@@ -247,35 +254,45 @@ func (d *Datastore) prepareDataPlane(ctx context.Context, vtep netip.Addr) int {
 		d.mu.Lock()
 		d.status.VTEP, d.status.VTEPMAC = vtep, mac.String()
 		d.mu.Unlock()
-		go d.publishVTEP(ctx, vtep, mac.String())
+		go d.keepVTEP(ctx, vtep, mac.String())
 	}
 	return mtu
 }
 
-// publishVTEP writes the vxlan annotations on this node's Node unless it
-// holds them already, retrying every few seconds until it succeeds.
-func (d *Datastore) publishVTEP(ctx context.Context, vtep netip.Addr, mac string) {
+// keepVTEP keeps the vxlan annotations on this node's Node: written at
+// start, and again whenever the Node lacks them (re-created, or edited by
+// hand); a failed write is retried every few seconds.
+func (d *Datastore) keepVTEP(ctx context.Context, vtep netip.Addr, mac string) {
 	for {
 		obj, err := d.nodes.Get(d.o.NodeName)
-		if err == nil && obj.Annotations[AnnotationVTEP] == vtep.String() && obj.Annotations[AnnotationVTEPMAC] == mac {
-			return
+		if err == nil && (obj.Annotations[AnnotationVTEP] != vtep.String() || obj.Annotations[AnnotationVTEPMAC] != mac) {
+			if err := d.publishVTEP(ctx, vtep, mac); err != nil {
+				d.o.Log.Warn("cannot publish the vxlan VTEP on the Node; retrying", "err", err)
+				d.sleep(ctx, 3*time.Second)
+				d.kickOwn()
+			}
 		}
-		patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{
-			AnnotationVTEP: vtep.String(), AnnotationVTEPMAC: mac}}})
-		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		_, err = d.client.CoreV1().Nodes().Patch(pctx, d.o.NodeName, types.MergePatchType, patch, metav1.PatchOptions{})
-		cancel()
-		if err == nil {
-			d.o.Log.Info("vxlan VTEP published", "vtep", vtep, "mac", mac)
-			return
-		}
-		d.o.Log.Warn("cannot publish the vxlan VTEP on the Node; retrying", "err", err)
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(3 * time.Second):
+		case <-d.vtepKick:
 		}
 	}
+}
+
+func (d *Datastore) publishVTEP(ctx context.Context, vtep netip.Addr, mac string) error {
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{
+		AnnotationVTEP: vtep.String(), AnnotationVTEPMAC: mac}}})
+	if err != nil {
+		return err
+	}
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := d.client.CoreV1().Nodes().Patch(pctx, d.o.NodeName, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		return err
+	}
+	d.o.Log.Info("vxlan VTEP published", "vtep", vtep, "mac", mac)
+	return nil
 }
 
 // keepRanges learns this node's pod ranges (claiming them with the
@@ -361,6 +378,8 @@ func (d *Datastore) writeStatus() {
 	if d.o.StatusFile == "" {
 		return
 	}
+	d.writing.Lock()
+	defer d.writing.Unlock()
 	if err := nodestatus.Write(d.o.StatusFile, d.Status()); err != nil {
 		d.o.Log.Warn("cannot write the node status file", "path", d.o.StatusFile, "err", err)
 	}
