@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync"
 
+	"k8s.io/klog/v2"
+
 	"github.com/pier-cni/pier/internal/kube"
 	"github.com/pier-cni/pier/internal/nodestatus"
 	"github.com/pier-cni/pier/internal/routing"
@@ -90,6 +92,8 @@ func (k *kubeOpts) start(socket, dataDir string, log *slog.Logger) (*kubeMode, e
 	if err != nil {
 		return nil, err
 	}
+	// client-go logs through klog: into pierd's log, in its format.
+	klog.SetSlogLogger(o.Log)
 	d, err := kube.New(o)
 	if err != nil {
 		return nil, err

@@ -61,6 +61,12 @@ func run(args []string, stderr io.Writer) int {
 		Socket: *socket, DataDir: *dataDir, MetricsAddr: *metrics, Allow: access.grants, Limits: limits,
 		Version: version(), Log: log,
 	}
+	km, err := kf.start(*socket, *dataDir, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "pierd: kubernetes mode: %v\n", err)
+		return 1
+	}
+	defer km.stop()
 	cl, err := cf.start(*dataDir, opts.Version, log)
 	if err != nil {
 		fmt.Fprintf(stderr, "pierd: cluster mode: %v\n", err)
@@ -70,12 +76,6 @@ func run(args []string, stderr io.Writer) int {
 		defer cl.Close()
 		opts.IPAM = cl
 	}
-	km, err := kf.start(*socket, *dataDir, log)
-	if err != nil {
-		fmt.Fprintf(stderr, "pierd: kubernetes mode: %v\n", err)
-		return 1
-	}
-	defer km.stop()
 	d, err := pierd.Start(opts)
 	if err != nil {
 		log.Error("cannot start", "err", err)

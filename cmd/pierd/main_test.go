@@ -2,7 +2,9 @@ package main
 
 import (
 	"bytes"
+	"os"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -49,6 +51,36 @@ func TestAllowUIDFlag(t *testing.T) {
 	} {
 		if err := g.Set(v); err == nil || !strings.Contains(err.Error(), wantErr) {
 			t.Errorf("Set(%q) = %v, want an error with %q", v, err, wantErr)
+		}
+	}
+}
+
+// TestKubeFlagErrors: Kubernetes mode refuses what it cannot run with, at
+// start, naming the flag (exit 1, before any socket is made).
+func TestKubeFlagErrors(t *testing.T) {
+	dir := t.TempDir()
+	kc := dir + "/kubeconfig"
+	if err := os.WriteFile(kc, []byte("apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: https://192.0.2.1:6443}}]\nusers: [{name: u, user: {token: x}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\ncurrent-context: c\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	base := []string{"--socket", dir + "/s/pierd.sock", "--metrics-addr", "", "--node-name", "n1"}
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--datastore", "zookeeper"}, "--datastore"},
+		{[]string{"--datastore", "etcd"}, "--etcd-endpoints"},
+		{[]string{"--datastore", "kubernetes", "--kubeconfig", kc}, "--cluster-cidr"},
+		{[]string{"--datastore", "kubernetes", "--kubeconfig", kc, "--cluster-cidr", "10.244.0.0"}, "--cluster-cidr"},
+		{[]string{"--datastore", "kubernetes", "--kubeconfig", kc, "--cluster-cidr", "10.244.0.0/16", "--routing", "bgp"}, "routing mode"},
+		{[]string{"--datastore", "kubernetes", "--kubeconfig", dir + "/missing", "--cluster-cidr", "10.244.0.0/16"}, "kubeconfig"},
+		{[]string{"--datastore", "kubernetes", "--kubeconfig", kc, "--cluster-cidr", "10.244.0.0/16", "--allocate-pod-cidrs", "--node-cidr-mask-size-ipv4", "8"}, "does not fit"},
+		{[]string{"--datastore", "kubernetes", "--etcd-endpoints", "http://192.0.2.1:2379"}, "exclude each other"},
+	}
+	for _, tc := range cases {
+		var stderr bytes.Buffer
+		if code := run(append(slices.Clone(base), tc.args...), &stderr); code != 1 || !strings.Contains(stderr.String(), tc.want) {
+			t.Errorf("run %v: exit %d, stderr %q; want exit 1 naming %q", tc.args, code, stderr.String(), tc.want)
 		}
 	}
 }
