@@ -95,7 +95,7 @@ func (s *syncBuffer) String() string {
 
 // newKubeEnv builds the underlay and starts the API server with the
 // manifest's RBAC for pierd.
-func newKubeEnv(t *testing.T, mode string, dual bool) *kubeEnv {
+func newKubeEnv(t *testing.T, mode string, dual bool, users ...kubetest.User) *kubeEnv {
 	t.Helper()
 	testnet.RequireRoot(t)
 	e := &kubeEnv{t: t, bin: testnet.Binaries(t), underlay: testnet.NewNS(t, "pt-ul-"), mode: mode, dual: dual}
@@ -105,7 +105,7 @@ func newKubeEnv(t *testing.T, mode string, dual bool) *kubeEnv {
 	e.underlay.MustRun(t, "ip", "link", "set", "ul", "up")
 	start := time.Now()
 	e.api = kubetest.Start(t, kubetest.Options{NS: e.underlay, Addr: netip.MustParseAddr(kubeAPIIP),
-		Users: []kubetest.User{{Name: pierdKubeUser, Groups: []string{"system:serviceaccounts", "system:serviceaccounts:kube-system"}}}})
+		Users: append(users, kubetest.User{Name: pierdKubeUser, Groups: []string{"system:serviceaccounts", "system:serviceaccounts:kube-system"}})})
 	t.Logf("MEASURE kube-apiserver ready in %v", time.Since(start))
 	applyManifestRBAC(t, e.api)
 	return e
@@ -175,22 +175,32 @@ func (e *kubeEnv) nodeRanges(i int) []string {
 // addNode makes node i's namespace on the underlay and its Node object
 // (with ranges unless none is given), without starting its pierd.
 func (e *kubeEnv) addNode(i int, ranges []string) *kubeNode {
+	e.t.Helper()
+	n := e.join(i, testnet.New(e.t))
+	ips := []string{n.ip}
+	if n.ip6 != "" {
+		ips = append(ips, n.ip6)
+	}
+	e.createNode(n.name, ranges, ips...)
+	return n
+}
+
+// join puts node i's namespace (of sb) on the underlay, without a Node
+// object (kubelet registers its own).
+func (e *kubeEnv) join(i int, sb *testnet.Sandbox) *kubeNode {
 	t := e.t
 	t.Helper()
-	n := &kubeNode{env: e, index: i, name: fmt.Sprintf("node%d", i), ip: fmt.Sprintf("192.0.2.%d", i), sb: testnet.New(t), dir: t.TempDir()}
+	n := &kubeNode{env: e, index: i, name: fmt.Sprintf("node%d", i), ip: fmt.Sprintf("192.0.2.%d", i), sb: sb, dir: t.TempDir()}
 	n.socket, n.confDir, n.dataDir = filepath.Join(n.dir, "run", "pierd.sock"), filepath.Join(n.dir, "net.d"), filepath.Join(n.dir, "data")
 	peer := fmt.Sprintf("ul%d", i)
 	e.underlay.MustRun(t, "ip", "link", "add", peer, "type", "veth", "peer", "name", "ul0", "netns", n.sb.Node.Name)
 	e.underlay.MustRun(t, "ip", "link", "set", peer, "master", "ul", "up")
 	n.sb.Node.MustRun(t, "ip", "addr", "add", n.ip+"/24", "dev", "ul0")
-	ips := []string{n.ip}
 	if e.dual {
 		n.ip6 = fmt.Sprintf("fd00:192::%x", i)
 		n.sb.Node.MustRun(t, "ip", "addr", "add", n.ip6+"/64", "dev", "ul0", "nodad")
-		ips = append(ips, n.ip6)
 	}
 	n.sb.Node.MustRun(t, "ip", "link", "set", "ul0", "up")
-	e.createNode(n.name, ranges, ips...)
 	e.nodes = append(e.nodes, n)
 	t.Cleanup(n.kill)
 	return n

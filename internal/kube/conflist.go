@@ -60,10 +60,20 @@ func (c CNIConfig) Path() string {
 }
 
 type conflist struct {
-	CNIVersion string       `json:"cniVersion"`
-	Name       string       `json:"name"`
-	Plugins    []pierPlugin `json:"plugins"`
+	CNIVersion  string       `json:"cniVersion"`
+	CNIVersions []string     `json:"cniVersions"`
+	Name        string       `json:"name"`
+	Plugins     []pierPlugin `json:"plugins"`
 }
+
+// The conflist's versions: runtimes whose libcni knows the cniVersions
+// list (spec 1.1) take the highest they support, so GC and STATUS reach
+// Pier; older ones (containerd 1.6 and 1.7 refuse a 1.1.0 result) read
+// cniVersion.
+const (
+	cniVersion    = "1.0.0"
+	cniVersionMax = "1.1.0"
+)
 
 type pierPlugin struct {
 	Type               string          `json:"type"`
@@ -114,7 +124,8 @@ func (c CNIConfig) Render(ranges []netip.Prefix) ([]byte, error) {
 		}
 		p.IPAM.Routes = append(p.IPAM.Routes, map[string]string{"dst": dst})
 	}
-	b, err := json.MarshalIndent(conflist{CNIVersion: "1.1.0", Name: c.Network, Plugins: []pierPlugin{p}}, "", "  ")
+	b, err := json.MarshalIndent(conflist{CNIVersion: cniVersion, CNIVersions: []string{cniVersion, cniVersionMax},
+		Name: c.Network, Plugins: []pierPlugin{p}}, "", "  ")
 	if err != nil {
 		return nil, err
 	}
@@ -125,7 +136,7 @@ func (c CNIConfig) Render(ranges []netip.Prefix) ([]byte, error) {
 		CNIVersion string `json:"cniVersion"`
 		Name       string `json:"name"`
 		pierPlugin
-	}{"1.1.0", c.Network, p})
+	}{cniVersionMax, c.Network, p})
 	if err != nil {
 		return nil, err
 	}
