@@ -33,7 +33,7 @@ import (
 
 // kubeletNode is a node with pierd, containerd and kubelet.
 type kubeletNode struct {
-	*kubeNode
+	*kubetest.Node
 	rt  *runtimeHost
 	cri *cri
 }
@@ -79,10 +79,10 @@ func TestKubeletChain(t *testing.T) {
 	for i := 1; i <= 2; i++ {
 		users = append(users, kubetest.User{Name: fmt.Sprintf("%snode%d", kubeletUserPrefix, i), Groups: []string{"system:nodes", "system:masters"}})
 	}
-	e := newKubeEnv(t, "vxlan", false, users...)
-	e.args = []string{"--allocate-pod-cidrs"}
+	e := kubetest.NewEnv(t, kubetest.EnvOptions{Mode: "vxlan", Users: users})
+	e.Args = []string{"--allocate-pod-cidrs"}
 	ctx := context.Background()
-	if _, err := e.api.Client.CoreV1().ServiceAccounts("default").Create(ctx,
+	if _, err := e.API.Client.CoreV1().ServiceAccounts("default").Create(ctx,
 		&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err) // no controller manager makes it; pod admission wants it
 	}
@@ -99,13 +99,13 @@ func TestKubeletChain(t *testing.T) {
 	start := time.Now()
 	for _, n := range nodes {
 		waitNodeReady(t, e, n)
-		n.waitConflist()
+		n.WaitConflist()
 	}
 	t.Logf("MEASURE kubelet: both nodes Ready %v after the last kubelet started", time.Since(start).Round(time.Millisecond))
 
 	var pods []*corev1.Pod
 	for _, n := range nodes {
-		pods = append(pods, createPod(t, e, n, "pier-"+n.name))
+		pods = append(pods, createPod(t, e, n, "pier-"+n.Name))
 	}
 	for i, n := range nodes {
 		pods[i] = waitPodRunning(t, e, n, pods[i].Name)
@@ -118,16 +118,16 @@ func TestKubeletChain(t *testing.T) {
 	for i, n := range nodes {
 		out, err := n.cri.run("exec", podContainer(t, n, pods[i].Name), "ping", "-c", "2", "-w", "10", ips[1-i].String())
 		if err != nil {
-			t.Fatalf("pod on %s cannot ping %s on %s: %v\n%s", n.name, ips[1-i], nodes[1-i].name, err, out)
+			t.Fatalf("pod on %s cannot ping %s on %s: %v\n%s", n.Name, ips[1-i], nodes[1-i].Name, err, out)
 		}
 	}
 	checkInspectSandbox(t, nodes[0], pods[0])
 
 	for i, n := range nodes {
-		if err := e.api.Client.CoreV1().Pods("default").Delete(ctx, pods[i].Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+		if err := e.API.Client.CoreV1().Pods("default").Delete(ctx, pods[i].Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
 			t.Fatal(err)
 		}
-		poll(t, 60*time.Second, "pod "+pods[i].Name+"'s address released", func() bool {
+		kubetest.Poll(t, 60*time.Second, "pod "+pods[i].Name+"'s address released", func() bool {
 			return reservationCount(t, n) == 0
 		}, nil)
 	}
@@ -136,12 +136,12 @@ func TestKubeletChain(t *testing.T) {
 // startKubeletNode builds node i: its runtimeHost on the underlay, pierd
 // writing into the CNI config dir containerd reads, containerd with the
 // busybox image imported, and kubelet.
-func startKubeletNode(t *testing.T, e *kubeEnv, i int, tools map[string]string, kubelet string) *kubeletNode {
+func startKubeletNode(t *testing.T, e *kubetest.Env, i int, tools map[string]string, kubelet string) *kubeletNode {
 	t.Helper()
 	rt := newRuntimeHost(t)
-	n := &kubeletNode{kubeNode: e.join(i, rt.sb), rt: rt}
-	n.confDir = rt.cniConfDir
-	n.start()
+	n := &kubeletNode{Node: e.Join(i, rt.sb), rt: rt}
+	n.ConfDir = rt.cniConfDir
+	n.Start()
 	n.cri = startContainerd(t, rt, tools["crictl"])
 	archive := filepath.Join(rt.dir, "image.tar")
 	buildImage(t, tools["busybox"], archive, runtimeImage, pauseImage)
@@ -152,9 +152,9 @@ func startKubeletNode(t *testing.T, e *kubeEnv, i int, tools map[string]string, 
 	n.prepareKubelet(t)
 	rt.startBackground(nil, "kubelet.log", kubelet,
 		"--config", filepath.Join(rt.dir, "kubelet", "config.yaml"),
-		"--kubeconfig", e.api.Kubeconfig(t, kubeletUserPrefix+n.name),
+		"--kubeconfig", e.API.Kubeconfig(t, kubeletUserPrefix+n.Name),
 		"--root-dir", filepath.Join(rt.dir, "kubelet", "root"),
-		"--hostname-override", n.name, "--node-ip", n.ip, "--v", "2")
+		"--hostname-override", n.Name, "--node-ip", n.IP, "--v", "2")
 	return n
 }
 
@@ -208,7 +208,7 @@ volumePluginDir: %s
 podLogsDir: %s
 containerRuntimeEndpoint: unix://%s
 serializeImagePulls: false
-`, rt.cgroupParent, n.ip, resolv, filepath.Join(dir, "volume-plugins"), filepath.Join(dir, "pod-logs"),
+`, rt.cgroupParent, n.IP, resolv, filepath.Join(dir, "volume-plugins"), filepath.Join(dir, "pod-logs"),
 		filepath.Join(rt.dir, "containerd", "containerd.sock"))
 	if err := os.WriteFile(filepath.Join(dir, "config.yaml"), []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
@@ -239,10 +239,10 @@ func createCgroupParent(t *testing.T, rt *runtimeHost) {
 	}
 }
 
-func waitNodeReady(t *testing.T, e *kubeEnv, n *kubeletNode) {
+func waitNodeReady(t *testing.T, e *kubetest.Env, n *kubeletNode) {
 	t.Helper()
-	poll(t, 90*time.Second, n.name+" Ready", func() bool {
-		obj, err := e.api.Client.CoreV1().Nodes().Get(context.Background(), n.name, metav1.GetOptions{})
+	kubetest.Poll(t, 90*time.Second, n.Name+" Ready", func() bool {
+		obj, err := e.API.Client.CoreV1().Nodes().Get(context.Background(), n.Name, metav1.GetOptions{})
 		if err != nil {
 			return false
 		}
@@ -252,19 +252,19 @@ func waitNodeReady(t *testing.T, e *kubeEnv, n *kubeletNode) {
 			}
 		}
 		return false
-	}, func() string { return n.stderr.String() })
+	}, func() string { return n.Log() })
 }
 
 // createPod creates a busybox Pod bound to the node (no scheduler runs):
 // the image imported into containerd, never pulled.
-func createPod(t *testing.T, e *kubeEnv, n *kubeletNode, name string) *corev1.Pod {
+func createPod(t *testing.T, e *kubetest.Env, n *kubeletNode, name string) *corev1.Pod {
 	t.Helper()
 	no := false
 	var zero int64
 	p := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default", Labels: map[string]string{"app": "pier-e2e"}},
 		Spec: corev1.PodSpec{
-			NodeName:                      n.name,
+			NodeName:                      n.Name,
 			AutomountServiceAccountToken:  &no,
 			EnableServiceLinks:            &no,
 			DNSPolicy:                     corev1.DNSDefault,
@@ -275,20 +275,20 @@ func createPod(t *testing.T, e *kubeEnv, n *kubeletNode, name string) *corev1.Po
 			}},
 		},
 	}
-	p, err := e.api.Client.CoreV1().Pods("default").Create(context.Background(), p, metav1.CreateOptions{})
+	p, err := e.API.Client.CoreV1().Pods("default").Create(context.Background(), p, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return p
 }
 
-func waitPodRunning(t *testing.T, e *kubeEnv, n *kubeletNode, name string) *corev1.Pod {
+func waitPodRunning(t *testing.T, e *kubetest.Env, n *kubeletNode, name string) *corev1.Pod {
 	t.Helper()
 	var p *corev1.Pod
 	start := time.Now()
-	poll(t, 90*time.Second, "pod "+name+" Running", func() bool {
+	kubetest.Poll(t, 90*time.Second, "pod "+name+" Running", func() bool {
 		var err error
-		p, err = e.api.Client.CoreV1().Pods("default").Get(context.Background(), name, metav1.GetOptions{})
+		p, err = e.API.Client.CoreV1().Pods("default").Get(context.Background(), name, metav1.GetOptions{})
 		return err == nil && p.Status.Phase == corev1.PodRunning && p.Status.PodIP != ""
 	}, func() string {
 		b, _ := os.ReadFile(filepath.Join(n.rt.dir, "kubelet.log"))
@@ -311,15 +311,15 @@ func podTable(pods []*corev1.Pod) string {
 // checkPodAddress: the address the API shows for the pod is in its node's
 // range (spec.podCIDRs, assigned by pierd), and it is the one Pier's store
 // holds for the pod's sandbox.
-func checkPodAddress(t *testing.T, e *kubeEnv, n *kubeletNode, p *corev1.Pod) netip.Addr {
+func checkPodAddress(t *testing.T, e *kubetest.Env, n *kubeletNode, p *corev1.Pod) netip.Addr {
 	t.Helper()
 	ip := netip.MustParseAddr(p.Status.PodIP)
-	node, err := e.api.Client.CoreV1().Nodes().Get(context.Background(), n.name, metav1.GetOptions{})
+	node, err := e.API.Client.CoreV1().Nodes().Get(context.Background(), n.Name, metav1.GetOptions{})
 	if err != nil || len(node.Spec.PodCIDRs) == 0 || !netip.MustParsePrefix(node.Spec.PodCIDRs[0]).Contains(ip) {
-		t.Fatalf("pod %s has %s, outside %s's ranges %v (%v)", p.Name, ip, n.name, node.Spec.PodCIDRs, err)
+		t.Fatalf("pod %s has %s, outside %s's ranges %v (%v)", p.Name, ip, n.Name, node.Spec.PodCIDRs, err)
 	}
 	sandbox := podSandbox(t, n, p.Name)
-	held := reservations(t, n.conflist)
+	held := reservations(t, n.Conflist)
 	if !slices.ContainsFunc(held, func(r ipam.Reservation) bool {
 		return r.Addr == ip && r.Owner == ipam.Owner{ContainerID: sandbox, IfName: "eth0"}
 	}) {
@@ -330,7 +330,7 @@ func checkPodAddress(t *testing.T, e *kubeEnv, n *kubeletNode, p *corev1.Pod) ne
 
 // reservationCount is how many addresses the node's store holds (the
 // conflist's dataDir: pierd's --data-dir).
-func reservationCount(t *testing.T, n *kubeletNode) int { return len(reservations(t, n.conflist)) }
+func reservationCount(t *testing.T, n *kubeletNode) int { return len(reservations(t, n.Conflist)) }
 
 func podSandbox(t *testing.T, n *kubeletNode, pod string) string {
 	t.Helper()
@@ -357,7 +357,7 @@ func podContainer(t *testing.T, n *kubeletNode, pod string) string {
 func checkInspectSandbox(t *testing.T, n *kubeletNode, p *corev1.Pod) {
 	t.Helper()
 	sandbox := podSandbox(t, n, p.Name)
-	out, err := n.rt.exec(nil, filepath.Join(n.env.bin, "pierctl"), "inspect", sandbox, "--conf-dir", n.confDir, "-o", "json")
+	out, err := n.rt.exec(nil, filepath.Join(n.Env.Bin, "pierctl"), "inspect", sandbox, "--conf-dir", n.ConfDir, "-o", "json")
 	if err != nil {
 		t.Fatal(err)
 	}

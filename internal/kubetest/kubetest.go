@@ -439,3 +439,9 @@ func (l *lockedBuffer) tail(n int) string {
 	}
 	return s
 }
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
