@@ -90,6 +90,7 @@ type APIServer struct {
 	apiLog  *lockedBuffer
 	etcdLog *lockedBuffer
 	stopped bool
+	kcMu    sync.Mutex // guards the kubeconfig files
 }
 
 // proc is a child process and its exit.
@@ -362,6 +363,12 @@ func (a *APIServer) Kubeconfig(t testing.TB, user string) string {
 		t.Fatalf("kubetest: no user %q (Options.Users)", user)
 	}
 	path := filepath.Join(a.dir, "kubeconfig-"+user)
+	a.kcMu.Lock()
+	defer a.kcMu.Unlock()
+	if _, err := os.Stat(path); err == nil {
+		// Written once: a process started earlier may be reading it.
+		return path
+	}
 	kc := fmt.Sprintf(`apiVersion: v1
 kind: Config
 clusters:
@@ -378,7 +385,11 @@ contexts:
   context: {cluster: kubetest, user: %s}
 current-context: kubetest
 `, a.URL, a.caFile(), user, tok, user)
-	if err := os.WriteFile(path, []byte(kc), 0o600); err != nil {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(kc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
 		t.Fatal(err)
 	}
 	return path

@@ -64,7 +64,7 @@ func (p *Programmer) ensureVXLAN(h *netlink.Handle) (netlink.Link, error) {
 	if err != nil {
 		return nil, err
 	}
-	p.log().Info("vxlan device ready", "device", VXLANDevice, "vtep", vtep, "mac", l.Attrs().HardwareAddr, "mtu", l.Attrs().MTU)
+	p.log().Info("vxlan device ready", "device", VXLANDevice, "vtep", vtep, "mac", l.Attrs().HardwareAddr.String(), "mtu", l.Attrs().MTU)
 	return l, h.LinkSetUp(l)
 }
 
