@@ -1,7 +1,7 @@
 # Pier — the two commands a person runs are `make demo` and `make test`.
 GO ?= go
 
-.PHONY: build demo test fuzz deps bench clean
+.PHONY: build demo test fuzz deps bench bench-kube clean
 
 # Static binaries (no cgo): the plugins start ~0.6 ms faster without the
 # dynamic loader, and they are exec'd once per container.
@@ -34,6 +34,13 @@ fuzz:
 # Pier against the reference bridge + host-local, side by side (root).
 bench: deps build
 	$(GO) run ./bench
+
+# Kubernetes mode against flannel (the anchor), side by side in one run,
+# against a real kube-apiserver (root; builds flanneld once into bin/tools).
+bench-kube: deps
+	PIER_MEASURE=1 PIER_BENCH_OUT=$(CURDIR)/docs/benchmarks.md \
+	PIER_KUBE_APISERVER=$(CURDIR)/bin/tools/kube-apiserver \
+		$(GO) test -count=1 -run TestKubeVsFlannel -v -timeout 30m ./bench/kube/
 
 # Regenerates the Go code of pierd's gRPC API (internal/ipamrpc/ipamv1);
 # the generated files are committed, so builds and CI need no protoc. Needs
