@@ -16,8 +16,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
 )
 
 // Pod range claims (--allocate-pod-cidrs). Every claim is a coordination
@@ -48,7 +46,7 @@ const (
 // Allocator assigns pod ranges from the cluster CIDRs to a node that has
 // none.
 type Allocator struct {
-	Client kubernetes.Interface
+	Client *API
 	// ClusterCIDRs: at most one per family; a node gets one range of each.
 	ClusterCIDRs []netip.Prefix
 	// MaskSize4 and MaskSize6 are the ranges' sizes (default /24 and /64,
@@ -94,7 +92,7 @@ func (a *Allocator) Assign(ctx context.Context, nodeName string) ([]netip.Prefix
 	if err := a.Validate(); err != nil {
 		return nil, err
 	}
-	node, err := a.Client.CoreV1().Nodes().Get(ctx, nodeName, metav1.GetOptions{})
+	node, err := a.Client.GetNode(ctx, nodeName)
 	if err != nil {
 		return nil, fmt.Errorf("get Node %s: %w", nodeName, err)
 	}
@@ -116,7 +114,7 @@ func (a *Allocator) Assign(ctx context.Context, nodeName string) ([]netip.Prefix
 			// The Node changed under us (kubelet's status, or someone set
 			// its ranges): read it again; the claims stay ours and are
 			// taken back by the next round, or dropped if not used.
-			if node, err = a.Client.CoreV1().Nodes().Get(ctx, nodeName, metav1.GetOptions{}); err != nil {
+			if node, err = a.Client.GetNode(ctx, nodeName); err != nil {
 				return nil, fmt.Errorf("get Node %s: %w", nodeName, err)
 			}
 			if have, _ := ParseNode(node); len(have.PodCIDRs) > 0 {
@@ -140,7 +138,7 @@ func (a *Allocator) log() *slog.Logger {
 // claim returns one claimed range per cluster CIDR for node: its own
 // claims if it has any, else new ones.
 func (a *Allocator) claim(ctx context.Context, node *corev1.Node) ([]netip.Prefix, error) {
-	leases, err := a.Client.CoordinationV1().Leases(ClaimNamespace).List(ctx, metav1.ListOptions{LabelSelector: claimSelector})
+	leases, err := a.Client.ListLeases(ctx, claimSelector)
 	if err != nil {
 		return nil, fmt.Errorf("list pod range claims: %w", err)
 	}
@@ -163,7 +161,7 @@ func (a *Allocator) claim(ctx context.Context, node *corev1.Node) ([]netip.Prefi
 			}
 		}
 	}
-	nodes, err := a.Client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	nodes, err := a.Client.ListNodes(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("list Nodes: %w", err)
 	}
@@ -197,7 +195,7 @@ func (a *Allocator) adopt(ctx context.Context, l *coordinationv1.Lease, node *co
 		return true
 	}
 	l.OwnerReferences = []metav1.OwnerReference{ref}
-	if _, err := a.Client.CoordinationV1().Leases(ClaimNamespace).Update(ctx, l, metav1.UpdateOptions{}); err != nil {
+	if err := a.Client.UpdateLease(ctx, l); err != nil {
 		a.log().Warn("cannot take back a pod range claim", "lease", l.Name, "err", err)
 		return false
 	}
@@ -231,7 +229,7 @@ func (a *Allocator) claimOne(ctx context.Context, node *corev1.Node, cidr netip.
 			},
 			Spec: coordinationv1.LeaseSpec{HolderIdentity: &holder, AcquireTime: &now},
 		}
-		_, err := a.Client.CoordinationV1().Leases(ClaimNamespace).Create(ctx, l, metav1.CreateOptions{})
+		err := a.Client.CreateLease(ctx, l)
 		switch {
 		case err == nil:
 			return p, nil
@@ -246,7 +244,7 @@ func (a *Allocator) claimOne(ctx context.Context, node *corev1.Node, cidr netip.
 // release deletes node's claims of ranges, except those of keep.
 func (a *Allocator) release(ctx context.Context, node string, keep []netip.Prefix, ranges ...netip.Prefix) {
 	if ranges == nil {
-		leases, err := a.Client.CoordinationV1().Leases(ClaimNamespace).List(ctx, metav1.ListOptions{LabelSelector: claimSelector})
+		leases, err := a.Client.ListLeases(ctx, claimSelector)
 		if err != nil {
 			a.log().Warn("cannot list pod range claims to drop unused ones", "err", err)
 			return
@@ -262,7 +260,7 @@ func (a *Allocator) release(ctx context.Context, node string, keep []netip.Prefi
 		if slices.Contains(keep, p) {
 			continue
 		}
-		err := a.Client.CoordinationV1().Leases(ClaimNamespace).Delete(ctx, claimName(p), metav1.DeleteOptions{})
+		err := a.Client.DeleteLease(ctx, claimName(p))
 		if err != nil && !apierrors.IsNotFound(err) {
 			a.log().Warn("cannot drop an unused pod range claim (it stays taken)", "range", p, "err", err)
 		}
@@ -285,7 +283,7 @@ func (a *Allocator) patchNode(ctx context.Context, node *corev1.Node, ranges []n
 	if err != nil {
 		return nil, err
 	}
-	return a.Client.CoreV1().Nodes().Patch(ctx, node.Name, types.MergePatchType, b, metav1.PatchOptions{})
+	return a.Client.PatchNode(ctx, node.Name, b)
 }
 
 // claimName is a Lease name for a range: "pier-pod-cidr-10-244-1-0-24",

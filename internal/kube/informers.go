@@ -3,25 +3,14 @@ package kube
 import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
 )
 
-// NewInformers returns the informer factory pierd's Kubernetes mode shares
-// between its components (the route agent's Node informer; other
-// components add their own informers to it before it starts). No periodic
-// resync: every consumer reconciles on its own timer.
-//
-// Its transform trims what the cache keeps, for every object type:
-// managedFields always (often half an object), and of a Node everything but
-// what networking reads (name, uid, labels, Pier's annotations, spec.podCIDR
-// and podCIDRs, status.addresses). A Node with its images, conditions and
-// capacity is 5–20 KiB; trimmed, a few hundred bytes, so 1,000 nodes cost
-// well under a MiB of cache.
-func NewInformers(cs kubernetes.Interface) informers.SharedInformerFactory {
-	return informers.NewSharedInformerFactoryWithOptions(cs, 0, informers.WithTransform(trim))
-}
-
+// trim is the Node informer's transform: the cache keeps managedFields of
+// no object (often half of one), and of a Node only what networking reads
+// (name, uid, labels, Pier's annotations, spec.podCIDR and podCIDRs,
+// status.addresses). A Node with its images, conditions and capacity is
+// 5–20 KiB; trimmed, a few hundred bytes, so 1,000 nodes cost well under a
+// MiB of cache.
 func trim(obj any) (any, error) {
 	if a, err := meta.Accessor(obj); err == nil {
 		a.SetManagedFields(nil)

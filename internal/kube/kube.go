@@ -12,10 +12,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
@@ -77,8 +73,7 @@ func Connect(kubeconfig string) (*rest.Config, error) {
 // on the other Node objects.
 type Datastore struct {
 	o        Options
-	client   kubernetes.Interface
-	factory  informers.SharedInformerFactory
+	client   *API
 	nodeInf  cache.SharedIndexInformer
 	nodes    corelisters.NodeLister
 	agent    *routeAgent
@@ -112,15 +107,15 @@ func New(o Options) (*Datastore, error) {
 			return nil, err
 		}
 	}
-	client, err := kubernetes.NewForConfig(o.Config)
+	client, err := NewAPI(o.Config)
 	if err != nil {
 		return nil, err
 	}
-	d := &Datastore{o: o, client: client, factory: NewInformers(client), ownKick: make(chan struct{}, 1), vtepKick: make(chan struct{}, 1)}
+	d := &Datastore{o: o, client: client, ownKick: make(chan struct{}, 1), vtepKick: make(chan struct{}, 1)}
 	if o.Allocator != nil && o.Allocator.Client == nil {
 		o.Allocator.Client = client
 	}
-	d.nodeInf = d.factory.Core().V1().Nodes().Informer()
+	d.nodeInf = client.NodeInformer()
 	d.nodes = corelisters.NewNodeLister(d.nodeInf.GetIndexer())
 	dp := o.DataPlane
 	if dp == nil && o.Mode != ModeNone {
@@ -165,14 +160,16 @@ func (d *Datastore) kickOwn() {
 	}
 }
 
-// Informers is the informer factory Run starts: add informers to it
-// before Run (another pierd component watching Pods, Namespaces or
-// NetworkPolicies shares its connection and caches). See NewInformers
-// for what its caches keep.
-func (d *Datastore) Informers() informers.SharedInformerFactory { return d.factory }
+// NodeInformer is the Node informer Run starts: another pierd component
+// may add its event handlers before Run (they see every Node as the route
+// agent does; see trim for what its cache keeps). A component that needs
+// other objects (Pods, NetworkPolicies) builds its informers from the same
+// rest.Config; client-go's informer factory links every API group, which
+// pierd otherwise does without (see API).
+func (d *Datastore) NodeInformer() cache.SharedIndexInformer { return d.nodeInf }
 
 // Client is the API client.
-func (d *Datastore) Client() kubernetes.Interface { return d.client }
+func (d *Datastore) Client() *API { return d.client }
 
 // Run runs the Kubernetes mode until ctx ends. Nothing here needs the API
 // server to stay up: while it is unreachable the caches keep their last
@@ -180,8 +177,7 @@ func (d *Datastore) Client() kubernetes.Interface { return d.client }
 // plugin never calls the API); the informers resume when it is back.
 func (d *Datastore) Run(ctx context.Context) {
 	log := d.o.Log
-	d.factory.Start(ctx.Done())
-	defer d.factory.Shutdown()
+	go d.nodeInf.RunWithContext(ctx)
 	log.Info("kubernetes mode: waiting for the Node informer", "server", d.o.Config.Host, "node", d.o.NodeName)
 	if !cache.WaitForCacheSync(ctx.Done(), d.nodeInf.HasSynced) {
 		return
@@ -288,7 +284,7 @@ func (d *Datastore) publishVTEP(ctx context.Context, vtep netip.Addr, mac string
 	}
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if _, err := d.client.CoreV1().Nodes().Patch(pctx, d.o.NodeName, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+	if _, err := d.client.PatchNode(pctx, d.o.NodeName, patch); err != nil {
 		return err
 	}
 	d.o.Log.Info("vxlan VTEP published", "vtep", vtep, "mac", mac)

@@ -194,7 +194,7 @@ func TestAllocateConcurrent(t *testing.T) {
 	for i := range nodes {
 		wg.Go(func() {
 			// Each with a client of its own, as separate pierds would.
-			c, err := kubernetes.NewForConfig(api.RESTConfig("admin"))
+			c, err := NewAPI(api.RESTConfig("admin"))
 			if err != nil {
 				errs[i] = err
 				return
@@ -226,7 +226,11 @@ func TestAllocateConcurrent(t *testing.T) {
 			t.Errorf("range %s is not among the lowest free ones", p)
 		}
 	}
-	a := &Allocator{Client: cs, ClusterCIDRs: prefixes("10.245.0.0/16", "fd00:10:245::/48")}
+	own, err := NewAPI(api.RESTConfig("admin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &Allocator{Client: own, ClusterCIDRs: prefixes("10.245.0.0/16", "fd00:10:245::/48")}
 	ctx := context.Background()
 	again, err := a.Assign(ctx, "c0")
 	if err != nil || !slices.Equal(again, got[0]) {
