@@ -61,96 +61,173 @@ func TestKubeVsFlannel(t *testing.T) {
 	rep := &report{started: time.Now()}
 	for _, mode := range []string{"vxlan", "host-gw"} {
 		t.Run(mode, func(t *testing.T) {
-			e := kubetest.NewEnv(t, kubetest.EnvOptions{Mode: mode})
-			p := measurePier(t, e, mode, mode == "vxlan")
-			f := measureFlannel(t, e, mode, flanneld, cniPath)
+			p, f := measure(t, mode, flanneld, cniPath)
 			rep.add(mode, p, f)
 		})
 	}
 	rep.write(t)
 }
 
-// measurePier runs the Pier side: nodes 1 and 2 with their ranges, pierd
-// on each; withScale adds 1,000 Node objects for the RSS figure.
-func measurePier(t *testing.T, e *kubetest.Env, mode string, withScale bool) result {
-	var r result
+// side is one contestant on its two nodes, with a pod on each and a
+// second pod on the first (same-node traffic).
+type side struct {
+	name    string
+	nodes   []*kubetest.Node
+	exec    execFunc // the CNI chain on the first node
+	sb      *testnet.Sandbox
+	a, b, c kubetest.Pod
+}
+
+// measure sets both sides up in one sandbox — Pier on nodes 1 and 2 of
+// the cluster CIDR 10.244.0.0/16, flannel on nodes 11 and 12 of
+// flannelCIDR, each node with a pod so that bridges are in use, as on a
+// working node — and takes every figure of both, interleaving the two
+// where they can run at once.
+func measure(t *testing.T, mode, flanneld, cniPath string) (p, f result) {
+	e := kubetest.NewEnv(t, kubetest.EnvOptions{Mode: mode})
+	pier := setupPier(t, e)
+	fl, fnodes := setupFlannel(t, e, mode, flanneld, cniPath)
+	for _, s := range []*side{pier, fl} {
+		kubetest.PingPods(t, []kubetest.Pod{s.a, s.b, s.c})
+	}
+	addP, addF, delP, delF := interleavedLatencies(t, pier, fl)
+	p.add, p.del, f.add, f.del = addP, delP, addF, delF
+	p.rttCross, f.rttCross = alternate(3, func() float64 { return rtt(t, pier.a.NS, pier.b.Addrs[0]) },
+		func() float64 { return rtt(t, fl.a.NS, fl.b.Addrs[0]) })
+	p.tputCross, f.tputCross = alternate(3, func() float64 { return iperf(t, pier.a.NS, pier.b.NS, pier.b.Addrs[0]) },
+		func() float64 { return iperf(t, fl.a.NS, fl.b.NS, fl.b.Addrs[0]) })
+	p.tputSame, f.tputSame = alternate(3, func() float64 { return iperf(t, pier.a.NS, pier.c.NS, pier.c.Addrs[0]) },
+		func() float64 { return iperf(t, fl.a.NS, fl.c.NS, fl.c.Addrs[0]) })
+	n3 := e.Join(3, testnet.New(t))
+	p.newNode, p.goneNode, p.newNodeNote = nodeTimes(t, e, pier.nodes[0].SB.Node, netip.MustParsePrefix(e.NodeRanges(3)[0]), n3, n3.Start)
+	n13 := e.AddNode(13, flannelRanges(13))
+	annotate(t, e, n13.Name)
+	f.newNode, f.goneNode, f.newNodeNote = nodeTimes(t, e, fl.nodes[0].SB.Node, netip.MustParsePrefix(flannelRanges(13)[0]), n13, func() {
+		startFlannel(t, e, n13, flanneld, mode, cniPath)
+	})
+	// Last: after the outage the agents' watches resume with client-go's
+	// backoff, which would count in the figures above.
+	p.apiDownRate, f.apiDownRate = apiDownRates(t, e, pier, fl)
+	if mode == "vxlan" {
+		p.rssMiB, f.rssMiB = rssAtScale(t, e, pier.nodes[0], fnodes[0])
+	} else {
+		p.rssMiB, f.rssMiB = rssMiB(t, pier.nodes[0].PID()), rssMiB(t, fnodes[0].cmd.Process.Pid)
+	}
+	return p, f
+}
+
+func flannelRanges(i int) []string { return []string{fmt.Sprintf("10.245.%d.0/24", i)} }
+
+func setupPier(t *testing.T, e *kubetest.Env) *side {
 	n1, n2 := e.AddNode(1, e.NodeRanges(1)), e.AddNode(2, e.NodeRanges(2))
 	n1.Start()
 	n2.Start()
 	n1.WaitConflist()
 	n2.WaitConflist()
-	r.add, r.del = latencies(t, func(verb string, ns *testnet.NS, id string) (testnet.PluginRun, error) {
-		cmd, err := n1.SB.Start(filepath.Join(e.Bin, "pier"), cniEnv(verb, ns, id, e.Bin), []byte(n1.Conflist))
-		if err != nil {
-			return testnet.PluginRun{}, err
-		}
-		return testnet.Outcome(cmd, cmd.Wait()), nil
-	}, n1.SB)
-	a, b, c := n1.AddPod("pier-a"), n2.AddPod("pier-b"), n1.AddPod("pier-c")
-	kubetest.PingPods(t, []kubetest.Pod{a, b})
-	r.rttCross = rtt(t, a.NS, b.Addrs[0])
-	r.tputCross, r.tputSame = iperf(t, a.NS, b.NS, b.Addrs[0]), iperf(t, a.NS, c.NS, c.Addrs[0])
-
-	n3 := e.Join(3, testnet.New(t))
-	r.newNode, r.goneNode, r.newNodeNote = nodeTimes(t, e, n1.SB.Node, netip.MustParsePrefix(e.NodeRanges(3)[0]), n3, func() {
-		n3.Start()
-	})
-	if withScale {
-		r.rssMiB = pierdRSSAtScale(t, e, n1)
-	} else {
-		r.rssMiB = rssMiB(t, n1.PID())
-	}
-	r.apiDownRate = apiDownRate(t, e, func(i int) error {
-		return addOK(n1.Exec("ADD", n1.SB.Container(), fmt.Sprintf("down-%d", i)))
-	})
-	for _, n := range []*kubetest.Node{n1, n2, n3} {
-		n.Kill()
-		_ = e.API.Client.CoreV1().Nodes().Delete(context.Background(), n.Name, metav1.DeleteOptions{})
-	}
-	return r
+	s := &side{name: "pier", nodes: []*kubetest.Node{n1, n2}, sb: n1.SB,
+		exec: func(verb string, ns *testnet.NS, id string) (testnet.PluginRun, error) {
+			cmd, err := n1.SB.Start(filepath.Join(e.Bin, "pier"), cniEnv(verb, ns, id, e.Bin), []byte(n1.Conflist))
+			if err != nil {
+				return testnet.PluginRun{}, err
+			}
+			return testnet.Outcome(cmd, cmd.Wait()), nil
+		}}
+	s.a, s.b, s.c = n1.AddPod("pier-a"), n2.AddPod("pier-b"), n1.AddPod("pier-c")
+	return s
 }
 
-// measureFlannel runs the flannel side the same way: nodes 11 and 12 with
-// ranges of flannelCIDR, flanneld on each.
-func measureFlannel(t *testing.T, e *kubetest.Env, mode, flanneld, cniPath string) result {
-	var r result
-	backend := mode
-	ranges := func(i int) []string { return []string{fmt.Sprintf("10.245.%d.0/24", i)} }
-	n1, n2 := e.AddNode(11, ranges(11)), e.AddNode(12, ranges(12))
+func setupFlannel(t *testing.T, e *kubetest.Env, mode, flanneld, cniPath string) (*side, []*flannelNode) {
+	n1, n2 := e.AddNode(11, flannelRanges(11)), e.AddNode(12, flannelRanges(12))
 	annotate(t, e, n1.Name, n2.Name)
-	f1 := startFlannel(t, e, n1, flanneld, backend, cniPath)
-	f2 := startFlannel(t, e, n2, flanneld, backend, cniPath)
+	f1 := startFlannel(t, e, n1, flanneld, mode, cniPath)
+	f2 := startFlannel(t, e, n2, flanneld, mode, cniPath)
 	for _, f := range []*flannelNode{f1, f2} {
 		kubetest.Poll(t, 60*time.Second, "flanneld's subnet file on "+f.Name, func() bool {
 			_, err := os.Stat(filepath.Join(f.dir, "subnet.env"))
 			return err == nil
 		}, f.logTail)
 	}
-	r.add, r.del = latencies(t, f1.exec, f1.SB)
-	a, b, c := flannelPod(t, f1, "fl-a"), flannelPod(t, f2, "fl-b"), flannelPod(t, f1, "fl-c")
-	kubetest.PingPods(t, []kubetest.Pod{a, b})
-	r.rttCross = rtt(t, a.NS, b.Addrs[0])
-	r.tputCross, r.tputSame = iperf(t, a.NS, b.NS, b.Addrs[0]), iperf(t, a.NS, c.NS, c.Addrs[0])
-	n3 := e.AddNode(13, ranges(13))
-	annotate(t, e, n3.Name)
-	var f3 *flannelNode
-	r.newNode, r.goneNode, r.newNodeNote = nodeTimes(t, e, n1.SB.Node, netip.MustParsePrefix(ranges(13)[0]), n3, func() {
-		f3 = startFlannel(t, e, n3, flanneld, backend, cniPath)
-	})
-	r.rssMiB = rssMiB(t, f1.cmd.Process.Pid)
-	r.apiDownRate = apiDownRate(t, e, func(i int) error {
-		out, err := f1.exec("ADD", f1.SB.Container(), fmt.Sprintf("down-%d", i))
-		if err != nil {
-			return err
+	s := &side{name: "flannel", nodes: []*kubetest.Node{n1, n2}, sb: n1.SB, exec: f1.exec}
+	s.a, s.b, s.c = flannelPod(t, f1, "fl-a"), flannelPod(t, f2, "fl-b"), flannelPod(t, f1, "fl-c")
+	return s, []*flannelNode{f1, f2}
+}
+
+// alternate runs p and f rounds times each, alternately, and returns
+// their medians: the machine's drift hits both alike.
+func alternate(rounds int, p, f func() float64) (float64, float64) {
+	var ps, fs []float64
+	for range rounds {
+		ps, fs = append(ps, p()), append(fs, f())
+	}
+	slices.Sort(ps)
+	slices.Sort(fs)
+	return ps[len(ps)/2], fs[len(fs)/2]
+}
+
+// interleavedLatencies times whole-process ADD and DEL of both sides in
+// turns (warmup first), each in a fresh container namespace made before
+// the clock starts.
+func interleavedLatencies(t *testing.T, p, f *side) (addP, addF, delP, delF []time.Duration) {
+	t.Helper()
+	for i := range warmup + samples {
+		var adds, dels [2]time.Duration
+		for j, s := range []*side{p, f} {
+			adds[j], dels[j] = addDel(t, s, fmt.Sprintf("lat-%d", i))
 		}
-		return addOK(out)
-	})
-	for _, f := range []*flannelNode{f1, f2, f3} {
-		if f != nil {
-			f.stop()
+		if i >= warmup {
+			addP, addF = append(addP, adds[0]), append(addF, adds[1])
+			delP, delF = append(delP, dels[0]), append(delF, dels[1])
 		}
 	}
-	return r
+	return addP, addF, delP, delF
+}
+
+func addDel(t *testing.T, s *side, id string) (add, del time.Duration) {
+	t.Helper()
+	ns := s.sb.Container()
+	defer ns.Delete(t)
+	for _, verb := range []string{"ADD", "DEL"} {
+		start := time.Now()
+		r, err := s.exec(verb, ns, id)
+		took := time.Since(start)
+		if err == nil {
+			err = addOK(r)
+		}
+		if err != nil {
+			t.Fatalf("%s %s %s: %v", s.name, verb, id, err)
+		}
+		if verb == "ADD" {
+			add = took
+		} else {
+			del = took
+		}
+	}
+	return add, del
+}
+
+// apiDownRates kills the API server and starts 20 pods on each side, in
+// turns, one after another; it returns each side's pods per second.
+func apiDownRates(t *testing.T, e *kubetest.Env, p, f *side) (float64, float64) {
+	t.Helper()
+	e.API.StopAPIServer()
+	defer e.API.Restart(t)
+	const n = 20
+	var took [2]time.Duration
+	for i := range n {
+		for j, s := range []*side{p, f} {
+			ns := s.sb.Container()
+			start := time.Now()
+			r, err := s.exec("ADD", ns, fmt.Sprintf("down-%d", i))
+			took[j] += time.Since(start)
+			if err == nil {
+				err = addOK(r)
+			}
+			if err != nil {
+				t.Fatalf("%s ADD with the API server down: %v", s.name, err)
+			}
+		}
+	}
+	return n / took[0].Seconds(), n / took[1].Seconds()
 }
 
 func cniEnv(verb string, ns *testnet.NS, id, path string) []string {
@@ -169,39 +246,6 @@ func addOK(r testnet.PluginRun) error {
 }
 
 type execFunc func(verb string, ns *testnet.NS, id string) (testnet.PluginRun, error)
-
-// latencies times whole-process ADD and DEL pairs (warmup first), each in
-// a fresh container namespace made before the clock starts.
-func latencies(t *testing.T, run execFunc, sb *testnet.Sandbox) (add, del []time.Duration) {
-	t.Helper()
-	for i := range warmup + samples {
-		ns := sb.Container()
-		id := fmt.Sprintf("lat-%d", i)
-		start := time.Now()
-		r, err := run("ADD", ns, id)
-		took := time.Since(start)
-		if err == nil {
-			err = addOK(r)
-		}
-		if err != nil {
-			t.Fatalf("ADD %s: %v", id, err)
-		}
-		start = time.Now()
-		r, err = run("DEL", ns, id)
-		tookDel := time.Since(start)
-		if err == nil {
-			err = addOK(r)
-		}
-		if err != nil {
-			t.Fatalf("DEL %s: %v", id, err)
-		}
-		if i >= warmup {
-			add, del = append(add, took), append(del, tookDel)
-		}
-		ns.Delete(t)
-	}
-	return add, del
-}
 
 // flannelPod attaches a container through flannel's chain.
 func flannelPod(t *testing.T, f *flannelNode, id string) kubetest.Pod {
@@ -331,22 +375,6 @@ func nodeNames(t *testing.T, e *kubetest.Env) []string {
 	return out
 }
 
-// apiDownRate kills the API server, starts 20 pods one after another with
-// add, and brings the API server back; it returns pods per second.
-func apiDownRate(t *testing.T, e *kubetest.Env, add func(i int) error) float64 {
-	t.Helper()
-	e.API.StopAPIServer()
-	defer e.API.Restart(t)
-	const n = 20
-	start := time.Now()
-	for i := range n {
-		if err := add(i); err != nil {
-			t.Fatalf("ADD with the API server down: %v", err)
-		}
-	}
-	return n / time.Since(start).Seconds()
-}
-
 // rssMiB reads a process's resident set (VmRSS).
 func rssMiB(t *testing.T, pid int) float64 {
 	t.Helper()
@@ -354,12 +382,23 @@ func rssMiB(t *testing.T, pid int) float64 {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var rss float64
+	var parts []string
 	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			var kb float64
-			fmt.Sscan(strings.TrimSuffix(strings.TrimSpace(v), " kB"), &kb)
-			return kb / 1024
+		for _, key := range []string{"VmRSS:", "RssAnon:", "RssFile:", "VmHWM:"} {
+			if v, ok := strings.CutPrefix(line, key); ok {
+				var kb float64
+				fmt.Sscan(strings.TrimSuffix(strings.TrimSpace(v), " kB"), &kb)
+				parts = append(parts, fmt.Sprintf("%s %.1f MiB", key, kb/1024))
+				if key == "VmRSS:" {
+					rss = kb / 1024
+				}
+			}
 		}
+	}
+	if rss > 0 {
+		t.Logf("MEASURE pid %d: %s", pid, strings.Join(parts, ", "))
+		return rss
 	}
 	t.Fatalf("no VmRSS for %d", pid)
 	return 0

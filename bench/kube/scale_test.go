@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os/exec"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -22,12 +23,13 @@ import (
 
 const fakeNodes = 1000
 
-// pierdRSSAtScale creates fakeNodes Node objects (each a /26 of
-// 10.246.0.0/16, an InternalIP and a VTEP in 198.18.0.0/15, the
-// benchmarking range: nothing is sent to them), waits until n's pierd
-// routes them all, and returns its resident set then; the nodes are
-// deleted after.
-func pierdRSSAtScale(t *testing.T, e *kubetest.Env, n *kubetest.Node) float64 {
+// rssAtScale creates fakeNodes Node objects — each with a /27 of
+// 10.245.128.0/17 (inside flannel's network, so flannel routes it too), an
+// InternalIP and VTEP in 198.18.0.0/15 (the benchmarking range: nothing is
+// sent there), and both Pier's and flannel's vxlan annotations — waits
+// until pierd on p and flanneld on f route them all, and returns both
+// resident sets then; the nodes are deleted after.
+func rssAtScale(t *testing.T, e *kubetest.Env, p *kubetest.Node, f *flannelNode) (float64, float64) {
 	t.Helper()
 	ctx := context.Background()
 	start := time.Now()
@@ -53,26 +55,39 @@ func pierdRSSAtScale(t *testing.T, e *kubetest.Env, n *kubetest.Node) float64 {
 		t.Fatal(err)
 	}
 	created := time.Since(start)
-	kubetest.Poll(t, 120*time.Second, "pierd to route the fake nodes", func() bool {
-		s, err := nodestatus.Read(nodestatus.PathFor(n.Socket))
+	kubetest.Poll(t, 180*time.Second, "pierd to route the fake nodes", func() bool {
+		s, err := nodestatus.Read(nodestatus.PathFor(p.Socket))
 		return err == nil && len(s.Routes) >= fakeNodes
-	}, n.Log)
-	t.Logf("MEASURE %d Node objects created in %v; all routed by pierd %v after the first create", fakeNodes, created.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
-	time.Sleep(2 * time.Second) // a moment for the garbage of the burst to be collected, as a node at rest
-	rss := rssMiB(t, n.PID())
+	}, p.Log)
+	pierDone := time.Since(start)
+	kubetest.Poll(t, 180*time.Second, "flanneld to route the fake nodes", func() bool {
+		out, _ := f.SB.Node.Run("ip", "-4", "route", "show", "dev", "flannel.1")
+		return strings.Count(out, "\n") >= fakeNodes
+	}, f.logTail)
+	t.Logf("MEASURE %d Node objects created in %v; all routed by pierd %v and by flanneld %v after the first create",
+		fakeNodes, created.Round(time.Millisecond), pierDone.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
+	time.Sleep(2 * time.Second) // the agents at rest after the burst
+	pr, fr := rssMiB(t, p.PID()), rssMiB(t, f.cmd.Process.Pid)
 	err := e.API.Client.CoreV1().Nodes().DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{LabelSelector: "pier-bench=fake"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return rss
+	return pr, fr
 }
 
 func createFake(ctx context.Context, e *kubetest.Env, i int) error {
 	ip := netip.AddrFrom4([4]byte{198, 18, byte(i / 250), byte(i%250 + 1)})
-	cidr := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 246, byte(i / 4), byte(i % 4 * 64)}), 26)
+	cidr := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 245, byte(128 + i/8), byte(i % 8 * 32)}), 27)
+	mac := routing.MACFor(ip).String()
 	obj := &corev1.Node{
 		ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("fake-%04d", i), Labels: map[string]string{"pier-bench": "fake"},
-			Annotations: map[string]string{kube.AnnotationVTEP: ip.String(), kube.AnnotationVTEPMAC: routing.MACFor(ip).String()}},
+			Annotations: map[string]string{
+				kube.AnnotationVTEP: ip.String(), kube.AnnotationVTEPMAC: mac,
+				"flannel.alpha.coreos.com/backend-type":        "vxlan",
+				"flannel.alpha.coreos.com/backend-data":        fmt.Sprintf(`{"VNI":1,"VtepMAC":%q}`, mac),
+				"flannel.alpha.coreos.com/kube-subnet-manager": "true",
+				"flannel.alpha.coreos.com/public-ip":           ip.String(),
+			}},
 		Spec: corev1.NodeSpec{PodCIDR: cidr.String(), PodCIDRs: []string{cidr.String()}},
 	}
 	created, err := e.API.Client.CoreV1().Nodes().Create(ctx, obj, metav1.CreateOptions{})

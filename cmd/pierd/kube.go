@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"runtime/debug"
 	"strings"
 	"sync"
 
@@ -94,6 +95,14 @@ func (k *kubeOpts) start(socket, dataDir string, log *slog.Logger) (*kubeMode, e
 	}
 	// client-go logs through klog: into pierd's log, in its format.
 	klog.SetSlogLogger(o.Log)
+	// A node daemon's live heap is small (1,000 trimmed Nodes are about a
+	// MiB) but comes in bursts (a relist decodes every Node at once):
+	// collecting at 1.5× the live heap instead of 2× keeps the resident set
+	// near the live set for a little more GC work (measured with 1,000 Nodes:
+	// 40 → 34 MiB resident). GOGC in the environment still wins.
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(50)
+	}
 	d, err := kube.New(o)
 	if err != nil {
 		return nil, err
