@@ -20,8 +20,15 @@
 //	api.Client.CoreV1().Nodes().Create(…)
 //	kc := api.Kubeconfig(t, "admin") // for a process started in a namespace that reaches api.URL
 //
-// The API server starts in about 15 s on two cores, mostly its own
-// post-start hooks (RBAC bootstrap, priority classes, system namespaces).
+// The API server is ready in 2–5 s here (its post-start hooks: RBAC
+// bootstrap, priority classes, system namespaces).
+//
+// Env (env.go) builds a cluster around it: an underlay namespace holding
+// the API server and a bridge, node namespaces joined to it with their
+// Node objects, pierd in Kubernetes mode on each (with the RBAC rules of
+// deploy/kubernetes/pier-kubernetes.yaml), and pods attached by the pier
+// binary — for the e2e tests, the benchmarks, and the tests of other
+// components that need nodes on a real API (network policy).
 package kubetest
 
 import (
