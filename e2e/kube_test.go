@@ -199,11 +199,12 @@ func TestKubeAPIServerDown(t *testing.T) {
 // TestKubeAllocatePodCIDRs: three pierds started at once with
 // --allocate-pod-cidrs on Nodes without ranges: each node gets one IPv4
 // and one IPv6 range of the cluster CIDRs, no two overlap, each is in its
-// Node's spec.podCIDRs and its conflist, and pods on them reach each
-// other.
+// Node's spec.podCIDRs and its conflist, and pods on them (allocating
+// through pierd: --cni-daemon-ipam) reach each other.
 func TestKubeAllocatePodCIDRs(t *testing.T) {
 	e := kubetest.NewEnv(t, kubetest.EnvOptions{Mode: "vxlan", Dual: true})
-	e.Args = []string{"--allocate-pod-cidrs"}
+	// And the plugins allocate through pierd (daemon mode) here.
+	e.Args = []string{"--allocate-pod-cidrs", "--cni-daemon-ipam"}
 	for i := 1; i <= 3; i++ {
 		e.AddNode(i, nil)
 	}
@@ -221,7 +222,8 @@ func TestKubeAllocatePodCIDRs(t *testing.T) {
 		for i, s := range obj.Spec.PodCIDRs {
 			p := netip.MustParsePrefix(s)
 			cidr := netip.MustParsePrefix([]string{kubetest.ClusterV4, kubetest.ClusterV6}[i])
-			if !cidr.Contains(p.Addr()) || p.Bits() != []int{24, 64}[i] || !strings.Contains(conf, `"subnet":"`+s+`"`) {
+			if !cidr.Contains(p.Addr()) || p.Bits() != []int{24, 64}[i] || !strings.Contains(conf, `"subnet":"`+s+`"`) ||
+				!strings.Contains(conf, `"daemonSocket":"`+n.Socket+`"`) {
 				t.Fatalf("%s got %s (cluster CIDR %s), conflist %s", n.Name, s, cidr, conf)
 			}
 			for _, q := range all {
