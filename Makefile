@@ -30,6 +30,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzLoadNetConf$$' -fuzztime $(FUZZTIME) ./internal/config/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseRecord$$' -fuzztime $(FUZZTIME) ./internal/ipam/store/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseIndex$$' -fuzztime $(FUZZTIME) ./internal/ipam/store/
+	$(GO) test -run '^$$' -fuzz '^FuzzNodeRoutes$$' -fuzztime $(FUZZTIME) ./internal/kube/
 
 # Pier against the reference bridge + host-local, side by side (root).
 bench: deps build
