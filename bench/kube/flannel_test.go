@@ -90,11 +90,18 @@ type flannelNode struct {
 	log     *os.File
 }
 
+// flannelSetup is how flannel runs in a benchmark: the flanneld binary,
+// its backend (vxlan or host-gw) and the CNI_PATH of its plugin chain.
+type flannelSetup struct {
+	flanneld, backend, cniPath string
+}
+
 // startFlannel starts flanneld on n (its Node must have a pod range), with
-// the kube subnet manager, the given backend, masquerade, and its files in
-// the node's temp dir.
-func startFlannel(t *testing.T, e *kubetest.Env, n *kubetest.Node, flanneld, backend, cniPath string) *flannelNode {
+// the kube subnet manager, the setup's backend, masquerade, and its files
+// in the node's temp dir.
+func startFlannel(t *testing.T, e *kubetest.Env, n *kubetest.Node, fs flannelSetup) *flannelNode {
 	t.Helper()
+	flanneld, backend, cniPath := fs.flanneld, fs.backend, fs.cniPath
 	f := &flannelNode{Node: n, dir: filepath.Join(n.Dir, "flannel"), cniPath: cniPath}
 	if err := os.MkdirAll(f.dir, 0o755); err != nil {
 		t.Fatal(err)

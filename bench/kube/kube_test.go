@@ -61,7 +61,7 @@ func TestKubeVsFlannel(t *testing.T) {
 	rep := &report{started: time.Now()}
 	for _, mode := range []string{"vxlan", "host-gw"} {
 		t.Run(mode, func(t *testing.T) {
-			p, f := measure(t, mode, flanneld, cniPath)
+			p, f := measure(t, mode, flannelSetup{flanneld: flanneld, backend: mode, cniPath: cniPath})
 			rep.add(mode, p, f)
 		})
 	}
@@ -83,10 +83,10 @@ type side struct {
 // flannelCIDR, each node with a pod so that bridges are in use, as on a
 // working node — and takes every figure of both, interleaving the two
 // where they can run at once.
-func measure(t *testing.T, mode, flanneld, cniPath string) (p, f result) {
+func measure(t *testing.T, mode string, fs flannelSetup) (p, f result) {
 	e := kubetest.NewEnv(t, kubetest.EnvOptions{Mode: mode})
 	pier := setupPier(t, e)
-	fl, fnodes := setupFlannel(t, e, mode, flanneld, cniPath)
+	fl, fnodes := setupFlannel(t, e, fs)
 	for _, s := range []*side{pier, fl} {
 		kubetest.PingPods(t, []kubetest.Pod{s.a, s.b, s.c})
 	}
@@ -99,12 +99,12 @@ func measure(t *testing.T, mode, flanneld, cniPath string) (p, f result) {
 	p.tputSame, f.tputSame = alternate(3, func() float64 { return iperf(t, pier.a.NS, pier.c.NS, pier.c.Addrs[0]) },
 		func() float64 { return iperf(t, fl.a.NS, fl.c.NS, fl.c.Addrs[0]) })
 	n3 := e.Join(3, testnet.New(t))
-	p.newNode, p.goneNode, p.newNodeNote = nodeTimes(t, e, pier.nodes[0].SB.Node, netip.MustParsePrefix(e.NodeRanges(3)[0]), n3, n3.Start)
+	p.newNode, p.goneNode, p.newNodeNote = nodeTimes(t, e, newNode{observer: pier.nodes[0].SB.Node,
+		dst: netip.MustParsePrefix(e.NodeRanges(3)[0]), node: n3, start: n3.Start})
 	n13 := e.AddNode(13, flannelRanges(13))
 	annotate(t, e, n13.Name)
-	f.newNode, f.goneNode, f.newNodeNote = nodeTimes(t, e, fl.nodes[0].SB.Node, netip.MustParsePrefix(flannelRanges(13)[0]), n13, func() {
-		startFlannel(t, e, n13, flanneld, mode, cniPath)
-	})
+	f.newNode, f.goneNode, f.newNodeNote = nodeTimes(t, e, newNode{observer: fl.nodes[0].SB.Node,
+		dst: netip.MustParsePrefix(flannelRanges(13)[0]), node: n13, start: func() { startFlannel(t, e, n13, fs) }})
 	// Last: after the outage the agents' watches resume with client-go's
 	// backoff, which would count in the figures above.
 	p.apiDownRate, f.apiDownRate = apiDownRates(t, e, pier, fl)
@@ -136,11 +136,11 @@ func setupPier(t *testing.T, e *kubetest.Env) *side {
 	return s
 }
 
-func setupFlannel(t *testing.T, e *kubetest.Env, mode, flanneld, cniPath string) (*side, []*flannelNode) {
+func setupFlannel(t *testing.T, e *kubetest.Env, fs flannelSetup) (*side, []*flannelNode) {
 	n1, n2 := e.AddNode(11, flannelRanges(11)), e.AddNode(12, flannelRanges(12))
 	annotate(t, e, n1.Name, n2.Name)
-	f1 := startFlannel(t, e, n1, flanneld, mode, cniPath)
-	f2 := startFlannel(t, e, n2, flanneld, mode, cniPath)
+	f1 := startFlannel(t, e, n1, fs)
+	f2 := startFlannel(t, e, n2, fs)
 	for _, f := range []*flannelNode{f1, f2} {
 		kubetest.Poll(t, 60*time.Second, "flanneld's subnet file on "+f.Name, func() bool {
 			_, err := os.Stat(filepath.Join(f.dir, "subnet.env"))
@@ -328,8 +328,18 @@ func watchRoutes(t *testing.T, ns *testnet.NS, dst netip.Prefix) (added, removed
 // observer; Node deleted → the route gone. A route already there when
 // the agent starts (host-gw routes a Node from its object alone) counts
 // from the Node's creation instead, as the note says.
-func nodeTimes(t *testing.T, e *kubetest.Env, observer *testnet.NS, dst netip.Prefix, n *kubetest.Node, start func()) (time.Duration, time.Duration, string) {
+// newNode is a node whose routing nodeTimes times: its range dst, seen
+// from observer's node namespace, and start, which starts its agent.
+type newNode struct {
+	observer *testnet.NS
+	dst      netip.Prefix
+	node     *kubetest.Node
+	start    func()
+}
+
+func nodeTimes(t *testing.T, e *kubetest.Env, nn newNode) (time.Duration, time.Duration, string) {
 	t.Helper()
+	observer, dst, n, start := nn.observer, nn.dst, nn.node, nn.start
 	added, removed := watchRoutes(t, observer, dst)
 	created := time.Now()
 	if !slices.Contains(nodeNames(t, e), n.Name) {

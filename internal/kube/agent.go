@@ -52,9 +52,18 @@ type routeAgent struct {
 	nodeCount int
 }
 
-func newRouteAgent(mode, self string, vtep netip.Addr, dp DataPlane, inf cache.SharedIndexInformer, log *slog.Logger) (*routeAgent, error) {
-	a := &routeAgent{mode: mode, self: self, vtep: vtep, dp: dp, nodes: corelisters.NewNodeLister(inf.GetIndexer()),
-		log: log, kick: make(chan struct{}, 1)}
+// agentConfig is what a route agent is made of.
+type agentConfig struct {
+	mode, self string // routing mode, this node's name
+	dp         DataPlane
+	informer   cache.SharedIndexInformer // Nodes
+	log        *slog.Logger
+}
+
+func newRouteAgent(c agentConfig) (*routeAgent, error) {
+	inf := c.informer
+	a := &routeAgent{mode: c.mode, self: c.self, dp: c.dp, nodes: corelisters.NewNodeLister(inf.GetIndexer()),
+		log: c.log, kick: make(chan struct{}, 1)}
 	_, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: func(any) { a.trigger() },
 		UpdateFunc: func(oldObj, newObj any) {

@@ -129,7 +129,7 @@ func New(o Options) (*Datastore, error) {
 	if dp == nil {
 		dp = noRoutes{}
 	}
-	if d.agent, err = newRouteAgent(o.Mode, o.NodeName, netip.Addr{}, dp, d.nodeInf, o.Log); err != nil {
+	if d.agent, err = newRouteAgent(agentConfig{mode: o.Mode, self: o.NodeName, dp: dp, informer: d.nodeInf, log: o.Log}); err != nil {
 		return nil, err
 	}
 	d.agent.onSync = d.writeStatus
