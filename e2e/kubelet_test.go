@@ -74,7 +74,7 @@ func readHostSysctls(t *testing.T) string {
 // pods releases their addresses.
 func TestKubeletChain(t *testing.T) {
 	tools := requireRuntimeTools(t, "containerd", "containerd-shim-runc-v2", "ctr", "runc", "crictl=PIER_CRICTL", "nsenter", "mount")
-	kubelet := kubetest.Binary(t, "kubelet", "PIER_KUBELET")
+	tools["kubelet"] = kubetest.Binary(t, "kubelet", "PIER_KUBELET")
 	var users []kubetest.User
 	for i := 1; i <= 2; i++ {
 		users = append(users, kubetest.User{Name: fmt.Sprintf("%snode%d", kubeletUserPrefix, i), Groups: []string{"system:nodes", "system:masters"}})
@@ -94,7 +94,7 @@ func TestKubeletChain(t *testing.T) {
 	})
 	var nodes []*kubeletNode
 	for i := 1; i <= 2; i++ {
-		nodes = append(nodes, startKubeletNode(t, e, i, tools, kubelet))
+		nodes = append(nodes, startKubeletNode(t, e, i, tools))
 	}
 	start := time.Now()
 	for _, n := range nodes {
@@ -136,7 +136,7 @@ func TestKubeletChain(t *testing.T) {
 // startKubeletNode builds node i: its runtimeHost on the underlay, pierd
 // writing into the CNI config dir containerd reads, containerd with the
 // busybox image imported, and kubelet.
-func startKubeletNode(t *testing.T, e *kubetest.Env, i int, tools map[string]string, kubelet string) *kubeletNode {
+func startKubeletNode(t *testing.T, e *kubetest.Env, i int, tools map[string]string) *kubeletNode {
 	t.Helper()
 	rt := newRuntimeHost(t)
 	n := &kubeletNode{Node: e.Join(i, rt.sb), rt: rt}
@@ -150,7 +150,7 @@ func startKubeletNode(t *testing.T, e *kubetest.Env, i int, tools map[string]str
 	// through pier's DEL) before the PID namespace is killed.
 	t.Cleanup(func() { _, _ = n.cri.run("rmp", "--all", "--force") })
 	n.prepareKubelet(t)
-	rt.startBackground(nil, "kubelet.log", kubelet,
+	rt.startBackground(nil, "kubelet.log", tools["kubelet"],
 		"--config", filepath.Join(rt.dir, "kubelet", "config.yaml"),
 		"--kubeconfig", e.API.Kubeconfig(t, kubeletUserPrefix+n.Name),
 		"--root-dir", filepath.Join(rt.dir, "kubelet", "root"),
