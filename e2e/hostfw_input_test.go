@@ -1,0 +1,55 @@
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pier-cni/pier/internal/testnet"
+)
+
+// TestHostFirewallFirewalldKeepsNodeClosed guards the node's own services
+// on a firewalld host. Pier must make the host's filters accept what its
+// bridge *forwards*; on iptables and nftables hosts it adds forward
+// accepts only, and what a container sends to the node itself stays
+// under the host's input policy. With firewalld Pier puts the bridge into
+// zone "trusted", whose target ACCEPT applies to input as well: every
+// container then reaches every port of the node that firewalld closes
+// (here a service on 7777, closed to the outside host by the default zone
+// public).
+func TestHostFirewallFirewalldKeepsNodeClosed(t *testing.T) {
+	requireRuntimeTools(t, "firewalld", "firewall-cmd", "dbus-daemon", "nsenter")
+	rt := newRuntimeHost(t)
+	n := &node{t: t, sb: rt.sb, binDir: testnet.Binaries(t), dataDir: t.TempDir()}
+	n.cniPath = n.binDir + ":/usr/lib/cni"
+	e := newSeedEnv(t, n)
+	bus := []string{"DBUS_SYSTEM_BUS_ADDRESS=unix:path=" + filepath.Join(rt.dir, "system_bus_socket")}
+	e.env = bus
+	rt.startBackground(nil, "dbus.log", "dbus-daemon", "--system", "--nofork", "--nopidfile", "--address", strings.TrimPrefix(bus[0], "DBUS_SYSTEM_BUS_ADDRESS="))
+	cfg := filepath.Join(rt.dir, "firewalld")
+	if err := os.MkdirAll(cfg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := retryUntil(30*time.Second, func() error { _, err := os.Stat(filepath.Join(rt.dir, "system_bus_socket")); return err }); err != nil {
+		t.Fatalf("dbus-daemon did not start: %v", err)
+	}
+	rt.startBackground(bus, "firewalld.log", "firewalld", "--nofork", "--nopid", "--system-config", cfg, "--log-target", "console")
+	if err := retryUntil(60*time.Second, func() error { _, err := rt.exec(bus, "firewall-cmd", "--state"); return err }); err != nil {
+		t.Fatalf("firewalld does not answer: %v", err)
+	}
+	startEcho(t, n.sb.Node, "tcp/:7777")
+	if reply, err := echoFrom(t, e.client, "tcp/198.51.100.1:7777"); err == nil {
+		t.Fatalf("firewalld lets the outside host reach the node's port 7777 (%q): the test shows nothing", reply)
+	}
+	s := e.networks("")[0]
+	c := e.add(s, false)
+	if reply, err := echoFrom(t, c.ns, "tcp/198.51.100.1:7777"); err == nil {
+		t.Errorf("a container reached the node's port 7777, which firewalld keeps closed (%q)", reply)
+	}
+	if reply, err := echoFrom(t, c.ns, "tcp/"+s.gw+":7777"); err == nil {
+		t.Errorf("a container reached the node's port 7777 at its gateway %s (%q)", s.gw, reply)
+	}
+	e.del(s, c)
+}
