@@ -20,6 +20,57 @@ import (
 // (here a service on 7777, closed to the outside host by the default zone
 // public).
 func TestHostFirewallFirewalldKeepsNodeClosed(t *testing.T) {
+	e, _ := startFirewalldNode(t)
+	n := e.node
+	startEcho(t, n.sb.Node, "tcp/:7777")
+	if reply, err := echoFrom(t, e.client, "tcp/198.51.100.1:7777"); err == nil {
+		t.Fatalf("firewalld lets the outside host reach the node's port 7777 (%q): the test shows nothing", reply)
+	}
+	s := e.networks("")[0]
+	c := e.add(s, false)
+	if reply, err := echoFrom(t, c.ns, "tcp/198.51.100.1:7777"); err == nil {
+		t.Errorf("a container reached the node's port 7777, which firewalld keeps closed (%q)", reply)
+	}
+	if reply, err := echoFrom(t, c.ns, "tcp/"+s.gw+":7777"); err == nil {
+		t.Errorf("a container reached the node's port 7777 at its gateway %s (%q)", s.gw, reply)
+	}
+	e.del(s, c)
+}
+
+// TestHostFirewallFirewalldKeepsOperatorsZone guards an operator's choice
+// of zone for the bridge. Pier's removal leaves a bridge in a zone other
+// than trusted alone ("someone else's choice"), but its setup moves a
+// bridge the operator had put in a zone (here internal) into trusted
+// (changeZoneOfInterface), and the last container's DEL then takes it out
+// of trusted, so the operator's zone is lost for good.
+func TestHostFirewallFirewalldKeepsOperatorsZone(t *testing.T) {
+	e, zone := startFirewalldNode(t)
+	s := e.networks("")[0]
+	e.sb.Node.MustRun(t, "ip", "link", "add", s.bridge, "type", "bridge")
+	if out, err := e.fwcmd("--zone=internal", "--add-interface="+s.bridge); err != nil {
+		t.Fatalf("firewall-cmd: %v %s", err, out)
+	}
+	c := e.add(s, false)
+	if z := zone(s.bridge); z != "internal" {
+		t.Errorf("after ADD, bridge %s is in zone %q; the operator put it in internal", s.bridge, z)
+	}
+	e.del(s, c)
+	if z := zone(s.bridge); z != "internal" {
+		t.Errorf("after DEL of the last container, bridge %s is in zone %q; the operator put it in internal", s.bridge, z)
+	}
+}
+
+// fwEnv is a seed environment on a node running firewalld.
+type fwEnv struct {
+	*seedEnv
+	fwcmd func(args ...string) (string, error)
+}
+
+// startFirewalldNode starts dbus-daemon and firewalld (default zone
+// public) in a runtimeHost, as TestHostFirewallFirewalld does, and returns
+// the seed environment and a function giving an interface's zone.
+func startFirewalldNode(t *testing.T) (*fwEnv, func(dev string) string) {
+	t.Helper()
 	requireRuntimeTools(t, "firewalld", "firewall-cmd", "dbus-daemon", "nsenter")
 	rt := newRuntimeHost(t)
 	n := &node{t: t, sb: rt.sb, binDir: testnet.Binaries(t), dataDir: t.TempDir()}
@@ -39,17 +90,12 @@ func TestHostFirewallFirewalldKeepsNodeClosed(t *testing.T) {
 	if err := retryUntil(60*time.Second, func() error { _, err := rt.exec(bus, "firewall-cmd", "--state"); return err }); err != nil {
 		t.Fatalf("firewalld does not answer: %v", err)
 	}
-	startEcho(t, n.sb.Node, "tcp/:7777")
-	if reply, err := echoFrom(t, e.client, "tcp/198.51.100.1:7777"); err == nil {
-		t.Fatalf("firewalld lets the outside host reach the node's port 7777 (%q): the test shows nothing", reply)
+	fwcmd := func(args ...string) (string, error) {
+		return rt.exec(bus, append([]string{"firewall-cmd"}, args...)...)
 	}
-	s := e.networks("")[0]
-	c := e.add(s, false)
-	if reply, err := echoFrom(t, c.ns, "tcp/198.51.100.1:7777"); err == nil {
-		t.Errorf("a container reached the node's port 7777, which firewalld keeps closed (%q)", reply)
+	zone := func(dev string) string {
+		out, _ := fwcmd("--get-zone-of-interface=" + dev)
+		return strings.TrimSpace(out)
 	}
-	if reply, err := echoFrom(t, c.ns, "tcp/"+s.gw+":7777"); err == nil {
-		t.Errorf("a container reached the node's port 7777 at its gateway %s (%q)", s.gw, reply)
-	}
-	e.del(s, c)
+	return &fwEnv{seedEnv: e, fwcmd: fwcmd}, zone
 }
