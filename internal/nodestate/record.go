@@ -230,27 +230,46 @@ func validName(network string) error {
 	return nil
 }
 
-// lockRecord opens the record and takes its lock. alive is false when the
-// record is gone, or was removed while this waited for the lock.
-func lockRecord(path string) (unlock func(), alive bool, err error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+// lockRecord opens the record and takes its lock. f is nil when the
+// record is gone, or was removed or replaced (an ADD's rename) while this
+// waited for the lock; else it is the locked record, to be read from, and
+// unlock closes it, which drops the lock.
+func lockRecord(path string) (f *os.File, unlock func(), err error) {
+	f, err = os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW, 0)
 	if errors.Is(err, os.ErrNotExist) {
-		return func() {}, false, nil
+		return nil, func() {}, nil
 	}
 	if err != nil {
-		return nil, false, fmt.Errorf("open record: %w", err)
+		return nil, nil, fmt.Errorf("open record: %w", err)
 	}
-	unlock = func() { _ = f.Close() } // closing drops the lock
+	unlock = func() { _ = f.Close() }
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
 		unlock()
-		return nil, false, fmt.Errorf("lock record %s: %w", path, err)
+		return nil, nil, fmt.Errorf("lock record %s: %w", path, err)
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
 		unlock()
-		return nil, false, fmt.Errorf("stat record %s: %w", path, err)
+		return nil, nil, fmt.Errorf("stat record %s: %w", path, err)
 	}
-	return unlock, st.Nlink > 0, nil
+	if st.Nlink == 0 {
+		return nil, unlock, nil
+	}
+	return f, unlock, nil
+}
+
+// decodeRecord reads a record from f.
+func decodeRecord(f *os.File) (Record, error) {
+	var b bytes.Buffer
+	var r Record
+	_, err := b.ReadFrom(f)
+	if err == nil {
+		err = json.Unmarshal(b.Bytes(), &r)
+	}
+	if err != nil {
+		return Record{}, fmt.Errorf("record %s: %w", f.Name(), err)
+	}
+	return r, nil
 }
 
 // RemoveRecord runs undo (the removal of the attachment's nftables
@@ -263,7 +282,7 @@ func RemoveRecord(root, network, owner string, undo func() error) error {
 		return err
 	}
 	path := filepath.Join(Dir(root, network), name)
-	unlock, _, err := lockRecord(path)
+	_, unlock, err := lockRecord(path)
 	if err != nil {
 		return err
 	}

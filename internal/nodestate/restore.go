@@ -182,19 +182,28 @@ func Restore(root, network string, verifyBridges bool, log *slog.Logger) (int, e
 	return n, errors.Join(errs...)
 }
 
-// restoreOne re-adds one record's elements under its lock.
+// restoreOne re-adds the elements of the record at r's path under its
+// lock. What it restores is the record read under the lock, not r, which
+// Restore read before: the attachment may have been deleted and added
+// again meanwhile (a runtime retrying a sandbox under the same ID), with
+// other addresses, and r's would lead a host port to an address that may
+// be another container's by now. (The new record is of this boot and
+// names the same host veth, which Restore found.)
 func restoreOne(root string, r Record) (bool, error) {
 	name, err := fileName(r.Owner)
 	if err != nil {
 		return false, err
 	}
-	unlock, alive, err := lockRecord(filepath.Join(Dir(root, r.Network), name))
+	f, unlock, err := lockRecord(filepath.Join(Dir(root, r.Network), name))
 	if err != nil {
 		return false, err
 	}
 	defer unlock()
-	if !alive {
+	if f == nil {
 		return false, nil // its DEL ran meanwhile
+	}
+	if r, err = decodeRecord(f); err != nil {
+		return false, err
 	}
 	a, err := r.Attachment(veth.PortGroup)
 	if err != nil {
