@@ -9,12 +9,18 @@ package store
 //   - the data directory and the store's own directories (<network>/ and
 //     owners/) must be real directories, owned by root or by the user Pier
 //     runs as, and not writable by group or others;
-//   - every directory above the data directory (but / itself) must not be
-//     writable by group or others unless it is sticky (like /tmp: there only
-//     an entry's owner may rename or remove it, so the data directory cannot
-//     be swapped for another). Their owners are not checked: inside a user
-//     namespace (rootless runtimes) root's directories show as the overflow
-//     uid.
+//   - every directory above the data directory (but / itself) must be owned
+//     by root or by the user Pier runs as, since a directory's owner may
+//     chmod it and then rename its entries: the data directory could be
+//     swapped for another between this check and the opens. It must not be
+//     writable by group or others either, unless it is sticky (like /tmp:
+//     there only an entry's owner, or the directory's, may rename or remove
+//     it; the entry below is root's, by the same rule, so the data
+//     directory cannot be swapped for another). Inside a user namespace
+//     (rootless runtimes) directories of users the namespace does not map,
+//     root's included, show as the overflow uid (65534) and are refused
+//     too: their owner cannot be told from a user who could swap them, so
+//     such a dataDir must lie below directories of mapped users.
 //
 // The directories Pier creates are 0700 and its files 0600: reservations
 // are root's business (`ls` and `cat` as root still show everything). The
@@ -164,14 +170,24 @@ func checkOwnDir(dir string, fi fs.FileInfo, what string) error {
 	return nil
 }
 
-// checkAncestor refuses a directory above the data directory that others
-// may write to without the sticky bit: they could rename the data directory
-// away and put their own in its place.
+// checkAncestor refuses a directory above the data directory whose owner
+// is not root or Pier's user, or that others may write to without the
+// sticky bit: they could rename the data directory away and put their own
+// in its place.
 func checkAncestor(p string, fi fs.FileInfo, dataDir string) error {
 	if !fi.IsDir() {
 		return fmt.Errorf("IPAM data directory %s: %s is not a directory", dataDir, p)
 	}
-	if fi.Mode().Perm()&0o022 != 0 && fi.Mode()&fs.ModeSticky == 0 {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	euid := os.Geteuid()
+	switch {
+	case !ok:
+		return fmt.Errorf("IPAM data directory %s: cannot read the owner of %s", dataDir, p)
+	case st.Uid != 0 && int(st.Uid) != euid:
+		return fmt.Errorf("%s, above the IPAM data directory %s, is owned by uid %d, who could swap the data directory for their own; "+
+			"fix: chown 0 %s, or choose a dataDir under directories of root (or of uid %d, which Pier runs as)",
+			p, dataDir, st.Uid, p, euid)
+	case fi.Mode().Perm()&0o022 != 0 && fi.Mode()&fs.ModeSticky == 0:
 		return fmt.Errorf("%s, above the IPAM data directory %s, is writable by group or others (mode %04o) and not sticky, "+
 			"so they could swap the data directory for their own; fix: chmod go-w %s, or choose a dataDir under a directory only root writes",
 			p, dataDir, fi.Mode().Perm(), p)

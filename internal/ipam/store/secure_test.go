@@ -3,10 +3,13 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -147,6 +150,14 @@ func TestDataDirRefused(t *testing.T) {
 			}
 			return d
 		}, "chown 0 "},
+		// A parent's owner may chmod it and rename the data directory
+		// away: one not root's is refused whatever its mode, sticky too.
+		{"parent owned by another user", func(t *testing.T, parent string) string {
+			return mkdir(t, filepath.Join(giveAway(t, mkdir(t, filepath.Join(parent, "theirs"), 0o755)), "data"), 0o700)
+		}, "owned by uid 65534"},
+		{"sticky world-writable parent owned by another user", func(t *testing.T, parent string) string {
+			return mkdir(t, filepath.Join(giveAway(t, mkdir(t, filepath.Join(parent, "tmp"), 0o777|os.ModeSticky)), "data"), 0o700)
+		}, "owned by uid 65534"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -213,6 +224,18 @@ func TestFileModes(t *testing.T) {
 	}
 }
 
+// giveAway makes uid 65534 the owner of dir (as root only).
+func giveAway(t *testing.T, dir string) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to give a directory away")
+	}
+	if err := os.Chown(dir, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
 func mkdir(t *testing.T, path string, mode os.FileMode) string {
 	t.Helper()
 	if err := os.MkdirAll(path, 0o700); err != nil {
@@ -234,5 +257,49 @@ func BenchmarkNewFile(b *testing.B) {
 		if _, err := NewFile(dataDir, "net1"); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestAncestorOfPiersOwnUser: a parent owned by the user Pier runs as is
+// fine (that user is who writes the store anyway), root's sticky /tmp
+// too: uid 65534 opens a store under its own directory in /tmp. Before
+// the owner check, such a parent of anyone's passed; now only Pier's
+// own user's and root's do.
+func TestAncestorOfPiersOwnUser(t *testing.T) {
+	if dir := os.Getenv("PIER_STORE_CHILD_DATADIR"); dir != "" {
+		if _, err := NewFile(dir, "net1"); err != nil {
+			fmt.Println(err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run a child as another user")
+	}
+	// Not t.TempDir: its directory is root's 0700, which uid 65534 cannot
+	// enter. /tmp itself is root's and sticky.
+	top, err := os.MkdirTemp("", "pier-store-owner-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(top) })
+	parent := giveAway(t, mkdir(t, filepath.Join(mkdir(t, top, 0o755), "mine"), 0o755))
+	// The test binary lies in the go tool's 0700 directory: a copy the
+	// child may run.
+	bin, err := os.ReadFile(os.Args[0])
+	if err == nil {
+		err = os.WriteFile(filepath.Join(top, "store.test"), bin, 0o755)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(filepath.Join(top, "store.test"), "-test.run=^TestAncestorOfPiersOwnUser$")
+	cmd.Env = append(os.Environ(), "PIER_STORE_CHILD_DATADIR="+filepath.Join(parent, "data"))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("uid 65534 opening a store below its own directory: %v\n%s", err, out)
+	}
+	if _, err := NewFile(filepath.Join(parent, "data"), "net1"); err == nil || !strings.Contains(err.Error(), "owned by uid 65534") {
+		t.Errorf("root opening the same store below uid 65534's directory: %v, want a refusal", err)
 	}
 }
