@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/pier-cni/pier/internal/nodelock"
 	"github.com/pier-cni/pier/internal/nodestate"
 )
 
@@ -32,6 +33,7 @@ func (r *restoreFlags) start(ctx context.Context, dataDir, socket string, log *s
 	}
 	w := &nodestate.Watcher{
 		Roots:    []string{dataDir, nodestate.DaemonRoot(socket)},
+		Lock:     nodelock.DefaultPath(),
 		Interval: *r.interval,
 		Log:      log.With("component", "netfilter-watcher"),
 	}

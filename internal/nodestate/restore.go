@@ -4,17 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/pier-cni/pier/internal/bridge"
 	"github.com/pier-cni/pier/internal/firewall"
-	"github.com/pier-cni/pier/internal/ipam/store"
 	"github.com/pier-cni/pier/internal/nat"
+	"github.com/pier-cni/pier/internal/nodelock"
 	"github.com/pier-cni/pier/internal/rtnl"
 	"github.com/pier-cni/pier/internal/veth"
 )
@@ -26,35 +23,19 @@ type BridgeSpec struct {
 	Isolated bool // ingressPolicy same-bridge
 }
 
-// bridgesLock serializes bridge setups and teardowns of the node, so two
-// first ADDs on one bridge do not both insert the host accepts, and a
-// teardown cannot interleave with a setup.
-const bridgesLock = "bridges.lock"
-
-func lockBridges(root string) (func(), error) {
-	root, err := store.PrepareDataDir(root)
-	if err != nil {
-		return nil, err
-	}
-	if err := os.MkdirAll(root, dirMode); err != nil {
-		return nil, fmt.Errorf("create %s: %w", root, err)
-	}
-	f, err := os.OpenFile(filepath.Join(root, bridgesLock), os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW, fileMode)
-	if err != nil {
-		return nil, fmt.Errorf("open bridge lock: %w", err)
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
-		_ = f.Close()
-		return nil, fmt.Errorf("lock %s: %w", f.Name(), err)
-	}
-	return func() { _ = f.Close() }, nil
+// Paths are where a network's node state lives: the root of its records
+// (see Dir) and the node's lock (package nodelock), which every bridge
+// setup and teardown of the node takes, whatever its network's root.
+type Paths struct {
+	Root string
+	Lock string
 }
 
 // SetupBridge opens the host's filters for the bridge (with Firewall),
-// sets its isolation and then its marker, under the node's bridge lock.
-// It returns the places of the host's filters it found.
-func SetupBridge(root string, s BridgeSpec) ([]firewall.Place, error) {
-	unlock, err := lockBridges(root)
+// sets its isolation and then its marker, under the node's lock. It
+// returns the places of the host's filters it found.
+func SetupBridge(lock string, s BridgeSpec) ([]firewall.Place, error) {
+	unlock, err := nodelock.Acquire(lock)
 	if err != nil {
 		return nil, err
 	}
@@ -86,11 +67,11 @@ func setupBridge(s BridgeSpec) ([]firewall.Place, error) {
 // The first test is cheap: a bridge with carrier has a forwarding port.
 // Only without carrier are its ports listed. So a bridge that keeps a port
 // of someone else's keeps its accepts until a GC, which lists the ports.
-func TeardownBridge(root string, s BridgeSpec, precise bool) (bool, error) {
+func TeardownBridge(lock string, s BridgeSpec, precise bool) (bool, error) {
 	if used, err := pierPorts(s.Bridge, precise); err != nil || used {
 		return false, err
 	}
-	unlock, err := lockBridges(root)
+	unlock, err := nodelock.Acquire(lock)
 	if err != nil {
 		return false, err
 	}
@@ -141,8 +122,8 @@ func pierPorts(name string, precise bool) (bool, error) {
 // bridges' setup (when their marker is missing, or always with
 // verifyBridges), then every live record's elements. It returns how many
 // attachments it restored.
-func Restore(root, network string, verifyBridges bool, log *slog.Logger) (int, error) {
-	recs, errs := Records(root, network)
+func Restore(p Paths, network string, verifyBridges bool, log *slog.Logger) (int, error) {
+	recs, errs := Records(p.Root, network)
 	boot, err := BootID()
 	if err != nil {
 		return 0, err
@@ -162,13 +143,13 @@ func Restore(root, network string, verifyBridges bool, log *slog.Logger) (int, e
 			continue
 		}
 		done[r.Bridge] = true
-		if _, err := SetupBridge(root, r.Spec()); err != nil {
+		if _, err := SetupBridge(p.Lock, r.Spec()); err != nil {
 			errs = append(errs, fmt.Errorf("bridge %s: %w", r.Bridge, err))
 		}
 	}
 	n := 0
 	for _, r := range live {
-		ok, err := restoreOne(root, r)
+		ok, err := restoreOne(p.Root, r)
 		if err != nil {
 			errs = append(errs, err)
 		}

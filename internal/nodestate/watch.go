@@ -37,6 +37,7 @@ import (
 // was flushed.
 type Watcher struct {
 	Roots    []string // record roots: pierd's data directory and its state directory
+	Lock     string   // the node's lock (nodelock.DefaultPath in pierd)
 	Interval time.Duration
 	Log      *slog.Logger
 
@@ -133,7 +134,7 @@ func (w *Watcher) restoreAll() error {
 			continue
 		}
 		for _, n := range nets {
-			if _, err := Restore(root, n, true, w.Log); err != nil {
+			if _, err := Restore(Paths{Root: root, Lock: w.Lock}, n, true, w.Log); err != nil {
 				errs = append(errs, fmt.Errorf("network %s: %w", n, err))
 			}
 		}
@@ -184,11 +185,11 @@ func (w *Watcher) checkBridge(root, network string, r Record, ready bool) error 
 		return nil
 	}
 	w.Log.Info("bridge lost its setup or a host accept: restoring", "bridge", r.Bridge, "network", network)
-	if _, err := SetupBridge(root, r.Spec()); err != nil {
+	if _, err := SetupBridge(w.Lock, r.Spec()); err != nil {
 		return fmt.Errorf("bridge %s: %w", r.Bridge, err)
 	}
 	if !ready { // the marker went with the table: the elements may have too
-		_, err := Restore(root, network, false, w.Log)
+		_, err := Restore(Paths{Root: root, Lock: w.Lock}, network, false, w.Log)
 		return err
 	}
 	return nil

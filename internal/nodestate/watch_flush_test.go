@@ -3,6 +3,7 @@ package nodestate
 import (
 	"context"
 	"log/slog"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -30,7 +31,7 @@ func TestWatcherRestoresAfterTableFlush(t *testing.T) {
 	if err := WriteRecord(root, r); err != nil {
 		t.Fatal(err)
 	}
-	w := &Watcher{Roots: []string{root}, Log: slog.New(slog.DiscardHandler)}
+	w := &Watcher{Roots: []string{root}, Lock: filepath.Join(t.TempDir(), "node.lock"), Log: slog.New(slog.DiscardHandler)}
 	pass := func() {
 		t.Helper()
 		if err := node.Do(func() error { return w.Pass(context.Background()) }); err != nil {

@@ -47,7 +47,7 @@ func TestGCRestoreLeavesNoStaleElements(t *testing.T) {
 	n.add(drop, ports)
 	n.add(keep, c)
 	r := &restoringAllocator{faultyAllocator: n.alloc, during: func() {
-		if _, err := nodestate.Restore(n.dataDir, c.name, false, slog.New(slog.DiscardHandler)); err != nil {
+		if _, err := nodestate.Restore(nodestate.Paths{Root: n.dataDir, Lock: n.plugin.nodeLock}, c.name, false, slog.New(slog.DiscardHandler)); err != nil {
 			t.Errorf("restore during GC: %v", err)
 		}
 	}}

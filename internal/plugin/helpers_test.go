@@ -16,6 +16,7 @@ import (
 	"io"
 	"net/netip"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -55,7 +56,8 @@ func inNode(t *testing.T) *node {
 	}
 	dataDir := t.TempDir()
 	f := &faultyAllocator{Allocator: ipam.NewLocal(dataDir, ipam.LocalOptions{})}
-	p := &Plugin{openAllocator: func(*config.IPAMConfig) (ipam.Allocator, io.Closer) { return f, io.NopCloser(nil) }}
+	p := &Plugin{openAllocator: func(*config.IPAMConfig) (ipam.Allocator, io.Closer) { return f, io.NopCloser(nil) },
+		nodeLock: filepath.Join(t.TempDir(), "node.lock")}
 	return &node{t: t, sb: sb, plugin: p, alloc: f, dataDir: dataDir}
 }
 
@@ -117,12 +119,16 @@ func (f *faultyAllocator) Check(ctx context.Context, conf *config.IPAMConfig, o 
 
 // netConf is a network config; extra holds more top-level members
 // (`"ipMasq":true,`), ipamExtra more members of "ipam", routes the IPAM
-// routes (default: a default route).
+// routes (default: a default route), dataDir the IPAM data directory
+// (default: the node's; the allocator is the node's whatever it says).
 type netConf struct {
-	name, bridge, subnet, extra, ipamExtra, routes, prevResult string
+	name, bridge, subnet, extra, ipamExtra, routes, prevResult, dataDir string
 }
 
 func (c netConf) json(dataDir string) []byte {
+	if c.dataDir != "" {
+		dataDir = c.dataDir
+	}
 	prev := ""
 	if c.prevResult != "" {
 		prev = `,"prevResult":` + c.prevResult

@@ -14,9 +14,9 @@ import (
 // state is put back after a flush, and its bridge's node-side setup (the
 // host's filters opened, isolation, the bridge's marker).
 
-// stateRoot is where the network's records and the node's bridge lock
-// live: the IPAM data directory of pier-ipam, the state directory beside
-// pierd's socket in daemon mode, the default data directory otherwise.
+// stateRoot is where the network's records live: the IPAM data directory
+// of pier-ipam, the state directory beside pierd's socket in daemon mode,
+// the default data directory otherwise.
 func (c *call) stateRoot() string {
 	b, ok := c.ipam.(*pierIPAM)
 	switch {
@@ -27,6 +27,11 @@ func (c *call) stateRoot() string {
 	default:
 		return b.conf.DataDir
 	}
+}
+
+// paths are the network's records and the node's lock.
+func (c *call) paths() nodestate.Paths {
+	return nodestate.Paths{Root: c.stateRoot(), Lock: c.nodeLock}
 }
 
 func (c *call) bridgeSpec(bridge string) nodestate.BridgeSpec {
@@ -63,14 +68,14 @@ func (c *call) record(att nat.Attachment, hostVeth string) (nodestate.Record, er
 // ADD (it is logged); the bridge's setup does, as this container needs it.
 func (c *call) afterAdd(out nat.Outcome, bridge string) error {
 	if out.BridgeMissing {
-		places, err := nodestate.SetupBridge(c.stateRoot(), c.bridgeSpec(bridge))
+		places, err := nodestate.SetupBridge(c.nodeLock, c.bridgeSpec(bridge))
 		if err != nil {
 			return cnierr.Wrap(err, cnierr.IOFailure, "cannot open the node's firewall for bridge %s (set \"firewallBackend\": \"none\" to leave it alone)", bridge)
 		}
 		c.log.Info("bridge set up", "bridge", bridge, "hostFilters", firewall.Summary(places))
 	}
 	if out.Rebuilt {
-		if _, err := nodestate.Restore(c.stateRoot(), c.conf.Name, false, c.log); err != nil {
+		if _, err := nodestate.Restore(c.paths(), c.conf.Name, false, c.log); err != nil {
 			c.log.Warn("could not restore every attachment of the network", "err", err)
 		}
 	}
@@ -81,7 +86,7 @@ func (c *call) afterAdd(out nat.Outcome, bridge string) error {
 // Pier's is left on it. A failure is logged: the attachment itself is
 // gone, and GC tries again.
 func (c *call) teardownBridge(precise bool) {
-	gone, err := nodestate.TeardownBridge(c.stateRoot(), c.bridgeSpec(c.conf.Bridge), precise)
+	gone, err := nodestate.TeardownBridge(c.nodeLock, c.bridgeSpec(c.conf.Bridge), precise)
 	switch {
 	case err != nil:
 		c.log.Warn("could not remove the bridge's setup", "bridge", c.conf.Bridge, "err", err)
@@ -109,7 +114,7 @@ func (c *call) repairNodeState(always bool) error {
 	if !missing && !always {
 		return nil
 	}
-	n, err := nodestate.Restore(c.stateRoot(), c.conf.Name, missing, c.log)
+	n, err := nodestate.Restore(c.paths(), c.conf.Name, missing, c.log)
 	if err != nil {
 		return cnierr.Wrap(err, cnierr.IOFailure, "cannot restore the nftables state of network %s", c.conf.Name)
 	}
@@ -143,7 +148,7 @@ func (c *call) gcRecords(valid map[string]bool) []error {
 // that left Pier's own tables alone.
 func (c *call) gcNodeState(valid map[string]bool) []error {
 	errs := c.gcRecords(valid)
-	gone, err := nodestate.TeardownBridge(c.stateRoot(), c.bridgeSpec(c.conf.Bridge), true)
+	gone, err := nodestate.TeardownBridge(c.nodeLock, c.bridgeSpec(c.conf.Bridge), true)
 	if err != nil {
 		return append(errs, err)
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/pier-cni/pier/internal/config"
 	"github.com/pier-cni/pier/internal/ipam"
 	"github.com/pier-cni/pier/internal/ipam/ipamcni"
+	"github.com/pier-cni/pier/internal/nodelock"
 )
 
 // callTimeout bounds one CNI call. Runtimes give a plugin minutes at most;
@@ -36,11 +37,14 @@ type Plugin struct {
 	// openAllocator returns the allocator a pier-ipam config names, and
 	// what to close when the call ends.
 	openAllocator func(*config.IPAMConfig) (ipam.Allocator, io.Closer)
+	// nodeLock is the node's lock file (package nodelock), which bridge
+	// setups and teardowns of every network take.
+	nodeLock string
 }
 
 // New returns the plugin, whose pier-ipam configs are served by the local
 // store or, with ipam.daemonSocket, by pierd.
-func New() *Plugin { return &Plugin{openAllocator: ipamcni.Open} }
+func New() *Plugin { return &Plugin{openAllocator: ipamcni.Open, nodeLock: nodelock.DefaultPath()} }
 
 // Funcs wires the verbs for skel.
 func (p *Plugin) Funcs() skel.CNIFuncs {
@@ -56,10 +60,11 @@ func (p *Plugin) Funcs() skel.CNIFuncs {
 // call is one CNI invocation: its arguments, decoded config, IPAM backend and
 // scoped logger.
 type call struct {
-	args *skel.CmdArgs
-	conf *config.NetConf
-	ipam ipamBackend
-	log  *slog.Logger
+	args     *skel.CmdArgs
+	conf     *config.NetConf
+	ipam     ipamBackend
+	log      *slog.Logger
+	nodeLock string
 }
 
 // serve is the CNI boundary: it runs the verb, prints a result if there is
@@ -92,7 +97,7 @@ func (p *Plugin) run(verb string, args *skel.CmdArgs, run func(*call, context.Co
 		return nil, conf, err
 	}
 	defer ipamCloser.Close() //nolint:errcheck // closing a client connection loses nothing
-	c := &call{args: args, conf: conf, ipam: backend, log: log}
+	c := &call{args: args, conf: conf, ipam: backend, log: log, nodeLock: p.nodeLock}
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
 

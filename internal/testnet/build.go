@@ -33,8 +33,11 @@ func Binaries(t testing.TB) string {
 		if buildErr != nil {
 			return
 		}
-		// Built as `make build` does: static, as installed on nodes.
-		cmd := exec.Command("go", "build", "-o", buildDir+"/", "./cmd/...")
+		// Built as `make build` does: static, as installed on nodes; but
+		// with the node lock in the build directory, not the machine's
+		// /run/pier (the one setting a link may change, see nodelock).
+		lock := "-X github.com/pier-cni/pier/internal/nodelock.defaultPath=" + filepath.Join(buildDir, "run", "node.lock")
+		cmd := exec.Command("go", "build", "-ldflags", lock, "-o", buildDir+"/", "./cmd/...")
 		cmd.Dir = modDir
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		buildOut, buildErr = cmd.CombinedOutput()

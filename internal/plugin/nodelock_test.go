@@ -1,0 +1,66 @@
+package plugin
+
+import (
+	"testing"
+
+	"github.com/pier-cni/pier/internal/nat"
+	"github.com/pier-cni/pier/internal/nodelock"
+	"github.com/pier-cni/pier/internal/testnet"
+)
+
+// TestBridgeTeardownTakesTheNodeLock guards the setups and teardowns of
+// two networks whose data directories differ (a local-mode network and a
+// daemon-mode one, whose records live beside pierd's socket). Their
+// bridges share the host's filters (iptables-nft's one chain PIER-FORWARD
+// and its jump from FORWARD): one network's first ADD may find the jump in
+// place while the other's last DEL removes the chain it found empty, and
+// the first network's accepts end up in a chain nothing jumps to. The lock
+// that orders them used to live in each network's data directory, so it
+// ordered nothing between them. Here network A's setup holds the node
+// lock; the last DEL of network B, on another bridge and with another data
+// directory, must wait for it before tearing its bridge down.
+func TestBridgeTeardownTakesTheNodeLock(t *testing.T) {
+	n := inNode(t)
+	if n == nil {
+		return
+	}
+	b := netConf{name: "netb", bridge: "pt-brb", subnet: "10.41.0.0/24", extra: `"isGateway":true,`, dataDir: t.TempDir()}
+	c := n.container("b1")
+	n.add(c, b)
+	release, err := nodelock.Acquire(n.plugin.nodeLock) // what network A's bridge setup holds
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := n.do("DEL", c, b)
+		done <- err
+	}()
+	var delErr error
+	finished := func() bool {
+		select {
+		case delErr = <-done:
+			return true
+		default:
+			return false
+		}
+	}
+	waits, err := testnet.WaitForLockWaiter(n.plugin.nodeLock, finished)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !waits {
+		release()
+		t.Fatalf("network B's last DEL (data directory %s) tore its bridge down while another network held the node lock (DEL: %v)", b.dataDir, delErr)
+	}
+	if st, err := nat.ReadBridge(b.bridge); err != nil || !st.Ready {
+		t.Errorf("bridge %s's setup went while the node lock was held: %+v %v", b.bridge, st, err)
+	}
+	release()
+	if err := <-done; err != nil {
+		t.Fatalf("DEL: %v", err)
+	}
+	if st, err := nat.ReadBridge(b.bridge); err != nil || st.Ready {
+		t.Errorf("after the lock was free, bridge %s kept its setup: %+v %v", b.bridge, st, err)
+	}
+}
