@@ -281,8 +281,7 @@ func RemoveRecord(root, network, owner string, undo func() error) error {
 	if err != nil {
 		return err
 	}
-	path := filepath.Join(Dir(root, network), name)
-	_, unlock, err := lockRecord(path)
+	_, unlock, err := lockRecord(filepath.Join(Dir(root, network), name))
 	if err != nil {
 		return err
 	}
@@ -290,8 +289,39 @@ func RemoveRecord(root, network, owner string, undo func() error) error {
 	if err := undo(); err != nil {
 		return err
 	}
+	return removeRecordFiles(root, network, owner, name)
+}
+
+// RemoveRecorded is RemoveRecord for a caller that knows the attachment
+// only from its record (GC): undo gets the record as read under its lock,
+// which is what a restore would put back, and does not run when the
+// record is gone.
+func RemoveRecorded(root, network, owner string, undo func(Record) error) error {
+	name, err := fileName(owner)
+	if err != nil {
+		return err
+	}
+	f, unlock, err := lockRecord(filepath.Join(Dir(root, network), name))
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if f == nil {
+		return nil
+	}
+	r, err := decodeRecord(f)
+	if err != nil {
+		return err
+	}
+	if err := undo(r); err != nil {
+		return err
+	}
+	return removeRecordFiles(root, network, owner, name)
+}
+
+func removeRecordFiles(root, network, owner, name string) error {
 	// The temp file too: an ADD killed while writing the record leaves it.
-	for _, p := range []string{path, filepath.Join(Dir(root, network), "."+name+".tmp")} {
+	for _, p := range []string{filepath.Join(Dir(root, network), name), filepath.Join(Dir(root, network), "."+name+".tmp")} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("remove record of %s: %w", owner, err)
 		}

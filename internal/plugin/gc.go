@@ -33,9 +33,11 @@ func (c *call) gc(ctx context.Context) (types.Result, error) {
 		validMasq[nat.StoredOwner(a.ContainerID+"/"+a.IfName)] = true
 		validNode[nat.NodeOwner(c.conf.Name, a.ContainerID+"/"+a.IfName)] = true
 	}
-	var errs []error
 	// nftables first: it asks IPAM which addresses valid attachments
-	// hold, and IPAM's own GC must not have changed that yet.
+	// hold, and IPAM's own GC must not have changed that yet. Recorded
+	// attachments go first, each under its record's lock, as DEL does;
+	// the set-wide sweeps then take what has no record.
+	errs := c.gcRecorded(ctx, valid)
 	errs = append(errs, c.gcMasq(ctx, validMasq)...)
 	errs = append(errs, c.gcNodeElements(ctx, validNode)...)
 	errs = append(errs, c.gcPolicy(ctx, validNode)...)

@@ -1,6 +1,11 @@
 package plugin
 
 import (
+	"context"
+	"errors"
+	"net/netip"
+	"slices"
+
 	"github.com/pier-cni/pier/internal/cnierr"
 	"github.com/pier-cni/pier/internal/config"
 	"github.com/pier-cni/pier/internal/firewall"
@@ -124,30 +129,74 @@ func (c *call) repairNodeState(always bool) error {
 	return nil
 }
 
-// gcRecords removes the records of attachments GC found invalid.
-func (c *call) gcRecords(valid map[string]bool) []error {
+// gcRecorded removes each recorded attachment GC finds invalid as DEL
+// does: its nftables elements under its record's lock, then the record.
+// Without the lock a restore running meanwhile (pierd's, or an ADD's after
+// a flush), which finds the record and the veth still there, would put
+// the elements back after the set-wide sweeps, and GC would then remove
+// the record: a host port left leading to an address IPAM releases next.
+// Elements whose address IPAM holds for a valid attachment are kept, as
+// the sweeps keep them.
+func (c *call) gcRecorded(ctx context.Context, valid map[string]bool) []error {
 	recs, errs := nodestate.Records(c.stateRoot(), c.conf.Name)
+	recs = slices.DeleteFunc(recs, func(r nodestate.Record) bool { return valid[r.Owner] })
+	if len(recs) == 0 {
+		return errs
+	}
+	heldByValid, err := c.ipam.HeldByValid(ctx)
+	if err != nil {
+		return append(errs, err)
+	}
 	for _, r := range recs {
-		if valid[r.Owner] {
-			continue
-		}
-		if err := nodestate.RemoveRecord(c.stateRoot(), c.conf.Name, r.Owner, func() error { return nil }); err != nil {
+		c.log.Info("GC: removing attachment", "owner", r.Owner)
+		err := nodestate.RemoveRecorded(c.stateRoot(), c.conf.Name, r.Owner, func(r nodestate.Record) error {
+			return removeRecordedElements(r, heldByValid)
+		})
+		if err != nil {
 			errs = append(errs, err)
 		}
-	}
-	if err := nodestate.SweepTemp(c.stateRoot(), c.conf.Name, func(owner string) bool { return valid[owner] }); err != nil {
-		errs = append(errs, err)
 	}
 	return errs
 }
 
-// gcNodeState removes the records of attachments GC found invalid, then
-// either tears the bridge's setup down (no container of Pier's is left on
-// it) or puts the network's whole state back, verifying the host's
-// filters: GC is where a node without pierd heals from a firewall reload
-// that left Pier's own tables alone.
+// removeRecordedElements removes what the record's ADD put in nftables,
+// but for elements of addresses held by valid attachments.
+func removeRecordedElements(r nodestate.Record, heldByValid map[netip.Addr]bool) error {
+	notHeld := func(addrs []netip.Addr) []netip.Addr {
+		return slices.DeleteFunc(slices.Clone(addrs), func(a netip.Addr) bool { return heldByValid[a] })
+	}
+	var errs []error
+	if masq := notHeld(r.Masq); len(masq) > 0 {
+		errs = append(errs, nat.DelMasq(nat.Network{Name: r.Network}, masq))
+	}
+	if policy := notHeld(r.PolicyAddrs); len(policy) > 0 {
+		errs = append(errs, dataplane.RemoveElements(policy))
+	}
+	all, err := nat.ListNodeElements()
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	mine := all.Owned(nat.NodeOwner(r.Network, r.Owner))
+	mine.Ports = slices.DeleteFunc(mine.Ports, func(e nat.PortElement) bool { return heldByValid[e.ContainerIP] })
+	mine.Hairpin = slices.DeleteFunc(mine.Hairpin, func(e nat.HairpinElement) bool { return heldByValid[e.ContainerIP] })
+	errs = append(errs, nat.RemoveNodeElements(mine))
+	return errors.Join(errs...)
+}
+
+// gcTempRecords removes the temp files of records that ADDs killed while
+// writing left for attachments GC found invalid.
+func (c *call) gcTempRecords(valid map[string]bool) []error {
+	return errorList(nodestate.SweepTemp(c.stateRoot(), c.conf.Name, func(owner string) bool { return valid[owner] }))
+}
+
+// gcNodeState removes the temp files of records of attachments GC found
+// invalid (their records went first, with their elements), then either
+// tears the bridge's setup down (no container of Pier's is left on it) or
+// puts the network's whole state back, verifying the host's filters: GC
+// is where a node without pierd heals from a firewall reload that left
+// Pier's own tables alone.
 func (c *call) gcNodeState(valid map[string]bool) []error {
-	errs := c.gcRecords(valid)
+	errs := c.gcTempRecords(valid)
 	gone, err := nodestate.TeardownBridge(c.nodeLock, c.bridgeSpec(c.conf.Bridge), true)
 	if err != nil {
 		return append(errs, err)
