@@ -40,7 +40,10 @@ func works(t *testing.T, client, web *testnet.NS) []string {
 // the next ADD of the network added only its own elements, and CHECK and
 // GC left the existing containers without masquerade, host ports, RA guard
 // and MAC check. Now the next ADD, CHECK or GC of the network rebuilds it
-// in full from the attachment records.
+// in full from the attachment records. The same after `nft flush table
+// inet pier`, which removes the rules but keeps the sets and the bridge's
+// marker: the next ADD's batch of element additions succeeded, CHECK found
+// the marker and passed, and all three left the table without its rules.
 func TestRestoreAfterFlush(t *testing.T) {
 	n := newNode(t)
 	client := newClientHost(t, n)
@@ -53,34 +56,37 @@ func TestRestoreAfterFlush(t *testing.T) {
 		t.Fatalf("before any flush: %v", f)
 	}
 	plain := restoreConf(n.dataDir, `[]`, "")
-	for _, step := range []struct {
-		name string
-		run  func()
-	}{
-		{"the next ADD", func() { n.mustAdd(n.container("other"), plain) }},
-		{"CHECK", func() {
-			if r := n.call("CHECK", web, withPrevResult(conf, strings.TrimSpace(out))); r.ExitCode != 0 {
-				t.Errorf("CHECK after a flush: exit %d: %s", r.ExitCode, r.Stdout)
+	for i, flush := range []string{"ruleset", "table inet pier"} {
+		other := fmt.Sprintf("other%d", i)
+		for _, step := range []struct {
+			name string
+			run  func()
+		}{
+			{"the next ADD", func() { n.mustAdd(n.container(other), plain) }},
+			{"CHECK", func() {
+				if r := n.call("CHECK", web, withPrevResult(conf, strings.TrimSpace(out))); r.ExitCode != 0 {
+					t.Errorf("CHECK after a flush: exit %d: %s", r.ExitCode, r.Stdout)
+				}
+			}},
+			{"GC", func() {
+				if r := n.call("GC", attachment{}, withValidAttachments(plain, web, attachment{id: other, ifName: "eth0"})); r.ExitCode != 0 {
+					t.Errorf("GC after a flush: exit %d: %s %s", r.ExitCode, r.Stdout, r.Stderr)
+				}
+			}},
+		} {
+			n.sb.Node.MustRun(t, append([]string{"nft", "flush"}, strings.Fields(flush)...)...)
+			if f := works(t, client, web.ns); len(f) != 2 {
+				t.Fatalf("nft flush %s left something working: %v", flush, f)
 			}
-		}},
-		{"GC", func() {
-			if r := n.call("GC", attachment{}, withValidAttachments(plain, web, attachment{id: "other", ifName: "eth0"})); r.ExitCode != 0 {
-				t.Errorf("GC after a flush: exit %d: %s %s", r.ExitCode, r.Stdout, r.Stderr)
+			step.run()
+			if f := works(t, client, web.ns); len(f) > 0 {
+				t.Errorf("after nft flush %s and %s: %v", flush, step.name, f)
 			}
-		}},
-	} {
-		n.sb.Node.MustRun(t, "nft", "flush", "ruleset")
-		if f := works(t, client, web.ns); len(f) != 2 {
-			t.Fatalf("the flush left something working: %v", f)
-		}
-		step.run()
-		if f := works(t, client, web.ns); len(f) > 0 {
-			t.Errorf("after a flush and %s: %v", step.name, f)
-		}
-		rs := n.sb.Node.MustRun(t, "nft", "list", "ruleset")
-		for _, want := range []string{"nd-router-advert", "macspoof-allowed", `"restnet/web/eth0"`} {
-			if !strings.Contains(rs, want) {
-				t.Errorf("after a flush and %s, the ruleset lacks %q", step.name, want)
+			rs := n.sb.Node.MustRun(t, "nft", "list", "ruleset")
+			for _, want := range []string{"nd-router-advert", "macspoof-allowed", `"restnet/web/eth0"`, "ip daddr 127.0.0.0/8 drop"} {
+				if !strings.Contains(rs, want) {
+					t.Errorf("after nft flush %s and %s, the ruleset lacks %q", flush, step.name, want)
+				}
 			}
 		}
 	}

@@ -180,7 +180,11 @@ func Add(a Attachment, opts ...Option) (Outcome, error) {
 	}
 	defer closeConn(conn)
 	var out Outcome
-	err = flush(conn, b.queueAdds)
+	if configOf(opts).forceSetup {
+		err = unix.ENOENT
+	} else {
+		err = b.fastAdd(conn)
+	}
 	if IsNotFound(err) || isExist(err) {
 		out.Rebuilt = true
 		out.BridgeMissing, err = b.slowAdd(conn, a.GuardGroup)
@@ -189,6 +193,21 @@ func Add(a Attachment, opts ...Option) (Outcome, error) {
 		return out, fmt.Errorf("nat: add attachment %s of network %s (tables inet and bridge %s): %w", a.Owner, a.Network.Name, TableName, err)
 	}
 	return out, nil
+}
+
+// fastAdd sends the batch of element additions. When it touches a
+// bridge's marker, whose setup filled chain localnet, and the chain has
+// lost its rules (the table was flushed, its sets kept: see lost.go), it
+// reports ENOENT as a missing object would.
+func (b batch) fastAdd(conn *nftables.Conn) error {
+	if err := flush(conn, b.queueAdds); err != nil || b.marker == "" {
+		return err
+	}
+	lost, err := baseLost(conn)
+	if err == nil && lost {
+		err = fmt.Errorf("chain %s has no rules: %w", localnetChain, unix.ENOENT)
+	}
+	return err
 }
 
 // slowAdd: see Add. A concurrent change between its read and its write

@@ -22,7 +22,15 @@ type Element struct {
 type Option func(*config)
 
 type config struct {
-	netnsFd int
+	netnsFd    int
+	forceSetup bool
+}
+
+// ForceSetup makes Add take the slow path, which sets up every object
+// the attachment needs, even when its elements could be added: a restore
+// after the table lost its rules but kept its sets (see FindLostRules).
+func ForceSetup() Option {
+	return func(c *config) { c.forceSetup = true }
 }
 
 // InNetNS makes a call act in the network namespace that fd refers to (an
@@ -33,13 +41,18 @@ func InNetNS(fd int) Option {
 	return func(c *config) { c.netnsFd = fd }
 }
 
-// dial opens one netlink socket that serves every batch of the call; see
-// closeConn for why a call keeps to one socket.
-func dial(opts []Option) (*nftables.Conn, error) {
+func configOf(opts []Option) config {
 	var c config
 	for _, o := range opts {
 		o(&c)
 	}
+	return c
+}
+
+// dial opens one netlink socket that serves every batch of the call; see
+// closeConn for why a call keeps to one socket.
+func dial(opts []Option) (*nftables.Conn, error) {
+	c := configOf(opts)
 	nopts := []nftables.ConnOption{nftables.AsLasting()}
 	if c.netnsFd != 0 {
 		nopts = append(nopts, nftables.WithNetNSFd(c.netnsFd))

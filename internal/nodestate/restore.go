@@ -120,36 +120,23 @@ func pierPorts(name string, precise bool) (bool, error) {
 
 // Restore puts the network's nftables state back from its records: the
 // bridges' setup (when their marker is missing, or always with
-// verifyBridges), then every live record's elements. It returns how many
-// attachments it restored.
+// verifyBridges), the chains that lost their rules while the table kept
+// its sets (see nat.FindLostRules), then every live record's elements. It
+// returns how many attachments it restored.
 func Restore(p Paths, network string, verifyBridges bool, log *slog.Logger) (int, error) {
 	recs, errs := Records(p.Root, network)
-	boot, err := BootID()
+	live, err := liveRecords(recs)
 	if err != nil {
 		return 0, err
 	}
-	ready, err := nat.ReadyBridges()
+	errs = append(errs, setupBridges(p.Lock, live, verifyBridges)...)
+	rebuild, err := repairRules(network)
 	if err != nil {
-		return 0, err
-	}
-	live := recs[:0]
-	done := map[string]bool{}
-	for _, r := range recs {
-		if r.Boot != boot || !linkExists(r.HostVeth) {
-			continue // an earlier boot's, or its container is gone: GC's to remove
-		}
-		live = append(live, r)
-		if done[r.Bridge] || (ready[r.Bridge] && !verifyBridges) {
-			continue
-		}
-		done[r.Bridge] = true
-		if _, err := SetupBridge(p.Lock, r.Spec()); err != nil {
-			errs = append(errs, fmt.Errorf("bridge %s: %w", r.Bridge, err))
-		}
+		errs = append(errs, err)
 	}
 	n := 0
 	for _, r := range live {
-		ok, err := restoreOne(p.Root, r)
+		ok, err := restoreOne(p.Root, r, rebuild.force(r))
 		if err != nil {
 			errs = append(errs, err)
 		}
@@ -163,6 +150,72 @@ func Restore(p Paths, network string, verifyBridges bool, log *slog.Logger) (int
 	return n, errors.Join(errs...)
 }
 
+// liveRecords keeps the records of this boot whose host veth exists:
+// others are GC's to remove.
+func liveRecords(recs []Record) ([]Record, error) {
+	boot, err := BootID()
+	if err != nil {
+		return nil, err
+	}
+	return slices.DeleteFunc(recs, func(r Record) bool { return r.Boot != boot || !linkExists(r.HostVeth) }), nil
+}
+
+// setupBridges sets up the records' bridges whose marker is missing, or
+// all of them with verify.
+func setupBridges(lock string, recs []Record, verify bool) []error {
+	ready, err := nat.ReadyBridges()
+	if err != nil {
+		return []error{err}
+	}
+	var errs []error
+	done := map[string]bool{}
+	for _, r := range recs {
+		if done[r.Bridge] || (ready[r.Bridge] && !verify) {
+			continue
+		}
+		done[r.Bridge] = true
+		if _, err := SetupBridge(lock, r.Spec()); err != nil {
+			errs = append(errs, fmt.Errorf("bridge %s: %w", r.Bridge, err))
+		}
+	}
+	return errs
+}
+
+// repairRules refills the chains every network shares that lost their
+// rules, and says which of the network's records are to be added with a
+// full setup: the network's masquerade chains need its subnets, which
+// only its records have.
+func repairRules(network string) (rebuilder, error) {
+	lost, err := nat.FindLostRules()
+	if err != nil {
+		return nil, err
+	}
+	if err := nat.RepairRules(lost, veth.PortGroup); err != nil {
+		return nil, err
+	}
+	if lost.Network(network) {
+		return rebuilder{}, nil
+	}
+	return nil, nil
+}
+
+// rebuilder picks, after a network's masquerade chains lost their rules,
+// the first record of each list of subnets: adding it with a full setup
+// refills the chains the others' elements lead to. Nil picks none.
+type rebuilder map[string]bool
+
+func (rb rebuilder) force(r Record) bool {
+	if rb == nil || len(r.Masq) == 0 {
+		return false
+	}
+	key := fmt.Sprint(r.Subnets)
+	if rb[key] {
+		return false
+	}
+	rb[key] = true
+	return true
+}
+
 // restoreOne re-adds the elements of the record at r's path under its
 // lock. What it restores is the record read under the lock, not r, which
 // Restore read before: the attachment may have been deleted and added
@@ -170,7 +223,7 @@ func Restore(p Paths, network string, verifyBridges bool, log *slog.Logger) (int
 // other addresses, and r's would lead a host port to an address that may
 // be another container's by now. (The new record is of this boot and
 // names the same host veth, which Restore found.)
-func restoreOne(root string, r Record) (bool, error) {
+func restoreOne(root string, r Record, fullSetup bool) (bool, error) {
 	name, err := fileName(r.Owner)
 	if err != nil {
 		return false, err
@@ -190,7 +243,11 @@ func restoreOne(root string, r Record) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if _, err := nat.Add(a); err != nil {
+	var opts []nat.Option
+	if fullSetup {
+		opts = append(opts, nat.ForceSetup())
+	}
+	if _, err := nat.Add(a, opts...); err != nil {
 		return false, fmt.Errorf("restore %s: %w", r.Owner, err)
 	}
 	return true, nil

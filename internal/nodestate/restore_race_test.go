@@ -42,7 +42,7 @@ func TestRestoreOneUsesTheLockedRecord(t *testing.T) {
 	}
 	var got nat.NodeElements
 	if err := node.Do(func() error {
-		if _, err := restoreOne(root, recs[0]); err != nil {
+		if _, err := restoreOne(root, recs[0], false); err != nil {
 			return err
 		}
 		var err error

@@ -13,6 +13,7 @@ import (
 
 	"github.com/pier-cni/pier/internal/firewall"
 	"github.com/pier-cni/pier/internal/nat"
+	"github.com/pier-cni/pier/internal/veth"
 )
 
 // Watcher is pierd's part: it notices within moments that someone removed
@@ -26,11 +27,17 @@ import (
 // where a legacy filter table exists.
 //
 // What it looks at. Pier's table carries a sentinel set that only the
-// watcher creates: when it is gone, the table was flushed or deleted, and
-// every network recorded under Roots is restored and every registered
-// resync runs. Then, for each recorded bridge whose host filters are to be
-// opened, the filters are read, and a bridge that lost an accept (a
-// firewalld reload, `iptables -F`, a Docker restart) is set up again.
+// watcher creates: when it is gone, the table was flushed or deleted. And
+// `nft flush table inet pier`, which keeps sets (the sentinel too) but
+// removes every rule, leaves Pier's chains empty (nat.FindLostRules).
+// Either way every network recorded under Roots is restored and every
+// registered resync runs. Chains still empty after that belong to
+// networks recorded elsewhere (a dataDir pierd does not know): they are
+// not tried again until they change, so that the watcher does not loop
+// on its own notifications. Then, for each recorded bridge whose host
+// filters are to be opened, the filters are read, and a bridge that lost
+// an accept (a firewalld reload, `iptables -F`, a Docker restart) is set
+// up again.
 //
 // Other features with state in table inet pier (their own chains and
 // maps) Register a resync and are told, in the same pass, that the table
@@ -43,6 +50,10 @@ type Watcher struct {
 
 	mu      sync.Mutex
 	resyncs []namedResync
+
+	// unrepaired are the chains a restore left without rules, which
+	// only Pass reads and writes.
+	unrepaired map[string]bool
 }
 
 type namedResync struct {
@@ -106,10 +117,14 @@ func (w *Watcher) Pass(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	emptied, err := w.emptied()
+	if err != nil {
+		return err
+	}
 	var errs []error
-	if flushed {
-		w.Log.Info("Pier's nftables table was flushed or deleted: restoring")
-		errs = append(errs, w.restoreAll())
+	if flushed || emptied.Any() {
+		w.Log.Info("Pier's nftables table was flushed or deleted: restoring", "chainsWithoutRules", emptied.String())
+		errs = append(errs, repairShared(), w.restoreAll())
 		w.mu.Lock()
 		resyncs := append([]namedResync(nil), w.resyncs...)
 		w.mu.Unlock()
@@ -119,9 +134,58 @@ func (w *Watcher) Pass(ctx context.Context) error {
 			}
 		}
 		errs = append(errs, setSentinel())
+		errs = append(errs, w.noteUnrepaired())
 	}
 	errs = append(errs, w.checkHostFilters())
 	return errors.Join(errs...)
+}
+
+// emptied returns the chains of Pier's that lost their rules, less those
+// the last restore could not refill (still empty: still left alone).
+func (w *Watcher) emptied() (nat.Lost, error) {
+	lost, err := nat.FindLostRules()
+	if err != nil {
+		return nat.Lost{}, err
+	}
+	var fresh nat.Lost
+	still := map[string]bool{}
+	for _, ch := range lost.Chains {
+		if w.unrepaired[ch] {
+			still[ch] = true
+		} else {
+			fresh.Chains = append(fresh.Chains, ch)
+		}
+	}
+	w.unrepaired = still
+	return fresh, nil
+}
+
+// repairShared refills the chains every network shares, which a node
+// with no record under the roots needs too (its ports' DNAT, the localnet
+// drop, the RA guard of other networks' containers).
+func repairShared() error {
+	lost, err := nat.FindLostRules()
+	if err == nil {
+		err = nat.RepairRules(lost, veth.PortGroup)
+	}
+	return err
+}
+
+// noteUnrepaired records the chains still without rules after a restore.
+func (w *Watcher) noteUnrepaired() error {
+	lost, err := nat.FindLostRules()
+	if err != nil {
+		return err
+	}
+	w.unrepaired = map[string]bool{}
+	for _, ch := range lost.Chains {
+		w.unrepaired[ch] = true
+	}
+	if lost.Any() {
+		w.Log.Warn("chains of Pier's still without rules after a restore: their networks' records are not under pierd's directories, and their next ADD, CHECK or GC puts them back",
+			"chains", lost.String())
+	}
+	return nil
 }
 
 // restoreAll restores every network recorded under the roots.

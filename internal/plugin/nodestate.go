@@ -101,32 +101,51 @@ func (c *call) teardownBridge(precise bool) {
 }
 
 // repairNodeState is CHECK's and GC's first step: when the bridge's marker
-// or one of its host accepts is missing, the network is put back from its
-// records before anything is verified.
+// or one of its host accepts is missing, or chains of Pier's that this
+// network uses lost their rules (`nft flush table` keeps the sets and the
+// marker), the network is put back from its records before anything is
+// verified.
 func (c *call) repairNodeState(always bool) error {
-	st, err := nat.ReadBridge(c.conf.Bridge)
+	missing, err := c.bridgeSetupMissing()
 	if err != nil {
-		return cnierr.Wrap(err, cnierr.IOFailure, "cannot read the setup of bridge %s", c.conf.Bridge)
+		return err
 	}
-	missing := !st.Ready || st.Isolated != c.conf.SameBridge()
-	if !missing && c.conf.OpensHostFirewall() {
-		places, err := firewall.New().Scan(c.conf.Bridge)
-		if err != nil {
-			return cnierr.Wrap(err, cnierr.IOFailure, "cannot read the node's firewall")
-		}
-		missing = len(firewall.Missing(places)) > 0
+	lost, err := nat.FindLostRules()
+	if err != nil {
+		return cnierr.Wrap(err, cnierr.IOFailure, "cannot read Pier's nftables chains")
 	}
-	if !missing && !always {
+	emptied := lost.Shared() || lost.Network(c.conf.Name)
+	if !missing && !emptied && !always {
 		return nil
 	}
 	n, err := nodestate.Restore(c.paths(), c.conf.Name, missing, c.log)
 	if err != nil {
 		return cnierr.Wrap(err, cnierr.IOFailure, "cannot restore the nftables state of network %s", c.conf.Name)
 	}
-	if missing {
-		c.log.Info("restored the network's netfilter state", "attachments", n)
+	if missing || emptied {
+		c.log.Info("restored the network's netfilter state", "attachments", n, "chainsWithoutRules", lost.String())
 	}
 	return nil
+}
+
+// bridgeSetupMissing reports whether the bridge's marker, its isolation or
+// one of its host accepts is missing.
+func (c *call) bridgeSetupMissing() (bool, error) {
+	st, err := nat.ReadBridge(c.conf.Bridge)
+	if err != nil {
+		return false, cnierr.Wrap(err, cnierr.IOFailure, "cannot read the setup of bridge %s", c.conf.Bridge)
+	}
+	if !st.Ready || st.Isolated != c.conf.SameBridge() {
+		return true, nil
+	}
+	if !c.conf.OpensHostFirewall() {
+		return false, nil
+	}
+	places, err := firewall.New().Scan(c.conf.Bridge)
+	if err != nil {
+		return false, cnierr.Wrap(err, cnierr.IOFailure, "cannot read the node's firewall")
+	}
+	return len(firewall.Missing(places)) > 0, nil
 }
 
 // gcRecorded removes each recorded attachment GC finds invalid as DEL
