@@ -37,3 +37,76 @@ func TestLocalnetRightAfterFlush(t *testing.T) {
 			strings.TrimSpace(n.sb.Node.MustRun(t, "sysctl", "-n", "net.ipv4.conf.pier-rest.route_localnet")), reply)
 	}
 }
+
+// TestLocalnetGuard: while a host port leads behind the bridge,
+// route_localnet stays on, and the guard on the bridge's ingress keeps
+// containers from the node's 127.0.0.1 through a flush of the whole
+// ruleset, while the node itself reaches the host port at 127.0.0.1 (with
+// br_netfilter, once Pier's table is back after the flush: the guard lets
+// the replies through by a mark that table sets). A guard removed by hand
+// comes back with CHECK. When the bridge's last host port goes, so do the
+// sysctl and the guard; the next host port brings both back.
+func TestLocalnetGuard(t *testing.T) {
+	n := newNode(t)
+	node := n.sb.Node
+	conf := restoreConf(n.dataDir, restoreMappings, "")
+	web := n.container("web")
+	out := n.mustAdd(web, conf)
+	startEcho(t, web.ns, "tcp/:80")
+	startEcho(t, node, "tcp/127.0.0.1:9999")
+	attacker := n.container("attacker")
+	n.mustAdd(attacker, restoreConf(n.dataDir, `[]`, ""))
+	routeLoopbackToGateway(t, attacker)
+	sysctl := func() string {
+		return strings.TrimSpace(node.MustRun(t, "sysctl", "-n", "net.ipv4.conf.pier-rest.route_localnet"))
+	}
+	guarded := func() bool {
+		return strings.Contains(node.MustRun(t, "tc", "filter", "show", "dev", "pier-rest", "ingress"), "pier-localnet")
+	}
+	expect := func(when string, nodeReaches bool) {
+		t.Helper()
+		if reply, err := echoFrom(t, attacker.ns, "tcp/127.0.0.1:9999"); err == nil {
+			t.Errorf("%s: a container reached the node's 127.0.0.1 (route_localnet %s): %q", when, sysctl(), reply)
+		}
+		if _, err := echoFrom(t, node, "tcp/127.0.0.1:8080"); nodeReaches && err != nil {
+			t.Errorf("%s: the node does not reach its host port at 127.0.0.1: %v", when, err)
+		}
+	}
+	if sysctl() != "1" || !guarded() {
+		t.Fatalf("with a host port: route_localnet %s, guard %v", sysctl(), guarded())
+	}
+	expect("with a host port", true)
+	node.MustRun(t, "nft", "flush", "ruleset")
+	expect("after nft flush ruleset", false)
+	n.mustAdd(n.container("late"), restoreConf(n.dataDir, `[]`, ""))
+	expect("after the flush and the next ADD", true)
+
+	node.MustRun(t, "tc", "filter", "del", "dev", "pier-rest", "ingress", "pref", "16")
+	if r := n.call("CHECK", web, withPrevResult(conf, strings.TrimSpace(out))); r.ExitCode != 0 || !guarded() {
+		t.Errorf("CHECK of a bridge whose guard was removed: exit %d %s, guard %v", r.ExitCode, r.Stdout, guarded())
+	}
+
+	n.mustDel(web, conf)
+	if sysctl() != "0" || guarded() {
+		t.Errorf("after the last host port's DEL: route_localnet %s, guard %v; want both gone", sysctl(), guarded())
+	}
+	web2 := n.container("web2")
+	n.mustAdd(web2, conf)
+	startEcho(t, web2.ns, "tcp/:80")
+	if sysctl() != "1" || !guarded() {
+		t.Errorf("after a new host port: route_localnet %s, guard %v", sysctl(), guarded())
+	}
+	expect("with a new host port", true)
+}
+
+// routeLoopbackToGateway makes the container send to 127.0.0.1 through
+// its gateway, as an attacker would: its own loopback address goes (with
+// its routes, and so the reply from 127.0.0.1 is no martian), and
+// route_localnet lets eth0 carry 127/8.
+func routeLoopbackToGateway(t *testing.T, a attachment) {
+	t.Helper()
+	ip := strings.Split(strings.Fields(a.ns.MustRun(t, "ip", "-4", "-o", "addr", "show", "dev", "eth0"))[3], "/")[0]
+	a.ns.MustRun(t, "ip", "addr", "del", "127.0.0.1/8", "dev", "lo")
+	a.ns.MustRun(t, "sysctl", "-qw", "net.ipv4.conf.eth0.route_localnet=1")
+	a.ns.MustRun(t, "ip", "route", "add", "127.0.0.1/32", "via", "10.16.0.1", "dev", "eth0", "src", ip)
+}

@@ -194,15 +194,13 @@ func TestEnsureReportsCreation(t *testing.T) {
 	}
 }
 
-// TestHardening: DisableRA fixes a bridge someone else made;
-// EnableRouteLocalnet sets the bridge's route_localnet.
+// TestHardening: DisableRA fixes a bridge someone else made.
 func TestHardening(t *testing.T) {
 	sb := testnet.New(t)
 	sb.Node.MustRun(t, "ip", "link", "add", "foreign0", "type", "bridge")
-	sb.MustDo(t, func() error { return errors.Join(DisableRA("foreign0"), EnableRouteLocalnet("foreign0")) })
+	sb.MustDo(t, func() error { return DisableRA("foreign0") })
 	for key, want := range map[string]string{
-		"net.ipv6.conf.foreign0.accept_ra":      "0",
-		"net.ipv4.conf.foreign0.route_localnet": "1",
+		"net.ipv6.conf.foreign0.accept_ra": "0",
 	} {
 		if got := strings.TrimSpace(sb.Node.MustRun(t, "sysctl", "-n", key)); got != want {
 			t.Errorf("%s = %s, want %s", key, got, want)

@@ -22,18 +22,3 @@ func DisableRA(bridgeName string) error {
 	}
 	return nil
 }
-
-// EnableRouteLocalnet sets route_localnet=1 on the bridge, so that a
-// connection the node makes to 127.0.0.1:<host port>, DNATed to a
-// container, may leave through the bridge (its source is masqueraded on the
-// way out). Without it the kernel drops packets from 127.0.0.0/8 that are
-// routed off the loopback device. The nftables rule that drops packets to
-// 127.0.0.0/8 arriving from outside the node comes with the port mappings
-// (internal/nat), since this sysctl would otherwise let a container reach
-// the node's loopback services.
-func EnableRouteLocalnet(bridgeName string) error {
-	if err := sysctl.Ensure("net/ipv4/conf/"+bridgeName+"/route_localnet", "1"); err != nil {
-		return fmt.Errorf("set route_localnet=1 on bridge %s: %w", bridgeName, err)
-	}
-	return nil
-}

@@ -30,7 +30,9 @@ import (
 //	chain forward           filter forward priority filter:
 //	                          oifname @isolated-bridges ct state & (established|related) == 0
 //	                          ct status & dnat == 0 iifname . oifname != @isolated-pairs drop
-//	chain localnet          filter prerouting -150: iifname != "lo" ip daddr 127.0.0.0/8 drop
+//	chain localnet          filter prerouting -150:
+//	                          ct direction reply ct original ip saddr 127.0.0.0/8 meta mark set meta mark | 0x02000000
+//	                          iifname != "lo" ip daddr 127.0.0.0/8 drop
 //
 // Every ADD adds the bridge's element to its marker set in its one batch
 // (a no-op when present). The batch fails with ENOENT when the marker is
@@ -137,14 +139,18 @@ func queueBaseSetup(c *nftables.Conn) error {
 	prio := func(p int32) *nftables.ChainPriority { v := nftables.ChainPriority(p); return &v }
 	for _, ch := range []struct {
 		chain *nftables.Chain
-		rule  rule
+		rules []rule
 	}{
-		{&nftables.Chain{Name: localnetChain, Table: pierTable(), Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookPrerouting, Priority: prio(-150)}, localnetRule()},
-		{&nftables.Chain{Name: forwardChain, Table: pierTable(), Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter}, isolationRule()},
+		{&nftables.Chain{Name: localnetChain, Table: pierTable(), Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookPrerouting, Priority: prio(-150)},
+			[]rule{localnetReplyMark(), localnetRule()}},
+		{&nftables.Chain{Name: forwardChain, Table: pierTable(), Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter},
+			[]rule{isolationRule()}},
 	} {
 		c.AddChain(ch.chain)
 		c.FlushChain(ch.chain)
-		c.AddRule(ch.rule.nftRule(ch.chain))
+		for _, r := range ch.rules {
+			c.AddRule(r.nftRule(ch.chain))
+		}
 	}
 	return nil
 }

@@ -10,6 +10,8 @@ import (
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
+
+	"github.com/pier-cni/pier/internal/localnet"
 )
 
 // # Design notes: host ports (the portMappings capability)
@@ -30,7 +32,10 @@ import (
 //	                            dnat ip6 to ip6 daddr . meta l4proto . th dport map @hostports6-ip
 //	                            dnat ip6 to meta l4proto . th dport map @hostports6
 //	chain hostports-prerouting  nat prerouting dstnat: fib daddr type local jump hostports
-//	chain hostports-output      nat output dstnat:     fib daddr type local jump hostports
+//	chain hostports-output      nat output dstnat:
+//	                            ip saddr 127.0.0.0/8 ip daddr . meta l4proto . th dport @hostports4-ip ct mark set ct mark | 0x02000000
+//	                            ip saddr 127.0.0.0/8 meta l4proto . th dport @hostports4 ct mark set ct mark | 0x02000000
+//	                            fib daddr type local jump hostports
 //	chain hostports-snat        nat postrouting srcnat:
 //	                            ct status dnat ip  daddr . meta l4proto . th dport . ip  saddr @hostports4-snat masquerade
 //	                            ct status dnat ip6 daddr . meta l4proto . th dport . ip6 saddr @hostports6-snat masquerade
@@ -346,6 +351,74 @@ func localnetRule() rule {
 		comment: "pier: route_localnet on bridges must not open 127.0.0.0/8 to containers"}
 }
 
+// The localnet guard on a bridge with route_localnet (package localnet)
+// drops what arrives there for 127.0.0.0/8 unless it carries
+// localnet.ReplyMark: the replies to the node's own connections from
+// 127.0.0.0/8 to a host port, which conntrack readdresses to 127.0.0.1
+// before the guard sees them when br_netfilter is on. Two rules mark
+// them. In chain hostports-output, which sees only the first packet of
+// each connection the node itself makes, the connection gets the bit in
+// its conntrack mark when it comes from 127.0.0.0/8 to a mapped port:
+// localnetConnMark. In chain localnet, every reply of such a connection
+// gets the bit as its packet mark: localnetReplyMark. A container cannot
+// have a connection marked: its packets never pass the output hook, and
+// a connection it forges with a source in 127.0.0.0/8 (route_localnet
+// lets such packets in) is not the node's. Both bits are or'ed in, so
+// other users of the marks keep theirs.
+
+// localnetConnMark: "ip saddr 127.0.0.0/8 [ip daddr .] meta l4proto . th
+// dport @<map> ct mark set ct mark | <ReplyMark>".
+func localnetConnMark(byIP bool) rule {
+	pf := ports4
+	e := append(matchFamily(pf.family), addrIn(pf.family, pf.saddrOff, pf.localhost)...)
+	name, id, text := pf.any, pf.anyID, ""
+	protoReg := uint32(reg1)
+	if byIP {
+		name, id, text = pf.byIP, pf.byIPID, "ip daddr . "
+		e = append(e, &expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: pf.daddrOff, Len: pf.addrLen})
+		protoReg = reg32 + pf.addrLen/4
+	}
+	portReg := protoReg + 1
+	if protoReg == reg1 {
+		portReg = reg32 + 1
+	}
+	e = append(e,
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: protoReg},
+		&expr.Payload{DestRegister: portReg, Base: expr.PayloadBaseTransportHeader, Offset: thDportAt, Len: 2},
+		&expr.Lookup{SourceRegister: reg1, SetName: name, SetID: id},
+		&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+		orMark(),
+		&expr.Ct{Key: expr.CtKeyMARK, Register: 1, SourceRegister: true},
+	)
+	return rule{exprs: e, text: fmt.Sprintf("ip saddr 127.0.0.0/8 %smeta l4proto . th dport @%s ct mark set ct mark | 0x%08x", text, name, localnet.ReplyMark),
+		comment: "pier: the node's own 127.0.0.1 clients of host ports"}
+}
+
+// localnetReplyMark: "ct direction reply ct mark & <ReplyMark> ==
+// <ReplyMark> meta mark set meta mark | <ReplyMark>".
+func localnetReplyMark() rule {
+	mark := binaryutil.NativeEndian.PutUint32(localnet.ReplyMark)
+	e := []expr.Any{
+		&expr.Ct{Key: expr.CtKeyDIRECTION, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{1}}, // IP_CT_DIR_REPLY
+		&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mark, Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: mark},
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+		orMark(),
+		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
+	}
+	return rule{exprs: e, text: fmt.Sprintf("ct direction reply ct mark & 0x%08x == 0x%08x meta mark set meta mark | 0x%08x",
+		localnet.ReplyMark, localnet.ReplyMark, localnet.ReplyMark),
+		comment: "pier: replies to the node's own 127.0.0.1 clients of host ports pass the localnet guard"}
+}
+
+// orMark sets ReplyMark in register 1, as nft compiles "| mark".
+func orMark() expr.Any {
+	return &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+		Mask: binaryutil.NativeEndian.PutUint32(^uint32(localnet.ReplyMark)), Xor: binaryutil.NativeEndian.PutUint32(localnet.ReplyMark)}
+}
+
 // queuePortsSetup queues the node-wide host port objects, each chain
 // flushed and refilled so the result is the same however often it runs.
 func queuePortsSetup(c *nftables.Conn) error {
@@ -363,7 +436,8 @@ func queuePortsSetup(c *nftables.Conn) error {
 	}{
 		{newRegularChain(hostPortsChain), []rule{v6LoopbackReturn(), ports4.dnatRule(true), ports4.dnatRule(false), ports6.dnatRule(true), ports6.dnatRule(false)}},
 		{&nftables.Chain{Name: hostPortsPre, Table: pierTable(), Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityNATDest}, []rule{fibLocalJump()}},
-		{&nftables.Chain{Name: hostPortsOutput, Table: pierTable(), Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityNATDest}, []rule{fibLocalJump()}},
+		{&nftables.Chain{Name: hostPortsOutput, Table: pierTable(), Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityNATDest},
+			[]rule{localnetConnMark(true), localnetConnMark(false), fibLocalJump()}},
 		{&nftables.Chain{Name: hostPortsSNAT, Table: pierTable(), Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource}, []rule{ports4.snatRule(), ports6.snatRule()}},
 	}
 	for _, ch := range chains {

@@ -104,13 +104,17 @@ func masqueradeRule(comment string) rule {
 
 // daddrIn matches destinations inside p the way nft compiles it: a
 // byte-aligned prefix compares its leading bytes, others are masked first.
-func daddrIn(f family, p netip.Prefix) []expr.Any {
+func daddrIn(f family, p netip.Prefix) []expr.Any { return addrIn(f, f.daddrOff, p) }
+
+// addrIn matches the address at offset off of the network header (a
+// source or destination) inside p, as daddrIn.
+func addrIn(f family, off uint32, p netip.Prefix) []expr.Any {
 	addr := p.Addr().AsSlice()
 	bits := p.Bits()
 	if bits%8 == 0 {
 		n := uint32(bits / 8)
 		return []expr.Any{
-			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: f.daddrOff, Len: n},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: n},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: addr[:n]},
 		}
 	}
@@ -124,7 +128,7 @@ func daddrIn(f family, p netip.Prefix) []expr.Any {
 		}
 	}
 	return []expr.Any{
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: f.daddrOff, Len: f.addrLen},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: f.addrLen},
 		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: f.addrLen, Mask: mask, Xor: make([]byte, f.addrLen)},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: addr},
 	}

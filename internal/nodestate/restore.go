@@ -10,6 +10,7 @@ import (
 
 	"github.com/pier-cni/pier/internal/bridge"
 	"github.com/pier-cni/pier/internal/firewall"
+	"github.com/pier-cni/pier/internal/localnet"
 	"github.com/pier-cni/pier/internal/nat"
 	"github.com/pier-cni/pier/internal/nodelock"
 	"github.com/pier-cni/pier/internal/rtnl"
@@ -59,8 +60,9 @@ func setupBridge(s BridgeSpec) ([]firewall.Place, error) {
 	return places, nat.SetupBridge(nat.BridgeSetup{Bridge: s.Bridge, Isolated: s.Isolated, Note: note})
 }
 
-// TeardownBridge removes the bridge's host accepts and marker once no
-// Pier attachment is left on it; when one is, or arrives while this runs
+// TeardownBridge removes the bridge's host accepts and marker, and turns
+// its route_localnet off with its guard, once no Pier attachment is left
+// on it; when one is, or arrives while this runs
 // (its ADD may have found the marker just before it went), the bridge is
 // set up again. It reports whether the bridge was torn down.
 //
@@ -79,17 +81,24 @@ func TeardownBridge(lock string, s BridgeSpec, precise bool) (bool, error) {
 	if used, err := pierPorts(s.Bridge, true); err != nil || used {
 		return false, err
 	}
+	localnetOn, err := localnet.Enabled(s.Bridge)
+	if err != nil {
+		return false, err
+	}
 	var errs []error
 	if s.Firewall {
 		errs = append(errs, firewall.New().Remove(s.Bridge))
 	}
-	errs = append(errs, nat.RemoveBridge(s.Bridge))
+	errs = append(errs, nat.RemoveBridge(s.Bridge), localnet.Disable(s.Bridge))
 	if err := errors.Join(errs...); err != nil {
 		return false, err
 	}
 	if used, err := pierPorts(s.Bridge, true); err != nil || used {
 		if err == nil {
 			_, err = setupBridge(s)
+		}
+		if err == nil && localnetOn {
+			err = localnet.Enable(s.Bridge) // the newcomer may have found it on
 		}
 		return false, err
 	}

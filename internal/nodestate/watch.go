@@ -207,7 +207,7 @@ func (w *Watcher) restoreAll() error {
 }
 
 // checkHostFilters sets up again every recorded bridge that lost its
-// marker or a host accept.
+// marker or a host accept, and guards its route_localnet.
 func (w *Watcher) checkHostFilters() error {
 	ready, err := nat.ReadyBridges()
 	if err != nil {
@@ -229,7 +229,7 @@ func (w *Watcher) checkHostFilters() error {
 					continue
 				}
 				seen[r.Bridge] = true
-				errs = append(errs, w.checkBridge(root, n, r, ready[r.Bridge]))
+				errs = append(errs, w.checkBridge(root, n, r, ready[r.Bridge]), w.checkLocalnet(r.Bridge))
 			}
 		}
 	}
@@ -257,6 +257,16 @@ func (w *Watcher) checkBridge(root, network string, r Record, ready bool) error 
 		return err
 	}
 	return nil
+}
+
+// checkLocalnet puts the localnet guard back on a bridge whose
+// route_localnet is on without it.
+func (w *Watcher) checkLocalnet(bridge string) error {
+	fixed, err := VerifyLocalnet(w.Lock, bridge)
+	if fixed {
+		w.Log.Info("bridge had route_localnet on without its guard: guard added", "bridge", bridge)
+	}
+	return err
 }
 
 func sentinelSet() *nftables.Set {

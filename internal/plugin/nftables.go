@@ -8,7 +8,6 @@ import (
 
 	current "github.com/containernetworking/cni/pkg/types/100"
 
-	"github.com/pier-cni/pier/internal/bridge"
 	"github.com/pier-cni/pier/internal/cnierr"
 	"github.com/pier-cni/pier/internal/nat"
 	"github.com/pier-cni/pier/internal/nodestate"
@@ -44,11 +43,6 @@ func (c *call) configureNAT(res *current.Result, h hostSide, undo *undoStack) er
 	if policy != nil {
 		att.Extra = policy
 	}
-	if slices.ContainsFunc(ports, func(m nat.PortMapping) bool { return m.ContainerIP.Is4() }) {
-		if err := bridge.EnableRouteLocalnet(h.bridge); err != nil {
-			return cnierr.Wrap(err, cnierr.IOFailure, "cannot map host ports")
-		}
-	}
 	rec, err := c.record(att, h.veth.Host.Attrs().Name)
 	if err == nil {
 		err = nodestate.WriteRecord(c.stateRoot(), rec)
@@ -72,6 +66,13 @@ func (c *call) configureNAT(res *current.Result, h hostSide, undo *undoStack) er
 	undo.push("remove nftables elements and record", remove)
 	if err := c.afterAdd(out, h.bridge); err != nil {
 		return err
+	}
+	// After the elements: a release of route_localnet looks at them after
+	// turning it off (see nodestate.EnableLocalnet).
+	if slices.ContainsFunc(ports, func(m nat.PortMapping) bool { return m.ContainerIP.Is4() }) {
+		if err := nodestate.EnableLocalnet(c.nodeLock, h.bridge); err != nil {
+			return cnierr.Wrap(err, cnierr.IOFailure, "cannot let the node reach its host ports at 127.0.0.1 (route_localnet on bridge %s)", h.bridge)
+		}
 	}
 	c.logPolicy(policy)
 	c.forgetUDPFlows(ports)

@@ -83,8 +83,35 @@ func (c *call) afterAdd(out nat.Outcome, bridge string) error {
 		if _, err := nodestate.Restore(c.paths(), c.conf.Name, false, c.log); err != nil {
 			c.log.Warn("could not restore every attachment of the network", "err", err)
 		}
+		c.verifyLocalnet(bridge)
 	}
 	return nil
+}
+
+// verifyLocalnet puts the localnet guard back on a bridge whose
+// route_localnet is on without it. A failure is logged: the caller's own
+// work is done, and the next CHECK, GC or slow ADD tries again.
+func (c *call) verifyLocalnet(bridge string) {
+	fixed, err := nodestate.VerifyLocalnet(c.nodeLock, bridge)
+	switch {
+	case err != nil:
+		c.log.Warn("could not put the localnet guard on the bridge", "bridge", bridge, "err", err)
+	case fixed:
+		c.log.Info("bridge had route_localnet on without its guard: guard added", "bridge", bridge)
+	}
+}
+
+// releaseLocalnet turns the bridge's route_localnet off, with its guard,
+// when no host port leads behind it any more. A failure is logged: the
+// sysctl stays on behind its guard, which is safe.
+func (c *call) releaseLocalnet() {
+	off, err := nodestate.ReleaseLocalnet(c.nodeLock, c.conf.Bridge)
+	switch {
+	case err != nil:
+		c.log.Warn("could not turn route_localnet off", "bridge", c.conf.Bridge, "err", err)
+	case off:
+		c.log.Info("no host port leads behind the bridge any more: route_localnet off, guard removed", "bridge", c.conf.Bridge)
+	}
 }
 
 // teardownBridge removes the bridge's setup after a DEL if no container of
@@ -104,7 +131,7 @@ func (c *call) teardownBridge(precise bool) {
 // or one of its host accepts is missing, or chains of Pier's that this
 // network uses lost their rules (`nft flush table` keeps the sets and the
 // marker), the network is put back from its records before anything is
-// verified.
+// verified; and a route_localnet without its guard gets it back.
 func (c *call) repairNodeState(always bool) error {
 	missing, err := c.bridgeSetupMissing()
 	if err != nil {
@@ -114,6 +141,7 @@ func (c *call) repairNodeState(always bool) error {
 	if err != nil {
 		return cnierr.Wrap(err, cnierr.IOFailure, "cannot read Pier's nftables chains")
 	}
+	c.verifyLocalnet(c.conf.Bridge)
 	emptied := lost.Shared() || lost.Network(c.conf.Name)
 	if !missing && !emptied && !always {
 		return nil
@@ -224,5 +252,6 @@ func (c *call) gcNodeState(valid map[string]bool) []error {
 		c.log.Info("GC: bridge has no container left: its host accepts and marker removed", "bridge", c.conf.Bridge)
 		return errs
 	}
+	c.releaseLocalnet()
 	return append(errs, c.repairNodeState(true))
 }
