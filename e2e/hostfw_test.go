@@ -452,10 +452,12 @@ func TestMeasureHostFirewall(t *testing.T) {
 // without systemd. The bus listens in the test's temp dir, and the plugins
 // find it through DBUS_SYSTEM_BUS_ADDRESS (the host's bus is never
 // asked). firewalld's forward chain rejects what no zone lets through, so
-// Pier puts its bridge into zone trusted over D-Bus; the reference firewall
-// plugin, finding firewalld on the bus, puts its containers' addresses
-// there. A reload forgets runtime bindings, and the next CHECK puts the
-// bridge back.
+// Pier puts its bridge into its zone pier over D-Bus (the zone and its
+// policy pier-forward made once, in the permanent configuration, which is
+// a directory of the test's); the reference firewall plugin, finding
+// firewalld on the bus, puts its containers' addresses into zone trusted.
+// A reload forgets runtime bindings, and the next CHECK puts the bridge
+// back.
 func TestHostFirewallFirewalld(t *testing.T) {
 	requireRuntimeTools(t, "firewalld", "firewall-cmd", "dbus-daemon", "nsenter")
 	rt := newRuntimeHost(t)
@@ -490,26 +492,26 @@ func TestHostFirewallFirewalld(t *testing.T) {
 	}
 	listing := e.listing
 	e.listing = func() string {
-		return listing() + "\ntrusted interfaces: " + mustExec("firewall-cmd", "--zone=trusted", "--list-interfaces")
+		return listing() + "\nzone pier's interfaces: " + mustExec("firewall-cmd", "--zone=pier", "--list-interfaces")
 	}
 	e.compare("firewalld 1.3 (nftables backend, default zone public)", "")
 
 	s := e.networks("")[0]
 	c := e.add(s, false)
-	if z := zone(s.bridge); z != "trusted" {
+	if z := zone(s.bridge); z != "pier" {
 		t.Fatalf("after ADD, bridge %s is in zone %q", s.bridge, z)
 	}
 	mustExec("firewall-cmd", "--reload")
-	if z := zone(s.bridge); z == "trusted" {
+	if z := zone(s.bridge); z == "pier" {
 		t.Fatalf("firewall-cmd --reload kept the runtime binding: the test shows nothing")
 	}
 	e.pierctl("check", s.name, c.ns.Path)
-	if z := zone(s.bridge); z != "trusted" {
+	if z := zone(s.bridge); z != "pier" {
 		t.Errorf("after a reload and CHECK, bridge %s is in zone %q", s.bridge, z)
 	}
 	e.del(s, c)
-	if z := zone(s.bridge); z == "trusted" {
-		t.Errorf("DEL of the last container left bridge %s in zone trusted", s.bridge)
+	if z := zone(s.bridge); z == "pier" {
+		t.Errorf("DEL of the last container left bridge %s in zone pier", s.bridge)
 	}
 }
 

@@ -38,9 +38,12 @@
 //     drop, or an unconditional drop or reject at its end): the three
 //     rules at its top, natively.
 //   - firewalld (its table "firewalld" is in the namespace): over its D-Bus
-//     API, the bridge joins the zone "trusted" (runtime configuration,
-//     which a reload forgets: see package restore). firewalld's own chains
-//     are never written to: it rebuilds them at will.
+//     API, the bridge joins Pier's zone "pier", whose policy "pier-forward"
+//     accepts what it forwards, and nothing it sends to the node (runtime
+//     configuration, which a reload forgets: see package nodestate; see
+//     firewalld.go). A bridge an operator put in a zone of theirs is left
+//     there. firewalld's own chains are never written to: it rebuilds them
+//     at will.
 //
 // Each rule carries the comment "pier: forward of bridge <bridge>", by
 // which it is found again (Verify, Remove) whatever the chain.
@@ -78,8 +81,13 @@ type Place struct {
 	Where string
 	// Why says what drops: "FORWARD policy drop".
 	Why string
-	// Present reports whether the bridge's accepts are all there.
+	// Present reports whether the bridge's accepts are all there, or
+	// that Pier leaves the place alone.
 	Present bool
+	// LeftAlone: the bridge is in a place someone else chose for it (a
+	// firewalld zone of an operator's), which Pier neither changes nor
+	// adds to; Why says what it means.
+	LeftAlone bool
 	// key identifies the place for its backend.
 	key any
 }
@@ -190,11 +198,25 @@ func Summary(places []Place) string {
 	if len(places) == 0 {
 		return "no host filter drops forwarded traffic"
 	}
-	parts := make([]string, len(places))
-	for i, p := range places {
-		parts[i] = p.Backend + " " + p.Where
+	var parts, alone []string
+	for _, p := range places {
+		if p.LeftAlone {
+			alone = append(alone, p.Backend+" "+p.Where)
+		} else {
+			parts = append(parts, p.Backend+" "+p.Where)
+		}
 	}
-	return "accepted in " + strings.Join(parts, "; ")
+	out := ""
+	if len(parts) > 0 {
+		out = "accepted in " + strings.Join(parts, "; ")
+	}
+	if len(alone) > 0 {
+		if out != "" {
+			out += "; "
+		}
+		out += "left alone in " + strings.Join(alone, "; ") + " (someone else's choice)"
+	}
+	return out
 }
 
 func validBridge(bridge string) error {

@@ -53,6 +53,10 @@ func (v *view) readBridgeSetup(b *Bridge) {
 		b.Setup = append(b.Setup, Item{Value: "host filters: nothing to open", Why: "no filter of the node drops forwarded traffic"})
 	}
 	for _, p := range places {
+		if p.LeftAlone {
+			b.Setup = append(b.Setup, Item{Value: p.Backend + " " + p.Where + " (left alone)", Why: p.Why})
+			continue
+		}
 		if !p.Present {
 			v.problem("%s: the accepts of bridge %s are missing (the next ADD, CHECK or GC, or pierd, puts them back)", p, c.Bridge)
 			continue

@@ -23,6 +23,7 @@ import (
 	"github.com/pier-cni/pier/internal/cnierr"
 	"github.com/pier-cni/pier/internal/confdir"
 	"github.com/pier-cni/pier/internal/config"
+	"github.com/pier-cni/pier/internal/firewall"
 )
 
 // Severity of a finding.
@@ -53,9 +54,10 @@ type Options struct {
 	// Uplinks returns the links of the node's default routes (none when it
 	// has none). Nil skips the MTU check.
 	Uplinks func() ([]Uplink, error)
-	// HostFilters returns what in the node's own filters drops the
-	// bridge's forwarded traffic (package firewall). Nil skips the check.
-	HostFilters func(bridge string) ([]string, error)
+	// HostFilters returns the places of the node's own filters that drop
+	// the bridge's forwarded traffic (package firewall). Nil skips the
+	// check.
+	HostFilters func(bridge string) ([]firewall.Place, error)
 }
 
 // Result is what lint found in one file.
@@ -166,18 +168,26 @@ func (r *Result) checkRisks(n *confdir.Network, opts Options) {
 
 // checkHostFilters warns when the node's filters drop forwarded traffic
 // and the config tells Pier to leave them alone: the containers could not
-// leave the node, nor reach each other through br_netfilter.
+// leave the node, nor reach each other through br_netfilter. It also
+// names a place Pier leaves alone although it handles the host's filters
+// (a firewalld zone an operator put the bridge in), which decides what
+// the bridge's containers may do instead of Pier.
 func (r *Result) checkHostFilters(c *config.NetConf, opts Options) {
-	if c.OpensHostFirewall() || opts.HostFilters == nil {
+	if opts.HostFilters == nil {
 		return
 	}
-	drops, err := opts.HostFilters(c.Bridge)
+	places, err := opts.HostFilters(c.Bridge)
 	if err != nil {
 		r.add(Warning, "cannot read the node's firewall: %v", err)
 		return
 	}
-	for _, d := range drops {
-		r.add(Warning, `the node drops forwarded traffic (%s) and "firewallBackend" is "none": the containers of bridge %s reach neither the outside nor each other unless the node's filters accept their traffic (remove the key to let Pier do it)`, d, c.Bridge)
+	for _, p := range places {
+		switch {
+		case !c.OpensHostFirewall():
+			r.add(Warning, `the node drops forwarded traffic (%s) and "firewallBackend" is "none": the containers of bridge %s reach neither the outside nor each other unless the node's filters accept their traffic (remove the key to let Pier do it)`, p.Why, c.Bridge)
+		case p.LeftAlone:
+			r.add(Warning, `%s: %s (remove the bridge from that zone to let Pier put it in its zone %q, which forwards its traffic and keeps the node's services closed to it)`, p.Backend, p.Why, firewall.Zone)
+		}
 	}
 }
 

@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/pier-cni/pier/internal/firewall"
 )
 
 const good = `{ "cniVersion": "1.0.0", "name": "good", "type": "pier", "bridge": "br0",
@@ -40,6 +42,8 @@ func TestLint(t *testing.T) {
 		{"host drops forwarded traffic, Pier told to leave it", "a.conf", strings.Replace(good, `"mtu": 1400`, `"firewallBackend": "none"`, 1),
 			[]string{`W:the node drops forwarded traffic (ip filter FORWARD has policy drop) and "firewallBackend" is "none"`}},
 		{"host drops forwarded traffic, Pier handles it", "a.conf", strings.Replace(good, `"mtu": 1400`, `"firewallBackend": "auto"`, 1), nil},
+		{"bridge in an operator's firewalld zone", "a.conf", good,
+			[]string{`W:firewalld: bridge is in firewalld zone internal, which someone else chose (remove the bridge from that zone to let Pier put it in its zone "pier"`}},
 		{"unsupported firewall backend", "a.conf", strings.Replace(good, `"mtu": 1400`, `"firewallBackend": "iptables"`, 1),
 			[]string{`E:"firewallBackend": "iptables" is not supported`, "E:code 2"}},
 		{"unsupported ingress policy", "a.conf", strings.Replace(good, `"mtu": 1400`, `"ingressPolicy": "isolated"`, 1),
@@ -56,7 +60,15 @@ func TestLint(t *testing.T) {
 			if err := os.WriteFile(path, []byte(c.content), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			drops := func(string) ([]string, error) { return []string{"ip filter FORWARD has policy drop"}, nil }
+			drops := func(string) ([]firewall.Place, error) {
+				return []firewall.Place{{Backend: firewall.BackendIptablesNFT, Where: "ip filter FORWARD", Why: "ip filter FORWARD has policy drop", Present: true}}, nil
+			}
+			if c.name == "bridge in an operator's firewalld zone" {
+				drops = func(string) ([]firewall.Place, error) {
+					return []firewall.Place{{Backend: firewall.BackendFirewalld, Where: "zone internal", Present: true, LeftAlone: true,
+						Why: "bridge is in firewalld zone internal, which someone else chose"}}, nil
+				}
+			}
 			r := File(path, Options{ConfDir: dir, Uplinks: uplinks, HostFilters: drops})
 			var got []string
 			for _, f := range r.Findings {

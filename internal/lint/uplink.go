@@ -43,13 +43,8 @@ func NodeUplinks() ([]Uplink, error) {
 	return ups, nil
 }
 
-// NodeHostFilters lists what drops forwarded traffic in the node's own
-// filters (of the namespace the caller runs in), for the bridge.
-func NodeHostFilters(bridge string) ([]string, error) {
-	places, err := firewall.New().Scan(bridge)
-	var out []string
-	for _, p := range places {
-		out = append(out, p.Why)
-	}
-	return out, err
+// NodeHostFilters lists the places of the node's own filters (of the
+// namespace the caller runs in) that drop the bridge's forwarded traffic.
+func NodeHostFilters(bridge string) ([]firewall.Place, error) {
+	return firewall.New().Scan(bridge)
 }
