@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -98,4 +99,36 @@ func startFirewalldNode(t *testing.T) (*fwEnv, func(dev string) string) {
 		return strings.TrimSpace(out)
 	}
 	return &fwEnv{seedEnv: e, fwcmd: fwcmd}, zone
+}
+
+// TestHostFirewallFirewalldReportsOperatorsZone: a bridge Pier leaves in
+// an operator's zone is named, with that reason, by `pierctl inspect` and
+// `pierctl lint`: that zone, not Pier, decides what its containers may
+// forward and reach.
+func TestHostFirewallFirewalldReportsOperatorsZone(t *testing.T) {
+	e, zone := startFirewalldNode(t)
+	s := e.networks("")[0]
+	e.sb.Node.MustRun(t, "ip", "link", "add", s.bridge, "type", "bridge")
+	if out, err := e.fwcmd("--zone=internal", "--add-interface="+s.bridge); err != nil {
+		t.Fatalf("firewall-cmd: %v %s", err, out)
+	}
+	c := e.add(s, false)
+	ctl := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command("ip", append([]string{"netns", "exec", e.sb.Node.Name, filepath.Join(e.binDir, "pierctl")}, args...)...)
+		cmd.Env = append([]string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}, e.env...)
+		out, _ := cmd.Output() // lint exits 3 with warnings; the text is what is checked
+		return string(out)
+	}
+	if text := ctl("inspect", "--network", s.name, "--conf-dir", e.confDir, "--cache-dir", e.cacheDir); !strings.Contains(text, "zone internal (left alone)") ||
+		!strings.Contains(text, "someone else chose") {
+		t.Errorf("inspect does not name the operator's zone:\n%s", text)
+	}
+	if text := ctl("lint", "--conf-dir", "", filepath.Join(e.confDir, "10-seed.conflist")); !strings.Contains(text, "zone internal, which someone else chose") {
+		t.Errorf("lint does not name the operator's zone:\n%s", text)
+	}
+	e.del(s, c)
+	if z := zone(s.bridge); z != "internal" {
+		t.Errorf("after DEL, bridge %s is in zone %q", s.bridge, z)
+	}
 }

@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -81,7 +83,20 @@ func TestLocalnetGuard(t *testing.T) {
 	n.mustAdd(n.container("late"), restoreConf(n.dataDir, `[]`, ""))
 	expect("after the flush and the next ADD", true)
 
+	confDir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(confDir, "10-restnet.conf"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	inspect := func() string {
+		return ctlIn(t, node.Name, n.binDir, "inspect", "--network", "restnet", "--conf-dir", confDir, "--cache-dir", t.TempDir()).stdout
+	}
+	if text := inspect(); !strings.Contains(text, "route_localnet on, tc filter pier-localnet") {
+		t.Errorf("inspect does not show the guard:\n%s", text)
+	}
 	node.MustRun(t, "tc", "filter", "del", "dev", "pier-rest", "ingress", "pref", "16")
+	if text := inspect(); !strings.Contains(text, "route_localnet on without its guard") {
+		t.Errorf("inspect does not report the missing guard:\n%s", text)
+	}
 	if r := n.call("CHECK", web, withPrevResult(conf, strings.TrimSpace(out))); r.ExitCode != 0 || !guarded() {
 		t.Errorf("CHECK of a bridge whose guard was removed: exit %d %s, guard %v", r.ExitCode, r.Stdout, guarded())
 	}

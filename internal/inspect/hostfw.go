@@ -5,6 +5,7 @@ import (
 
 	"github.com/pier-cni/pier/internal/bridge"
 	"github.com/pier-cni/pier/internal/firewall"
+	"github.com/pier-cni/pier/internal/localnet"
 	"github.com/pier-cni/pier/internal/nat"
 )
 
@@ -41,6 +42,7 @@ func (v *view) readBridgeSetup(b *Bridge) {
 	if st.Isolated {
 		b.Setup = append(b.Setup, Item{Value: "ingressPolicy same-bridge", Why: "new connections into the bridge from other interfaces are dropped (table inet pier, chain forward); replies and host ports pass"})
 	}
+	v.readLocalnet(b)
 	if !c.OpensHostFirewall() {
 		b.Setup = append(b.Setup, Item{Value: "host filters left alone", Why: `"firewallBackend": "none"`})
 		return
@@ -63,5 +65,27 @@ func (v *view) readBridgeSetup(b *Bridge) {
 		}
 		b.Setup = append(b.Setup, Item{Value: p.Backend + " " + p.Where,
 			Why: p.Why + ": Pier accepts the bridge's traffic there (from it; replies and host ports to it)"})
+	}
+}
+
+// readLocalnet explains the bridge's route_localnet and its guard.
+func (v *view) readLocalnet(b *Bridge) {
+	bridge := v.conf.Bridge
+	on, err := localnet.Enabled(bridge)
+	if err != nil || !on {
+		if err != nil {
+			v.problem("route_localnet of bridge %s: %v", bridge, err)
+		}
+		return
+	}
+	guarded, err := localnet.Present(bridge)
+	switch {
+	case err != nil:
+		v.problem("localnet guard of bridge %s: %v", bridge, err)
+	case !guarded:
+		v.problem("bridge %s has route_localnet on without its guard (tc filter %s): containers may reach the node's 127.0.0.1 services; the next CHECK or GC, or pierd, puts the guard on", bridge, localnet.Name)
+	default:
+		b.Setup = append(b.Setup, Item{Value: "route_localnet on, tc filter " + localnet.Name + " on its ingress",
+			Why: "a host port of the node leads behind the bridge: the node reaches it at 127.0.0.1, and the guard keeps containers from the node's 127.0.0.0/8"})
 	}
 }
