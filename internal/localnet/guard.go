@@ -243,9 +243,13 @@ func Enabled(bridge string) (bool, error) {
 }
 
 // Enable puts the guard on the bridge, then turns route_localnet on: the
-// sysctl is never on without the guard.
+// sysctl is never on without the guard. When the guard cannot be put on
+// (a kernel without cls_bpf or clsact), the sysctl is turned off.
 func Enable(bridge string) error {
 	if err := Ensure(bridge); err != nil {
+		if serr := sysctl.Ensure(sysctlKey(bridge), "0"); serr != nil && !errors.Is(serr, fs.ErrNotExist) {
+			err = errors.Join(err, fmt.Errorf("set route_localnet=0 on bridge %s: %w", bridge, serr))
+		}
 		return err
 	}
 	if err := sysctl.Ensure(sysctlKey(bridge), "1"); err != nil {

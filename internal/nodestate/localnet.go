@@ -19,10 +19,18 @@ import (
 // release turned it off has its elements seen by that last look.
 
 // EnableLocalnet turns route_localnet on for the bridge, behind its guard.
-// When it is on already it costs one read of the sysctl.
+// When both are there already it costs a read of the sysctl and a dump of
+// the bridge's ingress filters (the guard is looked for too: a Pier
+// before the guard left the sysctl on without it).
 func EnableLocalnet(lock, bridge string) error {
-	if on, err := localnet.Enabled(bridge); err != nil || on {
+	on, err := localnet.Enabled(bridge)
+	if err != nil {
 		return err
+	}
+	if on {
+		if guarded, err := localnet.Present(bridge); err != nil || guarded {
+			return err
+		}
 	}
 	unlock, err := nodelock.Acquire(lock)
 	if err != nil {

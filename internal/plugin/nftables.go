@@ -68,10 +68,13 @@ func (c *call) configureNAT(res *current.Result, h hostSide, undo *undoStack) er
 		return err
 	}
 	// After the elements: a release of route_localnet looks at them after
-	// turning it off (see nodestate.EnableLocalnet).
+	// turning it off (see nodestate.EnableLocalnet). Without the guard (a
+	// kernel without cls_bpf, say) the sysctl stays off: the host ports
+	// work but for the node's own clients at 127.0.0.1.
 	if slices.ContainsFunc(ports, func(m nat.PortMapping) bool { return m.ContainerIP.Is4() }) {
 		if err := nodestate.EnableLocalnet(c.nodeLock, h.bridge); err != nil {
-			return cnierr.Wrap(err, cnierr.IOFailure, "cannot let the node reach its host ports at 127.0.0.1 (route_localnet on bridge %s)", h.bridge)
+			c.log.Warn("the node cannot reach these host ports at 127.0.0.1: route_localnet stays off on the bridge without its guard",
+				"bridge", h.bridge, "err", err)
 		}
 	}
 	c.logPolicy(policy)
