@@ -10,10 +10,11 @@ import (
 	"github.com/pier-cni/pier/internal/testnet"
 )
 
-// TestLocalnetLifecycle: EnableLocalnet guards a bridge whose
+// TestLocalnetLifecycle: VerifyLocalnet guards a bridge whose
 // route_localnet an older Pier turned on without the guard; ReleaseLocalnet
 // keeps both while a host port leads behind the bridge, and removes both
-// when none does (a host port of another bridge does not count).
+// when none does (a host port of another bridge does not count);
+// EnableLocalnet brings both back.
 func TestLocalnetLifecycle(t *testing.T) {
 	node := testnet.New(t).Node
 	lock := filepath.Join(t.TempDir(), "node.lock")
@@ -42,9 +43,10 @@ func TestLocalnetLifecycle(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	do(func() error { return EnableLocalnet(lock, "pt-br1") })
-	if on, guarded := state(); !on || !guarded {
-		t.Fatalf("after EnableLocalnet on an unguarded bridge: route_localnet %v, guard %v", on, guarded)
+	var fixed bool
+	do(func() (err error) { fixed, err = VerifyLocalnet(lock, "pt-br1"); return err })
+	if on, guarded := state(); !fixed || !on || !guarded {
+		t.Fatalf("after VerifyLocalnet on an unguarded bridge: fixed %v, route_localnet %v, guard %v", fixed, on, guarded)
 	}
 	port := func(ip, owner string, hostPort uint16) nat.Attachment {
 		a := netip.MustParseAddr(ip)
@@ -69,5 +71,30 @@ func TestLocalnetLifecycle(t *testing.T) {
 	do(func() (err error) { off, err = ReleaseLocalnet(lock, "pt-br1"); return err })
 	if on, guarded := state(); !off || on || guarded {
 		t.Fatalf("with no host port behind the bridge (one behind another): released %v, route_localnet %v, guard %v", off, on, guarded)
+	}
+	do(func() error { return EnableLocalnet(lock, "pt-br1") })
+	if on, guarded := state(); !on || !guarded {
+		t.Fatalf("after EnableLocalnet: route_localnet %v, guard %v", on, guarded)
+	}
+}
+
+// BenchmarkEnableLocalnet is what an ADD with an IPv4 host port pays for
+// route_localnet when it is on already: a read of the sysctl.
+func BenchmarkEnableLocalnet(b *testing.B) {
+	node := testnet.New(b).Node
+	lock := filepath.Join(b.TempDir(), "node.lock")
+	node.MustRun(b, "ip", "link", "add", "pt-br1", "type", "bridge")
+	if err := node.Do(func() error {
+		if err := EnableLocalnet(lock, "pt-br1"); err != nil {
+			return err
+		}
+		for b.Loop() {
+			if err := EnableLocalnet(lock, "pt-br1"); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		b.Fatal(err)
 	}
 }
