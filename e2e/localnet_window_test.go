@@ -46,8 +46,11 @@ func TestLocalnetRightAfterFlush(t *testing.T) {
 // ruleset, while the node itself reaches the host port at 127.0.0.1 (with
 // br_netfilter, once Pier's table is back after the flush: the guard lets
 // the replies through by a mark that table sets). A guard removed by hand
-// comes back with CHECK. When the bridge's last host port goes, so do the
-// sysctl and the guard; the next host port brings both back.
+// comes back with CHECK. When the bridge's last host port goes, the next
+// GC turns the sysctl off and removes the guard (a DEL leaves both: the
+// sysctl is safe behind its guard, and finding whether a host port is
+// left costs more than a DEL should); the next host port brings both
+// back.
 func TestLocalnetGuard(t *testing.T) {
 	n := newNode(t)
 	node := n.sb.Node
@@ -80,7 +83,8 @@ func TestLocalnetGuard(t *testing.T) {
 	expect("with a host port", true)
 	node.MustRun(t, "nft", "flush", "ruleset")
 	expect("after nft flush ruleset", false)
-	n.mustAdd(n.container("late"), restoreConf(n.dataDir, `[]`, ""))
+	late := n.container("late")
+	n.mustAdd(late, restoreConf(n.dataDir, `[]`, ""))
 	expect("after the flush and the next ADD", true)
 
 	confDir := t.TempDir()
@@ -102,8 +106,15 @@ func TestLocalnetGuard(t *testing.T) {
 	}
 
 	n.mustDel(web, conf)
+	if sysctl() != "1" || !guarded() {
+		t.Errorf("after the last host port's DEL: route_localnet %s, guard %v; want both", sysctl(), guarded())
+	}
+	expect("after the last host port's DEL", false)
+	if r := n.call("GC", attachment{}, withValidAttachments(conf, attacker, late)); r.ExitCode != 0 {
+		t.Fatalf("GC: exit %d: %s %s", r.ExitCode, r.Stdout, r.Stderr)
+	}
 	if sysctl() != "0" || guarded() {
-		t.Errorf("after the last host port's DEL: route_localnet %s, guard %v; want both gone", sysctl(), guarded())
+		t.Errorf("after a GC with no host port left: route_localnet %s, guard %v; want both gone", sysctl(), guarded())
 	}
 	web2 := n.container("web2")
 	n.mustAdd(web2, conf)

@@ -1,6 +1,7 @@
 package nodestate
 
 import (
+	"fmt"
 	"net/netip"
 	"path/filepath"
 	"testing"
@@ -91,6 +92,36 @@ func BenchmarkEnableLocalnet(b *testing.B) {
 		for b.Loop() {
 			if err := EnableLocalnet(lock, "pt-br1"); err != nil {
 				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// BenchmarkReleaseLocalnet is what a DEL with host ports pays when another
+// host port still leads behind the bridge: the sysctl, the node's lock,
+// the host port maps and the bridge's routes read.
+func BenchmarkReleaseLocalnet(b *testing.B) {
+	node := testnet.New(b).Node
+	lock := filepath.Join(b.TempDir(), "node.lock")
+	node.MustRun(b, "ip", "link", "add", "pt-br1", "type", "bridge")
+	node.MustRun(b, "ip", "link", "set", "pt-br1", "up")
+	node.MustRun(b, "ip", "addr", "add", "10.61.0.1/24", "dev", "pt-br1")
+	a := netip.MustParseAddr("10.61.0.2")
+	att := nat.Attachment{Network: nat.Network{Name: "n"}, Owner: "c1/eth0", Ports: []nat.PortMapping{{Protocol: "tcp", HostPort: 8080,
+		ContainerIP: a, ContainerPort: 80, Subnet: netip.MustParsePrefix("10.61.0.0/24")}}}
+	if err := node.Do(func() error {
+		if _, err := nat.Add(att); err != nil {
+			return err
+		}
+		if err := EnableLocalnet(lock, "pt-br1"); err != nil {
+			return err
+		}
+		for b.Loop() {
+			if off, err := ReleaseLocalnet(lock, "pt-br1"); err != nil || off {
+				return fmt.Errorf("released %v: %v", off, err)
 			}
 		}
 		return nil

@@ -62,9 +62,6 @@ func (c *call) del(ctx context.Context) (types.Result, error) {
 		return nil, err
 	}
 	c.teardownBridge(false)
-	if len(c.conf.RuntimeConfig.PortMappings) > 0 {
-		c.releaseLocalnet()
-	}
 	// Addresses IPAM no longer holds for us (a delegated IPAM, a repeated
 	// DEL) may belong to another container by now: their elements are
 	// removed only where the element names this attachment as its owner.
