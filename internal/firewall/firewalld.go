@@ -28,12 +28,15 @@ import (
 //
 // firewalld creates zones and policies in its permanent configuration
 // only, and makes them live at a reload: when they are missing, Pier adds
-// both and reloads firewalld once, as Docker does for its own zone. A
-// reload drops firewalld's runtime-only changes, the bridges Pier had put
-// in its zone among them: Pier puts those back (pierd at once, else their
-// network's next ADD, CHECK or GC). The bridge joins the zone in the
-// runtime configuration only, so that no bridge outlives its containers in
-// firewalld's files.
+// both and reloads firewalld, as Docker does for its own zone. That is
+// once per node (the permanent configuration outlives reboots), and costs
+// that ADD a reload of firewalld: 9-10 s on the reference VM, where a
+// plain `firewall-cmd --reload` takes as long. A reload drops firewalld's
+// runtime-only changes; the bridges that were in Pier's zone are put back
+// right after it. The bridge joins the zone in the runtime configuration
+// only, so that no bridge outlives its containers in firewalld's files;
+// after someone else's reload Pier puts it back (pierd at once, else the
+// network's next CHECK or GC).
 //
 // # Someone else's zone
 //
@@ -166,8 +169,30 @@ func (f *firewalld) install() error {
 			return fmt.Errorf("firewalld: add policy %s to the permanent configuration: %w", Policy, err)
 		}
 	}
+	// A reload forgets the runtime bindings, those of Pier's other bridges
+	// too (when the zone was live and the policy was not): they are put
+	// back at once.
+	var bridges []string
+	if err := f.obj.Call(fwdZoneIface+".getInterfaces", 0, Zone).Store(&bridges); err != nil && !strings.Contains(err.Error(), "INVALID_ZONE") {
+		return fmt.Errorf("firewalld getInterfaces %s: %w", Zone, err)
+	}
 	if err := f.obj.Call(fwdName+".reload", 0).Err; err != nil {
 		return fmt.Errorf("firewalld: reload to make zone %s and policy %s live: %w", Zone, Policy, err)
+	}
+	var errs []error
+	for _, b := range bridges {
+		errs = append(errs, f.join(b))
+	}
+	return errors.Join(errs...)
+}
+
+// join puts the bridge into Pier's zone, from no zone or the default zone;
+// a bridge someone put in another zone meanwhile stays there.
+func (f *firewalld) join(bridge string) error {
+	var res string
+	err := f.obj.Call(fwdZoneIface+".changeZoneOfInterface", 0, Zone, bridge).Store(&res)
+	if err != nil && !strings.Contains(err.Error(), "ZONE_ALREADY_SET") && !strings.Contains(err.Error(), "ZONE_CONFLICT") {
+		return fmt.Errorf("firewalld changeZoneOfInterface %s %s: %w", Zone, bridge, err)
 	}
 	return nil
 }
@@ -241,16 +266,7 @@ func (firewalldBackend) add(bridge string, p Place) error {
 			return err
 		}
 	}
-	// From no zone or the default zone (after a reload, no zone).
-	var res string
-	err = f.obj.Call(fwdZoneIface+".changeZoneOfInterface", 0, Zone, bridge).Store(&res)
-	if err != nil && !strings.Contains(err.Error(), "ZONE_ALREADY_SET") {
-		if strings.Contains(err.Error(), "ZONE_CONFLICT") {
-			return nil // someone put it in another zone meanwhile: theirs
-		}
-		return fmt.Errorf("firewalld changeZoneOfInterface %s %s: %w", Zone, bridge, err)
-	}
-	return nil
+	return f.join(bridge)
 }
 
 func (firewalldBackend) remove(bridge string) error {
