@@ -31,7 +31,7 @@ import (
 //	                          oifname @isolated-bridges ct state & (established|related) == 0
 //	                          ct status & dnat == 0 iifname . oifname != @isolated-pairs drop
 //	chain localnet          filter prerouting -150:
-//	                          ct direction reply ct original ip saddr 127.0.0.0/8 meta mark set meta mark | 0x02000000
+//	                          ct direction reply ct mark & 0x02000000 == 0x02000000 meta mark set meta mark | 0x02000000
 //	                          iifname != "lo" ip daddr 127.0.0.0/8 drop
 //
 // Every ADD adds the bridge's element to its marker set in its one batch
@@ -42,12 +42,15 @@ import (
 // objects from the attachment records. The marker goes when the bridge's
 // last container does.
 //
-// The localnet drop is part of the table's base setup, which every slow
-// path installs, whatever the attachment asks for: a bridge keeps
-// route_localnet=1 once a host port used it, and from then on nothing but
-// this rule keeps its containers away from the node's 127.0.0.1 services
-// (CVE-2020-8558). Without route_localnet anywhere the kernel drops such
-// packets as martians already, so the rule costs nothing it would not.
+// Chain localnet is part of the table's base setup, which every slow path
+// installs, whatever the attachment asks for. Its first rule marks the
+// replies to the node's own connections to a host port at 127.0.0.1, which
+// the localnet guard on a bridge with route_localnet lets through (see
+// ports.go and package localnet, whose guard, not this table, keeps
+// containers away from the node's 127.0.0.1 services: CVE-2020-8558). Its
+// drop is a second line behind the guard: without route_localnet anywhere
+// the kernel drops such packets as martians already, so the rule costs
+// nothing it would not.
 //
 // With br_netfilter, frames bridged between two ports of one bridge pass
 // the forward hook with the bridge as both input and output device, so the
