@@ -63,9 +63,11 @@ import (
 //   - localhost: the node connecting to 127.0.0.1:hostPort sends a packet
 //     with source 127.0.0.1 out of the bridge, which no container can answer;
 //     source range = 127.0.0.0/8. It also needs route_localnet=1 on the
-//     bridge (set by the plugin), and the chain localnet of the table's
-//     base setup (bridge.go) drops what that sysctl would otherwise let
-//     in: packets to 127.0.0.0/8 arriving from outside (CVE-2020-8558).
+//     bridge, which the plugin turns on only behind the localnet guard
+//     (package localnet): that guard drops what the sysctl would
+//     otherwise let in, packets to 127.0.0.0/8 arriving from containers
+//     (CVE-2020-8558), but the replies to these connections, which the
+//     rules below mark.
 //     IPv6 has no route_localnet: ::1 is never mapped, so a local service
 //     on [::1]:port stays reachable.
 //
