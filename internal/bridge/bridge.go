@@ -13,7 +13,7 @@
 // default path makes no list or dump requests whose size grows with the
 // number of pods: the bridge is looked up by name and its own addresses
 // are read with a dump the kernel filters by interface (strict checking,
-// see package rtnl), not a dump of every address on the node. The port
+// see rtnl.go), not a dump of every address on the node. The port
 // dump (Ports) is filtered by the kernel too and serves CHECK, GC and
 // inspection, not ADD.
 //
@@ -31,12 +31,12 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/pier-cni/pier/internal/rtnl"
+	"github.com/pier-cni/pier/internal/links"
 	"github.com/pier-cni/pier/internal/sysctl"
 )
 
 // ErrNotFound is returned (wrapped) when the bridge does not exist.
-var ErrNotFound = rtnl.ErrNotFound
+var ErrNotFound = links.ErrNotFound
 
 // Config is the node bridge an attachment plugs into.
 type Config struct {
@@ -69,11 +69,11 @@ func Ensure(cfg Config) (br *netlink.Bridge, created bool, err error) {
 	if cfg.Name == "" {
 		return nil, false, errors.New("ensure bridge: empty name")
 	}
-	n, err := rtnl.OpenNode()
+	n, err := openNode()
 	if err != nil {
 		return nil, false, fmt.Errorf("ensure bridge %s: %w", cfg.Name, err)
 	}
-	defer n.Close()
+	defer n.close()
 
 	br, err = byName(n, cfg.Name)
 	if errors.Is(err, ErrNotFound) {
@@ -94,10 +94,10 @@ func Ensure(cfg Config) (br *netlink.Bridge, created bool, err error) {
 }
 
 // byName reads the link called name and insists that it is a bridge.
-func byName(n *rtnl.Node, name string) (*netlink.Bridge, error) {
-	l, err := n.H.LinkByName(name)
+func byName(n *node, name string) (*netlink.Bridge, error) {
+	l, err := n.h.LinkByName(name)
 	if err != nil {
-		if rtnl.IsNotExist(err) {
+		if links.IsNotExist(err) {
 			return nil, fmt.Errorf("bridge %s: %w", name, ErrNotFound)
 		}
 		return nil, fmt.Errorf("look up bridge %s: %w", name, err)
@@ -115,8 +115,8 @@ func byName(n *rtnl.Node, name string) (*netlink.Bridge, error) {
 // veths come and go, which leaves containers with a stale ARP entry for the
 // gateway; an explicitly set address is kept (the reference plugin pins it
 // after the fact for the same reason).
-func create(n *rtnl.Node, cfg Config) (*netlink.Bridge, bool, error) {
-	mac, err := rtnl.RandomMAC()
+func create(n *node, cfg Config) (*netlink.Bridge, bool, error) {
+	mac, err := links.RandomMAC()
 	if err != nil {
 		return nil, false, fmt.Errorf("create bridge %s: %w", cfg.Name, err)
 	}
@@ -132,7 +132,7 @@ func create(n *rtnl.Node, cfg Config) (*netlink.Bridge, bool, error) {
 	}
 	attrs.HardwareAddr = mac
 	attrs.Flags = net.FlagUp
-	err = n.H.LinkAdd(&netlink.Bridge{LinkAttrs: attrs})
+	err = n.h.LinkAdd(&netlink.Bridge{LinkAttrs: attrs})
 	created := err == nil
 	switch {
 	case errors.Is(err, unix.EEXIST):
@@ -155,21 +155,21 @@ func create(n *rtnl.Node, cfg Config) (*netlink.Bridge, bool, error) {
 
 // reconcile applies the parts of cfg an existing bridge may lack. Each
 // request is made only when the link's attributes say it is needed.
-func reconcile(n *rtnl.Node, br *netlink.Bridge, cfg Config) error {
+func reconcile(n *node, br *netlink.Bridge, cfg Config) error {
 	if cfg.MTU > 0 && br.MTU != cfg.MTU {
-		if err := n.H.LinkSetMTU(br, cfg.MTU); err != nil {
+		if err := n.h.LinkSetMTU(br, cfg.MTU); err != nil {
 			return fmt.Errorf("set mtu %d on bridge %s: %w", cfg.MTU, br.Name, err)
 		}
 		br.MTU = cfg.MTU
 	}
 	if cfg.Promisc && br.RawFlags&unix.IFF_PROMISC == 0 {
-		if err := n.H.SetPromiscOn(br); err != nil {
+		if err := n.h.SetPromiscOn(br); err != nil {
 			return fmt.Errorf("set promisc on bridge %s: %w", br.Name, err)
 		}
 		br.Promisc = 1
 	}
 	if br.RawFlags&unix.IFF_UP == 0 {
-		if err := n.H.LinkSetUp(br); err != nil {
+		if err := n.h.LinkSetUp(br); err != nil {
 			return fmt.Errorf("set bridge %s up: %w", br.Name, err)
 		}
 		br.Flags |= net.FlagUp

@@ -8,7 +8,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/pier-cni/pier/internal/rtnl"
+	"github.com/pier-cni/pier/internal/links"
 )
 
 // ensureGateway makes gw an address of the bridge. An address already on
@@ -19,8 +19,8 @@ import (
 // IPv6 gateways are added with IFA_F_NODAD so they are usable at once;
 // duplicate detection for an address Pier assigns from its own pool would
 // only delay the first container's traffic by a second or more.
-func ensureGateway(n *rtnl.Node, br *netlink.Bridge, gw netip.Prefix, force bool) error {
-	have, err := n.AddrsOf(br.Index, rtnl.FamilyOf(gw.Addr()))
+func ensureGateway(n *node, br *netlink.Bridge, gw netip.Prefix, force bool) error {
+	have, err := n.addrsOf(br.Index, links.FamilyOf(gw.Addr()))
 	if err != nil {
 		return fmt.Errorf("read addresses of bridge %s: %w", br.Name, err)
 	}
@@ -36,15 +36,15 @@ func ensureGateway(n *rtnl.Node, br *netlink.Bridge, gw netip.Prefix, force bool
 		if !force {
 			return fmt.Errorf("bridge %s already has address %s in the subnet of gateway %s (set forceAddress to replace it)", br.Name, a.Prefix, gw)
 		}
-		if err := n.H.AddrDel(br, &netlink.Addr{IPNet: rtnl.IPNet(a.Prefix)}); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+		if err := n.h.AddrDel(br, &netlink.Addr{IPNet: links.IPNet(a.Prefix)}); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
 			return fmt.Errorf("remove address %s from bridge %s: %w", a.Prefix, br.Name, err)
 		}
 	}
-	addr := &netlink.Addr{IPNet: rtnl.IPNet(gw)}
+	addr := &netlink.Addr{IPNet: links.IPNet(gw)}
 	if gw.Addr().Is6() {
 		addr.Flags = unix.IFA_F_NODAD
 	}
-	err = n.H.AddrAdd(br, addr)
+	err = n.h.AddrAdd(br, addr)
 	switch {
 	case err == nil, errors.Is(err, unix.EEXIST):
 		// EEXIST: a concurrent plugin process added it meanwhile.
@@ -62,16 +62,16 @@ func ensureGateway(n *rtnl.Node, br *netlink.Bridge, gw netip.Prefix, force bool
 // missing bridge gives an error wrapping ErrNotFound. The address dump is
 // filtered by the kernel to the bridge, as in Ensure.
 func Addrs(bridgeName string) ([]netip.Prefix, error) {
-	n, err := rtnl.OpenNode()
+	n, err := openNode()
 	if err != nil {
 		return nil, fmt.Errorf("addresses of bridge %s: %w", bridgeName, err)
 	}
-	defer n.Close()
+	defer n.close()
 	br, err := byName(n, bridgeName)
 	if err != nil {
 		return nil, err
 	}
-	addrs, err := n.AddrsOf(br.Index, netlink.FAMILY_ALL)
+	addrs, err := n.addrsOf(br.Index, netlink.FAMILY_ALL)
 	if err != nil {
 		return nil, fmt.Errorf("addresses of bridge %s: %w", bridgeName, err)
 	}

@@ -9,7 +9,7 @@ import (
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 
-	"github.com/pier-cni/pier/internal/rtnl"
+	"github.com/pier-cni/pier/internal/links"
 )
 
 // Port is a link enslaved to a bridge.
@@ -28,16 +28,16 @@ type Port struct {
 // ports (IFLA_MASTER with strict checking); the library offers only an
 // unfiltered one.
 func Ports(bridgeName string) ([]Port, error) {
-	n, err := rtnl.OpenNode()
+	n, err := openNode()
 	if err != nil {
 		return nil, fmt.Errorf("ports of %s: %w", bridgeName, err)
 	}
-	defer n.Close()
+	defer n.close()
 	br, err := byName(n, bridgeName)
 	if err != nil {
 		return nil, err
 	}
-	req := n.Request(unix.RTM_GETLINK, unix.NLM_F_DUMP)
+	req := n.request(unix.RTM_GETLINK, unix.NLM_F_DUMP)
 	req.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
 	req.AddData(nl.NewRtAttr(unix.IFLA_MASTER, nl.Uint32Attr(uint32(br.Index))))
 	var ports []Port
@@ -104,7 +104,7 @@ func hairpinOf(m []byte) bool {
 func HasCarrier(name string) (bool, error) {
 	l, err := netlink.LinkByName(name)
 	if err != nil {
-		if rtnl.IsNotExist(err) {
+		if links.IsNotExist(err) {
 			return false, fmt.Errorf("bridge %s: %w", name, ErrNotFound)
 		}
 		return false, fmt.Errorf("look up bridge %s: %w", name, err)

@@ -6,7 +6,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/pier-cni/pier/internal/rtnl"
+	"github.com/pier-cni/pier/internal/links"
 )
 
 // VxlanDevice is the device cluster mode's vxlan routes use (package
@@ -30,7 +30,7 @@ type Uplink struct {
 func UplinkMTU() (Uplink, error) {
 	if l, err := netlink.LinkByName(VxlanDevice); err == nil {
 		return Uplink{Name: VxlanDevice, MTU: l.Attrs().MTU, Why: "cluster mode's vxlan device " + VxlanDevice + " (the underlay's MTU less the vxlan overhead)"}, nil
-	} else if !rtnl.IsNotExist(err) {
+	} else if !links.IsNotExist(err) {
 		return Uplink{}, fmt.Errorf("look up %s: %w", VxlanDevice, err)
 	}
 	for _, family := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {

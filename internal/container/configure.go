@@ -8,7 +8,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/pier-cni/pier/internal/rtnl"
+	"github.com/pier-cni/pier/internal/links"
 )
 
 // Configure adds the addresses to ifName inside the container,
@@ -64,7 +64,7 @@ func Configure(netnsPath, ifName string, cfg IPConfig) error {
 // reference plugin does, and the address added again. Checking the sysctl
 // up front would cost every ADD a namespace switch.
 func (c *handle) addAddr(link netlink.Link, a netip.Prefix, dad bool) error {
-	addr := &netlink.Addr{IPNet: rtnl.IPNet(a)}
+	addr := &netlink.Addr{IPNet: links.IPNet(a)}
 	if a.Addr().Is6() && !dad {
 		addr.Flags = unix.IFA_F_NODAD
 	}
@@ -84,7 +84,7 @@ func (c *handle) addAddr(link netlink.Link, a netip.Prefix, dad bool) error {
 
 // netlinkRoute converts r to a main-table route out of link index.
 func netlinkRoute(index int, r Route) *netlink.Route {
-	nr := &netlink.Route{LinkIndex: index, Dst: rtnl.IPNet(r.Dst.Masked())}
+	nr := &netlink.Route{LinkIndex: index, Dst: links.IPNet(r.Dst.Masked())}
 	if r.Gw.IsValid() {
 		nr.Gw = r.Gw.AsSlice()
 	} else {

@@ -23,14 +23,14 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/pier-cni/pier/internal/links"
 	pnetns "github.com/pier-cni/pier/internal/netns"
-	"github.com/pier-cni/pier/internal/rtnl"
 	"github.com/pier-cni/pier/internal/sysctl"
 )
 
 // ErrNotFound is returned (wrapped) when the namespace or the interface is
 // not there.
-var ErrNotFound = rtnl.ErrNotFound
+var ErrNotFound = links.ErrNotFound
 
 // Route is a route of the container interface. A zero Gw means the
 // destination is on-link through the interface.
@@ -85,7 +85,7 @@ func (c *handle) close() {
 // link looks ifName up in the container, wrapping ErrNotFound if absent.
 func (c *handle) link(ifName string) (netlink.Link, error) {
 	l, err := c.h.LinkByName(ifName)
-	if rtnl.IsNotExist(err) {
+	if links.IsNotExist(err) {
 		return nil, fmt.Errorf("%s in %s: %w", ifName, c.path, ErrNotFound)
 	}
 	if err != nil {

@@ -8,7 +8,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/pier-cni/pier/internal/rtnl"
+	"github.com/pier-cni/pier/internal/links"
 )
 
 // dadTimeout bounds waitDAD. The kernel starts DAD after a random delay of
@@ -47,7 +47,7 @@ func (c *handle) tentative(link netlink.Link, want []netip.Prefix) ([]netip.Pref
 	}
 	var pending []netip.Prefix
 	for _, a := range have {
-		p, ok := rtnl.PrefixOf(a)
+		p, ok := links.PrefixOf(a)
 		if !ok || !contains(want, p) {
 			continue
 		}

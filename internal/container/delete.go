@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 
-	"github.com/pier-cni/pier/internal/rtnl"
+	"github.com/pier-cni/pier/internal/links"
 )
 
 // DeleteLink deletes ifName inside the container (which removes
@@ -36,7 +36,7 @@ func DeleteLink(netnsPath, ifName string) ([]netip.Prefix, error) {
 	if err != nil {
 		return nil, fmt.Errorf("delete %s: %w", ifName, err)
 	}
-	if err := c.h.LinkDel(link); err != nil && !rtnl.IsNotExist(err) {
+	if err := c.h.LinkDel(link); err != nil && !links.IsNotExist(err) {
 		return nil, fmt.Errorf("delete %s in %s: %w", ifName, netnsPath, err)
 	}
 	return addrs, nil

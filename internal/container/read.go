@@ -7,7 +7,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/pier-cni/pier/internal/rtnl"
+	"github.com/pier-cni/pier/internal/links"
 )
 
 // State is what CHECK and inspection tools read back from a
@@ -56,7 +56,7 @@ func Read(netnsPath, ifName string) (*State, error) {
 func routeOf(r netlink.Route) (Route, bool) {
 	var rt Route
 	if r.Dst != nil {
-		p, ok := rtnl.PrefixOf(netlink.Addr{IPNet: r.Dst})
+		p, ok := links.PrefixOf(netlink.Addr{IPNet: r.Dst})
 		if !ok {
 			return Route{}, false
 		}
@@ -82,7 +82,7 @@ func (c *handle) addrs(link netlink.Link) ([]netip.Prefix, error) {
 	}
 	var out []netip.Prefix
 	for _, a := range list {
-		if p, ok := rtnl.PrefixOf(a); ok && !p.Addr().IsLinkLocalUnicast() {
+		if p, ok := links.PrefixOf(a); ok && !p.Addr().IsLinkLocalUnicast() {
 			out = append(out, p)
 		}
 	}

@@ -10,10 +10,10 @@ import (
 
 	"github.com/pier-cni/pier/internal/bridge"
 	"github.com/pier-cni/pier/internal/firewall"
+	"github.com/pier-cni/pier/internal/links"
 	"github.com/pier-cni/pier/internal/localnet"
 	"github.com/pier-cni/pier/internal/nat"
 	"github.com/pier-cni/pier/internal/nodelock"
-	"github.com/pier-cni/pier/internal/rtnl"
 	"github.com/pier-cni/pier/internal/veth"
 )
 
@@ -265,6 +265,6 @@ func restoreOne(root string, r Record, fullSetup bool) (bool, error) {
 // linkExists reports whether the node has the link; an error counts as
 // not knowing, and the record is left for the next restore.
 func linkExists(name string) bool {
-	ok, err := rtnl.LinkExists(name)
+	ok, err := links.Exists(name)
 	return err == nil && ok
 }

@@ -7,7 +7,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/pier-cni/pier/internal/rtnl"
+	"github.com/pier-cni/pier/internal/links"
 )
 
 // Remove deletes the ifb of hostVeth; a missing one is fine (DEL
@@ -18,7 +18,7 @@ func Remove(hostVeth string) error {
 
 // DeleteIfb deletes the ifb device called name; a missing one is fine.
 func DeleteIfb(name string) error {
-	return rtnl.DeleteLink(name)
+	return links.Delete(name)
 }
 
 // OrphanIfbs lists Pier's ifb devices whose host veth is gone: leftovers of

@@ -23,9 +23,10 @@
 // on the ifb before it goes up, for the host veths' reason (no per-device
 // fe80::/64 route on the node).
 //
-// Requests: one for the ingress limit; five for the egress limit (create
-// the ifb with an echo of its index, its tbf, set it up, the veth's ingress
-// qdisc, the filter). None when the config sets no limit.
+// Requests: one for the ingress limit; six for the egress limit (create
+// the ifb, which the library looks up for its index, its tbf, set it up,
+// the veth's ingress qdisc, the filter). None when the config sets no
+// limit.
 package shaping
 
 import (
@@ -34,10 +35,9 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 
-	"github.com/pier-cni/pier/internal/rtnl"
+	"github.com/pier-cni/pier/internal/links"
 	"github.com/pier-cni/pier/internal/sysctl"
 )
 
@@ -68,40 +68,40 @@ func Apply(hostVeth netlink.Link, lim Limits) (ifb netlink.Link, err error) {
 		return nil, nil
 	}
 	name := hostVeth.Attrs().Name
-	n, err := rtnl.OpenNode()
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
-		return nil, fmt.Errorf("bandwidth limits on %s: %w", name, err)
+		return nil, fmt.Errorf("bandwidth limits on %s: open netlink: %w", name, err)
 	}
-	defer n.Close()
+	defer h.Close()
 	if lim.IngressRate > 0 {
-		if err := n.H.QdiscAdd(tbf(hostVeth.Attrs().Index, lim.IngressRate, lim.IngressBurst)); err != nil {
+		if err := h.QdiscAdd(tbf(hostVeth.Attrs().Index, lim.IngressRate, lim.IngressBurst)); err != nil {
 			return nil, fmt.Errorf("ingress limit (tbf on %s): %w", name, err)
 		}
 	}
 	if lim.EgressRate == 0 {
 		return nil, nil
 	}
-	if ifb, err = createIfb(n, IfbName(name), hostVeth.Attrs().MTU); err != nil {
+	if ifb, err = createIfb(h, IfbName(name), hostVeth.Attrs().MTU); err != nil {
 		return nil, fmt.Errorf("egress limit of %s: %w", name, err)
 	}
-	if err := redirectToIfb(n, hostVeth, ifb, lim); err != nil {
+	if err := redirectToIfb(h, hostVeth, ifb, lim); err != nil {
 		err = fmt.Errorf("egress limit of %s: %w", name, err)
-		return nil, errors.Join(err, rtnl.DeleteByName(n.H, ifb.Attrs().Name))
+		return nil, errors.Join(err, links.DeleteByName(h, ifb.Attrs().Name))
 	}
 	return ifb, nil
 }
 
 // redirectToIfb shapes the ifb and sends the veth's incoming frames to it.
-func redirectToIfb(n *rtnl.Node, hostVeth, ifb netlink.Link, lim Limits) error {
-	if err := n.H.QdiscAdd(tbf(ifb.Attrs().Index, lim.EgressRate, lim.EgressBurst)); err != nil {
+func redirectToIfb(h *netlink.Handle, hostVeth, ifb netlink.Link, lim Limits) error {
+	if err := h.QdiscAdd(tbf(ifb.Attrs().Index, lim.EgressRate, lim.EgressBurst)); err != nil {
 		return fmt.Errorf("tbf on %s: %w", ifb.Attrs().Name, err)
 	}
-	if err := n.H.LinkSetUp(ifb); err != nil {
+	if err := h.LinkSetUp(ifb); err != nil {
 		return fmt.Errorf("set %s up: %w", ifb.Attrs().Name, err)
 	}
 	ingress := &netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{
 		LinkIndex: hostVeth.Attrs().Index, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_INGRESS}}
-	if err := n.H.QdiscAdd(ingress); err != nil {
+	if err := h.QdiscAdd(ingress); err != nil {
 		return fmt.Errorf("ingress qdisc on %s: %w", hostVeth.Attrs().Name, err)
 	}
 	redirect := &netlink.U32{ // no selector: matches every frame
@@ -109,45 +109,40 @@ func redirectToIfb(n *rtnl.Node, hostVeth, ifb netlink.Link, lim Limits) error {
 		ClassId:     netlink.MakeHandle(1, 1),
 		RedirIndex:  ifb.Attrs().Index, // mirred egress redirect
 	}
-	if err := n.H.FilterAdd(redirect); err != nil {
+	if err := h.FilterAdd(redirect); err != nil {
 		return fmt.Errorf("redirect %s to %s: %w", hostVeth.Attrs().Name, ifb.Attrs().Name, err)
 	}
 	return nil
 }
 
-// createIfb creates the ifb down, with the veth's MTU, and turns IPv6 off
-// on it. An ifb of that name already there is a leftover: its veth, whose
-// name the new veth now has, is gone, and a concurrent ADD of the same
-// attachment would have failed creating the veth. It is replaced.
-func createIfb(n *rtnl.Node, name string, mtu int) (netlink.Link, error) {
-	newIfb := func() *nl.NetlinkRequest {
-		req := n.Request(unix.RTM_NEWLINK, unix.NLM_F_CREATE|unix.NLM_F_EXCL)
-		req.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
-		req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(name)))
-		if mtu > 0 {
-			req.AddData(nl.NewRtAttr(unix.IFLA_MTU, nl.Uint32Attr(uint32(mtu))))
-		}
-		info := nl.NewRtAttr(unix.IFLA_LINKINFO, nil)
-		info.AddRtAttr(nl.IFLA_INFO_KIND, nl.NonZeroTerminated("ifb"))
-		req.AddData(info)
-		return req
+// createIfb creates the ifb down, with the veth's MTU and a MAC chosen
+// here (so the result can report it without reading the link back), and
+// turns IPv6 off on it. An ifb of that name already there is a leftover:
+// its veth, whose name the new veth now has, is gone, and a concurrent ADD
+// of the same attachment would have failed creating the veth. It is
+// replaced.
+func createIfb(h *netlink.Handle, name string, mtu int) (netlink.Link, error) {
+	mac, err := links.RandomMAC()
+	if err != nil {
+		return nil, fmt.Errorf("create %s: %w", name, err)
 	}
-	l, err := n.NewLinkEcho(newIfb())
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name, attrs.MTU, attrs.HardwareAddr = name, mtu, mac
+	ifb := &netlink.Ifb{LinkAttrs: attrs}
+	err = h.LinkAdd(ifb)
 	if errors.Is(err, unix.EEXIST) {
-		if err = rtnl.DeleteByName(n.H, name); err == nil {
-			l, err = n.NewLinkEcho(newIfb())
+		if err = links.DeleteByName(h, name); err == nil {
+			ifb.Index = 0
+			err = h.LinkAdd(ifb)
 		}
-	}
-	if err == nil && l == nil { // kernel too old to echo
-		l, err = n.H.LinkByName(name)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("create %s: %w", name, err)
 	}
 	if err := sysctl.DisableIPv6(name); err != nil {
-		return nil, errors.Join(err, rtnl.DeleteByName(n.H, name))
+		return nil, errors.Join(err, links.DeleteByName(h, name))
 	}
-	return l, nil
+	return ifb, nil
 }
 
 // tbf is the token bucket the reference installs for rate (bits/s) and

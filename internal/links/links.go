@@ -1,4 +1,9 @@
-package rtnl
+// Package links holds what the packages that build an attachment's links
+// (bridge, veth, container, shaping) share about links: deleting one by
+// name and telling a missing one from a failure, the DEL policy's two
+// needs; and the conversions between net/netip, which Pier uses inside,
+// and the net types of vishvananda/netlink.
+package links
 
 import (
 	"errors"
@@ -8,10 +13,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// DeleteLink deletes the link called name in the caller's namespace; a link
+// ErrNotFound is returned (wrapped) when a link or namespace that is read
+// does not exist.
+var ErrNotFound = errors.New("not found")
+
+// Delete deletes the link called name in the caller's namespace; a link
 // that is gone already, or goes while this runs, is not an error: rollback,
 // DEL and GC call it for links that may be gone.
-func DeleteLink(name string) error {
+func Delete(name string) error {
 	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("delete %s: open netlink: %w", name, err)
@@ -42,8 +51,8 @@ func IsNotExist(err error) bool {
 	return errors.As(err, &netlink.LinkNotFoundError{}) || errors.Is(err, unix.ENODEV)
 }
 
-// LinkExists reports whether the node has a link called name.
-func LinkExists(name string) (bool, error) {
+// Exists reports whether the node has a link called name.
+func Exists(name string) (bool, error) {
 	_, err := netlink.LinkByName(name)
 	switch {
 	case err == nil:
