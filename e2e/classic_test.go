@@ -16,7 +16,9 @@ import (
 	"github.com/pier-cni/pier/internal/ipam"
 )
 
-// classicConf is DESIGN §1's config with "type": "pier".
+// classicConf is the classic bridge experiment's config — the reference
+// bridge plugin's usual example with host-local IPAM — with "type": "pier"
+// and "pier-ipam".
 func classicConf(version, dataDir string) string {
 	return fmt.Sprintf(`{ "cniVersion": %q, "name": "mybridge", "type": "pier",
   "bridge": "cni_bridge0", "isGateway": true, "ipMasq": true, "hairpinMode": true,
@@ -24,8 +26,13 @@ func classicConf(version, dataDir string) string {
             "routes": [ { "dst": "0.0.0.0/0" }, { "dst": "1.1.1.1/32", "gw": "10.15.20.1" } ] } }`, version, dataDir)
 }
 
-// TestClassicExperiment reproduces DESIGN §1 items 1–5 for each spec version
-// the classic config is written in.
+// TestClassicExperiment checks, for each spec version the classic config is
+// written in, what the reference bridge plugin leaves behind and Pier must
+// too: the bridge up with the gateway and forwarding on; the veth pair with
+// the container's address and both routes, the host end enslaved with
+// hairpin; the masquerade traceable to the network and container; the
+// result in the config's version; two containers reaching each other
+// through the bridge; and DEL undoing all of it.
 func TestClassicExperiment(t *testing.T) {
 	for _, v := range []string{"0.2.0", "0.4.0", "1.0.0", "1.1.0"} {
 		t.Run(v, func(t *testing.T) {

@@ -126,7 +126,8 @@ func TestHardenedInput(t *testing.T) {
 	}
 
 	// Not a table case: a valid config padded to 1 MiB with an unknown key.
-	// Unknown keys are ignored (DESIGN §4) and no size limit is documented,
+	// Unknown keys are ignored (runtimes and meta-plugins add their own, as
+	// the reference plugins allow) and no size limit is documented,
 	// so pier may serve it or refuse it; either way the outcome must be
 	// clean: a result and a working attachment that DEL removes entirely,
 	// or a CNI error that leaves nothing behind.
@@ -171,7 +172,7 @@ func TestHardenedInput(t *testing.T) {
 	})
 }
 
-// hardenedCases is the table. Codes follow DESIGN §7 / README "Errors";
+// hardenedCases is the table. Codes follow README "Errors";
 // where two codes could fit, the comment says why this one.
 func hardenedCases(n *node, good string, live attachment) []hardenedCase {
 	// withKey adds top-level keys right after "type": "pier".

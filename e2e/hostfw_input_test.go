@@ -61,22 +61,22 @@ func TestHostFirewallFirewalldKeepsOperatorsZone(t *testing.T) {
 	}
 }
 
-// fwEnv is a seed environment on a node running firewalld.
+// fwEnv is a host environment (hostEnv) on a node running firewalld.
 type fwEnv struct {
-	*seedEnv
+	*hostEnv
 	fwcmd func(args ...string) (string, error)
 }
 
 // startFirewalldNode starts dbus-daemon and firewalld (default zone
 // public) in a runtimeHost, as TestHostFirewallFirewalld does, and returns
-// the seed environment and a function giving an interface's zone.
+// the host environment and a function giving an interface's zone.
 func startFirewalldNode(t *testing.T) (*fwEnv, func(dev string) string) {
 	t.Helper()
 	requireRuntimeTools(t, "firewalld", "firewall-cmd", "dbus-daemon", "nsenter")
 	rt := newRuntimeHost(t)
 	n := &node{t: t, sb: rt.sb, binDir: testnet.Binaries(t), dataDir: t.TempDir()}
 	n.cniPath = n.binDir + ":/usr/lib/cni"
-	e := newSeedEnv(t, n)
+	e := newHostEnv(t, n)
 	bus := []string{"DBUS_SYSTEM_BUS_ADDRESS=unix:path=" + filepath.Join(rt.dir, "system_bus_socket")}
 	e.env = bus
 	rt.startBackground(nil, "dbus.log", "dbus-daemon", "--system", "--nofork", "--nopidfile", "--address", strings.TrimPrefix(bus[0], "DBUS_SYSTEM_BUS_ADDRESS="))
@@ -98,7 +98,7 @@ func startFirewalldNode(t *testing.T) (*fwEnv, func(dev string) string) {
 		out, _ := fwcmd("--get-zone-of-interface=" + dev)
 		return strings.TrimSpace(out)
 	}
-	return &fwEnv{seedEnv: e, fwcmd: fwcmd}, zone
+	return &fwEnv{hostEnv: e, fwcmd: fwcmd}, zone
 }
 
 // TestHostFirewallFirewalldReportsOperatorsZone: a bridge Pier leaves in
@@ -124,7 +124,7 @@ func TestHostFirewallFirewalldReportsOperatorsZone(t *testing.T) {
 		!strings.Contains(text, "someone else chose") {
 		t.Errorf("inspect does not name the operator's zone:\n%s", text)
 	}
-	if text := ctl("lint", "--conf-dir", "", filepath.Join(e.confDir, "10-seed.conflist")); !strings.Contains(text, "zone internal, which someone else chose") {
+	if text := ctl("lint", "--conf-dir", "", filepath.Join(e.confDir, "10-classic.conflist")); !strings.Contains(text, "zone internal, which someone else chose") {
 		t.Errorf("lint does not name the operator's zone:\n%s", text)
 	}
 	e.del(s, c)

@@ -1,7 +1,8 @@
 package e2e
 
-// The seed's scene on hosts whose own filters drop forwarded traffic: a
-// plain nftables ruleset, iptables-legacy, a real Docker engine. The same
+// The classic bridge experiment on hosts whose own filters drop forwarded
+// traffic: a plain nftables ruleset, iptables-legacy, a real Docker engine.
+// The same
 // checks run for Pier and for the reference bridge + portmap + firewall
 // chain (Debian's /usr/lib/cni) side by side, on two bridges of one node;
 // Pier's must all pass, the reference's are reported.
@@ -20,9 +21,9 @@ import (
 	"github.com/pier-cni/pier/internal/testnet"
 )
 
-// seedEnv is a node with a client host outside it and pierctl's
+// hostEnv is a node with a client host outside it and pierctl's
 // directories.
-type seedEnv struct {
+type hostEnv struct {
 	*ctlEnv
 	client  *testnet.NS
 	listing func() string // the host's filters, for "nothing left"
@@ -31,9 +32,9 @@ type seedEnv struct {
 	env []string
 }
 
-func newSeedEnv(t *testing.T, n *node) *seedEnv {
+func newHostEnv(t *testing.T, n *node) *hostEnv {
 	t.Helper()
-	e := &seedEnv{ctlEnv: &ctlEnv{node: n, confDir: t.TempDir(), cacheDir: t.TempDir()}}
+	e := &hostEnv{ctlEnv: &ctlEnv{node: n, confDir: t.TempDir(), cacheDir: t.TempDir()}}
 	e.client = newClientHost(t, n)
 	startEcho(t, e.client, "tcp/:7")
 	e.listing = func() string {
@@ -46,18 +47,18 @@ func newSeedEnv(t *testing.T, n *node) *seedEnv {
 	return e
 }
 
-// seedNet is one network of the comparison.
-type seedNet struct {
+// hostNet is one network of the comparison.
+type hostNet struct {
 	name, bridge, subnet string
 	hostPort             int
 	pier                 bool
 	gw                   string
 }
 
-func (e *seedEnv) networks(pierExtra string) []seedNet {
-	nets := []seedNet{
-		{name: "seed", bridge: "cni_bridge0", subnet: "10.15.20", hostPort: 8080, pier: true},
-		{name: "seedref", bridge: "cni_ref0", subnet: "10.15.21", hostPort: 8081},
+func (e *hostEnv) networks(pierExtra string) []hostNet {
+	nets := []hostNet{
+		{name: "classic", bridge: "cni_bridge0", subnet: "10.15.20", hostPort: 8080, pier: true},
+		{name: "classicref", bridge: "cni_ref0", subnet: "10.15.21", hostPort: 8081},
 	}
 	for i := range nets {
 		s := &nets[i]
@@ -80,13 +81,14 @@ func (e *seedEnv) networks(pierExtra string) []seedNet {
 	return nets
 }
 
-// container is one container of a seed network: its namespace and address.
-type seedContainer struct {
+// hostContainer is one container of a compared network: its namespace and
+// address.
+type hostContainer struct {
 	ns   *testnet.NS
 	addr string
 }
 
-func (e *seedEnv) add(s seedNet, mapPort bool) seedContainer {
+func (e *hostEnv) add(s hostNet, mapPort bool) hostContainer {
 	e.t.Helper()
 	ns := e.sb.Container()
 	args := []string{"add"}
@@ -95,17 +97,17 @@ func (e *seedEnv) add(s seedNet, mapPort bool) seedContainer {
 	}
 	e.pierctl(append(args, s.name, ns.Path)...)
 	ip := strings.Fields(ns.MustRun(e.t, "ip", "-4", "-o", "addr", "show", "dev", "eth0"))[3]
-	return seedContainer{ns: ns, addr: strings.Split(ip, "/")[0]}
+	return hostContainer{ns: ns, addr: strings.Split(ip, "/")[0]}
 }
 
-func (e *seedEnv) del(s seedNet, c seedContainer) {
+func (e *hostEnv) del(s hostNet, c hostContainer) {
 	e.t.Helper()
 	e.pierctl("del", s.name, c.ns.Path)
 }
 
 // pierctl runs a libcni command of pierctl in the node with the env's
 // directories and environment.
-func (e *seedEnv) pierctl(args ...string) {
+func (e *hostEnv) pierctl(args ...string) {
 	e.t.Helper()
 	cmd := exec.Command("ip", append([]string{"netns", "exec", e.sb.Node.Name, filepath.Join(e.binDir, "pierctl")}, e.withDirs(args...)...)...)
 	cmd.Env = append([]string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}, e.env...)
@@ -120,9 +122,14 @@ type check struct {
 	err  error
 }
 
-// seedChecks runs the issue's checks for one network and returns them in
-// order; the containers are deleted at the end.
-func (e *seedEnv) seedChecks(s seedNet) []check {
+// reachChecks runs, for one network, what a container on a host with a
+// firewall must be able to do — be pinged by and reach a Docker container
+// (on a Docker host), reach an outside host through masquerade, reach
+// another container of its bridge, answer on a host port to a client
+// outside the node — and, for Pier, that DEL of the last container leaves
+// no forward rules. The checks are returned in order; the containers are
+// deleted at the end.
+func (e *hostEnv) reachChecks(s hostNet) []check {
 	t := e.t
 	c1, c2 := e.add(s, true), e.add(s, false)
 	startEcho(t, c1.ns, "tcp/:80")
@@ -156,7 +163,7 @@ func (e *seedEnv) seedChecks(s seedNet) []check {
 
 // compare runs the checks for Pier and the reference chain and fails the
 // test for Pier's failures; both are logged as a table.
-func (e *seedEnv) compare(host string, pierExtra string) {
+func (e *hostEnv) compare(host string, pierExtra string) {
 	t := e.t
 	var table strings.Builder
 	fmt.Fprintf(&table, "host: %s\n", host)
@@ -166,7 +173,7 @@ func (e *seedEnv) compare(host string, pierExtra string) {
 			who = "pier"
 		}
 		passed := 0
-		checks := e.seedChecks(s)
+		checks := e.reachChecks(s)
 		for _, c := range checks {
 			mark := "pass"
 			if c.err != nil {
@@ -194,7 +201,7 @@ func (e *seedEnv) compare(host string, pierExtra string) {
 // TestHostFirewallNftables: a node whose nftables ruleset has
 // `inet filter forward` with policy drop.
 func TestHostFirewallNftables(t *testing.T) {
-	e := newSeedEnv(t, newNode(t))
+	e := newHostEnv(t, newNode(t))
 	e.sb.Node.MustRun(t, "nft", "add table inet filter; add chain inet filter forward { type filter hook forward priority 0; policy drop; }")
 	e.compare("nftables inet filter forward policy drop", "")
 }
@@ -204,7 +211,7 @@ func TestHostFirewallLegacy(t *testing.T) {
 	if _, err := os.Stat("/usr/sbin/iptables-legacy"); err != nil {
 		t.Skip("needs iptables-legacy (Debian: iptables)")
 	}
-	e := newSeedEnv(t, newNode(t))
+	e := newHostEnv(t, newNode(t))
 	e.sb.Node.MustRun(t, "iptables-legacy", "-P", "FORWARD", "DROP")
 	e.compare("iptables-legacy -P FORWARD DROP", "")
 }
@@ -213,7 +220,7 @@ func TestHostFirewallLegacy(t *testing.T) {
 // filters alone, and its containers cannot leave the node: what lint
 // warns about.
 func TestHostFirewallOff(t *testing.T) {
-	e := newSeedEnv(t, newNode(t))
+	e := newHostEnv(t, newNode(t))
 	e.sb.Node.MustRun(t, "nft", "add table inet filter; add chain inet filter forward { type filter hook forward priority 0; policy drop; }")
 	s := e.networks(`, "firewallBackend": "none"`)[0]
 	c := e.add(s, false)
@@ -231,7 +238,7 @@ func TestHostFirewallOff(t *testing.T) {
 // to them, while containers of the bridge reach each other, replies come
 // back and host ports answer — on a node whose filters accept everything.
 func TestIngressSameBridge(t *testing.T) {
-	e := newSeedEnv(t, newNode(t))
+	e := newHostEnv(t, newNode(t))
 	e.client.MustRun(t, "ip", "route", "add", "10.15.20.0/24", "via", "198.51.100.1")
 	s := e.networks(`, "ingressPolicy": "same-bridge"`)[0]
 	c1, c2 := e.add(s, true), e.add(s, false)
@@ -299,7 +306,7 @@ func startDockerd(t *testing.T, rt *runtimeHost, busybox string) *dockerd {
 	return d
 }
 
-// TestHostFirewallDocker: the seed's host. A real dockerd (Debian's 20.10,
+// TestHostFirewallDocker: a host that runs Docker. A real dockerd (Debian's 20.10,
 // iptables-nft) runs a container on docker0 with its FORWARD policy DROP
 // and its DOCKER-USER chain; Pier's containers and the reference chain's
 // then go through the same checks, the Docker container's ping of the CNI
@@ -312,7 +319,7 @@ func TestHostFirewallDocker(t *testing.T) {
 	rt := newRuntimeHost(t)
 	n := &node{t: t, sb: rt.sb, binDir: testnet.Binaries(t), dataDir: t.TempDir()}
 	n.cniPath = n.binDir + ":/usr/lib/cni"
-	e := newSeedEnv(t, n)
+	e := newHostEnv(t, n)
 	e.docker = startDockerd(t, rt, tools["busybox"])
 	if rs := n.sb.Node.MustRun(t, "iptables-nft", "-S", "FORWARD"); !strings.Contains(rs, "-P FORWARD DROP") || !strings.Contains(rs, "DOCKER-USER") {
 		t.Fatalf("dockerd did not set up its forward chain as expected:\n%s", rs)
@@ -325,7 +332,7 @@ func TestHostFirewallDocker(t *testing.T) {
 // filter Pier opened and why, and the bridge's MTU and why; `pierctl lint`
 // warns when the config turns Pier's handling off, and not when it is on.
 func TestHostFirewallTooling(t *testing.T) {
-	e := newSeedEnv(t, newNode(t))
+	e := newHostEnv(t, newNode(t))
 	e.sb.Node.MustRun(t, "nft", "add table inet filter; add chain inet filter forward { type filter hook forward priority 0; policy drop; }")
 	s := e.networks("")[0]
 	e.mustCtl(0, e.withDirs("status", s.name)...)
@@ -337,7 +344,7 @@ func TestHostFirewallTooling(t *testing.T) {
 		}
 	}
 	e.del(s, c)
-	conf := filepath.Join(e.confDir, "10-seed.conflist")
+	conf := filepath.Join(e.confDir, "10-classic.conflist")
 	if r := e.ctl("lint", "--conf-dir", "", conf); strings.Contains(r.stdout, "drops forwarded traffic") {
 		t.Errorf("lint warns although Pier handles the host's filters:\n%s", r.stdout)
 	}
@@ -463,7 +470,7 @@ func TestHostFirewallFirewalld(t *testing.T) {
 	rt := newRuntimeHost(t)
 	n := &node{t: t, sb: rt.sb, binDir: testnet.Binaries(t), dataDir: t.TempDir()}
 	n.cniPath = n.binDir + ":/usr/lib/cni"
-	e := newSeedEnv(t, n)
+	e := newHostEnv(t, n)
 	bus := []string{"DBUS_SYSTEM_BUS_ADDRESS=unix:path=" + filepath.Join(rt.dir, "system_bus_socket")}
 	e.env = bus
 	mustExec := func(argv ...string) string {

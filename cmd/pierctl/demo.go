@@ -17,9 +17,11 @@ import (
 	"syscall"
 )
 
-// The demo reproduces the classic bridge experiment (DESIGN §1) with
-// "type": "pier", in a sandbox of its own: a node namespace where the plugin
-// runs and two container namespaces. It never touches the host's network.
+// The demo reproduces the classic bridge experiment — the reference bridge
+// plugin's usual example config: a gateway bridge, masquerade, hairpin, a
+// /24 with a default route and a /32 via the gateway — with "type": "pier",
+// in a sandbox of its own: a node namespace where the plugin runs and two
+// container namespaces. It never touches the host's network.
 const demoConfig = `{
   "cniVersion": "0.2.0", "name": "mybridge", "type": "pier",
   "bridge": "cni_bridge0", "isGateway": true, "ipMasq": true, "hairpinMode": true,

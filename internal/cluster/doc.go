@@ -20,8 +20,10 @@
 // see one winner; the loser moves to the next. The block key itself carries
 // no lease: a node that dies keeps its blocks, so an address it handed out
 // is never handed out again by someone else, even if its pierd or its
-// lease comes back later (flannel's lapsed-lease reuse, its issues 29 and
-// 1289, cannot happen). Blocks come back only when they are empty (the
+// lease comes back later. (flannel binds a node's subnet to its lease: a
+// node paused past its TTL loses its subnet to another node while its
+// containers still hold addresses in it.) Blocks come back only when they
+// are empty (the
 // owning node gives back a block empty for longer than BlockGrace,
 // keeping at least one; pierd --block-grace) or when an operator says the
 // node is gone

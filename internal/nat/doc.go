@@ -4,8 +4,10 @@
 //
 // # Design notes: masquerade maps
 //
-// Pier owns one table per node, "inet pier" (DESIGN §5). Each CNI network
-// owns, in it (long network names are shortened, see objectNames):
+// Pier owns one table per node, "inet pier", which nothing else writes to,
+// so it can list and restore it without touching anyone else's rules. Each
+// CNI network owns, in it (long network names are shortened, see
+// objectNames):
 //
 //	map   <net>-masq4          ipv4_addr : verdict, one element per container address
 //	map   <net>-masq6          ipv6_addr : verdict

@@ -7,7 +7,7 @@ import (
 	"github.com/pier-cni/pier/internal/testnet"
 )
 
-// natLab is DESIGN §6's NAT setup: a container and an "outside host", each
+// natLab is the sandbox's NAT setup: a container and an "outside host", each
 // joined to the node by a veth. The outside host has no route back to the
 // container subnet, so a reply reaches the container only if the node
 // masqueraded the request. All traffic stays between sandbox namespaces.

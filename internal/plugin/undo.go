@@ -7,7 +7,9 @@ import (
 
 // undoStack collects the undo of every step an ADD has completed. When a later
 // step fails, run undoes them in reverse order, so a failed ADD leaves no
-// half-built state: no veth, no reservation, no set element (STYLE §3).
+// half-built state: no veth, no reservation, no set element. The reference
+// leaves a failed ADD's veth for the runtime's DEL; a runtime that never
+// sends it (or a crash of the runtime) would leak it.
 type undoStack struct {
 	steps []undoStep
 }

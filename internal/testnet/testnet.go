@@ -1,5 +1,6 @@
 // Package testnet builds the throwaway network sandbox every networking test
-// runs in (DESIGN §6): a "node" namespace in which the plugin runs and holds
+// runs in, so that no test touches the host's own interfaces, routes,
+// sysctls or firewall: a "node" namespace in which the plugin runs and holds
 // its bridge, veths and nftables table, and container namespaces beside it.
 //
 // Namespaces get unique names (pt-node-…, pt-c-…) and are removed in

@@ -58,7 +58,8 @@ func (p *plugin) run(t *testing.T, c call) (string, bool) {
 func TestPluginLifecycle(t *testing.T) {
 	p := buildPlugin(t)
 
-	// The DESIGN's classic config, spec 0.2.0: ip4.ip and ip4.routes.
+	// The classic bridge experiment's IPAM config, spec 0.2.0: ip4.ip and
+	// ip4.routes.
 	out, ok := p.run(t, call{"ADD", "c1", "0.2.0", ""})
 	var old struct {
 		IP4 struct {
