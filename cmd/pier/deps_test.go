@@ -8,9 +8,10 @@ import (
 
 // TestPluginBinariesStayLean guards start-up time: `pier` and `pier-ipam`
 // are exec'd once per container, so every package they link is paid at each
-// ADD. They must not pull in HTTP, tracing, gRPC or etcd (pkg/invoke and
-// plugins' pkg/ns bring OpenTelemetry and net/http along, which is why Pier
-// has internal/delegate and internal/netns).
+// ADD. They must not pull in HTTP, tracing, gRPC or etcd (the CNI library's
+// pkg/invoke brings OpenTelemetry along, which is why Pier runs delegated
+// IPAM plugins with internal/delegate; the reference plugins' pkg/ns links
+// only golang.org/x/sys and is used, through internal/netns).
 //
 // Daemon mode talks gRPC to pierd without grpc-go or the protobuf runtime:
 // grpc-go's client shares one package with its server and links net/http

@@ -51,7 +51,7 @@ type IPConfig struct {
 // handle is a container namespace opened by path, with a netlink handle
 // bound to it, for the length of one exported call.
 type handle struct {
-	ns   netns.NsHandle
+	ns   pnetns.NS
 	h    *netlink.Handle
 	path string
 }
@@ -69,7 +69,7 @@ func open(path string) (*handle, error) {
 	}
 	// The handle's socket is created inside the namespace (one setns there
 	// and back, done by the library); every request then runs from here.
-	h, err := netlink.NewHandleAt(cns, unix.NETLINK_ROUTE)
+	h, err := netlink.NewHandleAt(netns.NsHandle(cns.Fd()), unix.NETLINK_ROUTE)
 	if err != nil {
 		cns.Close()
 		return nil, fmt.Errorf("netlink in netns %s: %w", path, err)

@@ -19,6 +19,7 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/vishvananda/netlink"
+	vnetns "github.com/vishvananda/netns"
 
 	"github.com/pier-cni/pier/internal/leases"
 	"github.com/pier-cni/pier/internal/netns"
@@ -153,7 +154,7 @@ func peersIn(path string) ([]peer, error) {
 		return nil, err
 	}
 	defer h.Close() //nolint:errcheck // read-only handle
-	nh, err := netlink.NewHandleAt(h)
+	nh, err := netlink.NewHandleAt(vnetns.NsHandle(h.Fd()))
 	if err != nil {
 		return nil, fmt.Errorf("netlink in %s: %w", path, err)
 	}

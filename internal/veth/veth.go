@@ -145,11 +145,11 @@ func Create(cfg Config) (*Pair, error) {
 
 // newPair describes the pair to create: host end enslaved to the bridge
 // (the library enslaves it right after creating it) and down, peer with its
-// name, MAC and MTU in the namespace nsFd.
-func newPair(cfg Config, nsFd pnetns.Handle, mac net.HardwareAddr) *netlink.Veth {
+// name, MAC and MTU in the namespace cns.
+func newPair(cfg Config, cns pnetns.NS, mac net.HardwareAddr) *netlink.Veth {
 	attrs := netlink.NewLinkAttrs()
 	attrs.Name, attrs.MTU, attrs.MasterIndex, attrs.Group = cfg.HostName, cfg.MTU, cfg.Bridge.Index, cfg.Group
-	return &netlink.Veth{LinkAttrs: attrs, PeerName: cfg.IfName, PeerHardwareAddr: mac, PeerNamespace: netlink.NsFd(int(nsFd))}
+	return &netlink.Veth{LinkAttrs: attrs, PeerName: cfg.IfName, PeerHardwareAddr: mac, PeerNamespace: netlink.NsFd(int(cns.Fd()))}
 }
 
 // setUpPort turns IPv6 off on the new host end, sets its alias and hairpin
