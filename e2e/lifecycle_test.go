@@ -7,6 +7,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/pier-cni/pier/internal/nodestate"
 )
 
 func dualStackConf(dataDir string) string {
@@ -189,17 +191,23 @@ func parallel(n int, f func(i int)) {
 
 // TestDelegatedHostLocal runs with Debian's reference host-local as the IPAM
 // plugin, found through CNI_PATH as the spec's delegation section says.
+// Pier's own state (attachment records) goes to the network's "stateDir",
+// not to the host's /var/lib/cni/pier.
 func TestDelegatedHostLocal(t *testing.T) {
 	if _, err := os.Stat("/usr/lib/cni/host-local"); err != nil {
 		t.Skip("needs Debian's containernetworking-plugins (/usr/lib/cni/host-local)")
 	}
 	n := newNode(t)
+	stateDir := t.TempDir()
 	conf := fmt.Sprintf(`{ "cniVersion": "1.0.0", "name": "delegated", "type": "pier",
-  "bridge": "pier-del", "isGateway": true, "ipMasq": true,
-  "ipam": { "type": "host-local", "subnet": "10.45.0.0/24", "dataDir": %q } }`, n.dataDir)
+  "bridge": "pier-del", "isGateway": true, "ipMasq": true, "stateDir": %q,
+  "ipam": { "type": "host-local", "subnet": "10.45.0.0/24", "dataDir": %q } }`, stateDir, n.dataDir)
 	c1, c2 := n.container("hl-1"), n.container("hl-2")
 	out := n.mustAdd(c1, conf)
 	n.mustAdd(c2, conf)
+	if recs, errs := nodestate.Records(stateDir, "delegated"); len(recs) != 2 || len(errs) != 0 {
+		t.Fatalf("records under stateDir after two ADDs: %d %v", len(recs), errs)
+	}
 	if _, err := os.Stat(n.dataDir + "/delegated/10.45.0.2"); err != nil {
 		t.Fatalf("host-local did not record the reservation: %v", err)
 	}
@@ -214,6 +222,9 @@ func TestDelegatedHostLocal(t *testing.T) {
 	}
 	if elems := masqElements(t, n.sb.Node, "delegated-masq4"); len(elems) != 0 {
 		t.Fatalf("masquerade elements left: %v", elems)
+	}
+	if recs, errs := nodestate.Records(stateDir, "delegated"); len(recs) != 0 || len(errs) != 0 {
+		t.Fatalf("records left under stateDir: %d %v", len(recs), errs)
 	}
 }
 

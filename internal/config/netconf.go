@@ -54,6 +54,9 @@ type NetConf struct {
 	// FirewallBackend and IngressPolicy: see firewall.go.
 	FirewallBackend string `json:"firewallBackend,omitempty"`
 	IngressPolicy   string `json:"ingressPolicy,omitempty"`
+	// StateDir holds Pier's own state (its attachment records) for a
+	// network whose IPAM is delegated: see statedir.go.
+	StateDir string `json:"stateDir,omitempty"`
 
 	// NonMasqueradeCIDRs are destinations that the containers' traffic
 	// reaches with its own source address even with ipMasq, besides the
@@ -184,6 +187,9 @@ func (n *NetConf) validate() error {
 	}
 	if strings.ContainsAny(n.IPAM.Type, `/\`) || n.IPAM.Type == "." || n.IPAM.Type == ".." {
 		return cnierr.New(cnierr.InvalidConfig, `"ipam.type": %q must be a plugin name, not a path`, n.IPAM.Type)
+	}
+	if err := n.validateStateDir(); err != nil {
+		return err
 	}
 	if err := n.resolveFeatures(); err != nil {
 		return err

@@ -57,6 +57,8 @@ func TestLoadNetConfRefusals(t *testing.T) {
 		{"bad MAC in CNI_ARGS", "", "MAC=nope", cnierr.InvalidConfig, "CNI_ARGS MAC"},
 		{"unparseable CNI_ARGS", "", "MAC", cnierr.InvalidEnv, "CNI_ARGS"},
 		{"hairpin with promisc", `"hairpinMode": true, "promiscMode": true`, "", cnierr.InvalidConfig, "promiscMode"},
+		{"stateDir with pier-ipam", `"stateDir": "/run/x"`, "", cnierr.UnsupportedField, "stateDir"},
+		{"relative stateDir", `"stateDir": "state", "ipam": {"type": "host-local"}`, "", cnierr.InvalidConfig, "stateDir"},
 		{"undecodable prevResult", `"prevResult": {"cniVersion": "1.0.0", "ips": "nope"}`, "", cnierr.DecodingFailure, "prevResult"},
 	}
 	for _, tc := range cases {
@@ -172,6 +174,23 @@ func TestNonMasqueradeCIDRs(t *testing.T) {
 		}
 		if cnierr.CodeOf(err) != want || (want == cnierr.InvalidConfig && !strings.Contains(err.Error(), "nonMasqueradeCIDRs")) {
 			t.Errorf("%s: %v (code %d, want %d)", bad, err, cnierr.CodeOf(err), want)
+		}
+	}
+}
+
+// TestStateDir: a delegated IPAM's network keeps Pier's state in
+// "stateDir" (cleaned), else in the default data directory.
+func TestStateDir(t *testing.T) {
+	for _, tc := range []struct{ keys, want string }{
+		{``, DefaultDataDir},
+		{`"stateDir": "/tmp/x/../pier-state/",`, "/tmp/pier-state"},
+	} {
+		n, err := LoadNetConf([]byte(`{"cniVersion": "1.0.0", "name": "n", "type": "pier", `+tc.keys+` "ipam": {"type": "host-local"}}`), "")
+		if err != nil {
+			t.Fatalf("%s: %v", tc.keys, err)
+		}
+		if got := n.DelegatedStateDir(); got != tc.want {
+			t.Errorf("%s: state directory %s, want %s", tc.keys, got, tc.want)
 		}
 	}
 }

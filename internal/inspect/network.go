@@ -234,6 +234,10 @@ func settings(c *config.NetConf, ic *config.IPAMConfig) []Item {
 	if ic != nil {
 		items = append(items, Item{Value: "ipam: " + ic.Type, Why: ipamWhy(ic)})
 	}
+	if ic == nil || ic.Type != config.IPAMType {
+		items = append(items, Item{Value: "stateDir: " + c.DelegatedStateDir(),
+			Why: "Pier's own state of the network (its attachment records), here since its IPAM is delegated"})
+	}
 	return items
 }
 

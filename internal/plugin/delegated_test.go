@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/pier-cni/pier/internal/cnierr"
+	"github.com/pier-cni/pier/internal/nodestate"
 	"github.com/pier-cni/pier/internal/veth"
 )
 
@@ -13,6 +14,7 @@ import (
 // speaks spec 1.0.0) serves ADD and DEL through CNI_PATH. It cannot say
 // what an attachment holds, so DEL removes the masquerade elements whose
 // comments name the attachment; a delegated ADD that fails leaves nothing.
+// Pier's records go to the network's "stateDir", not the host's default.
 func TestDelegatedIPAM(t *testing.T) {
 	const cniPath = "/usr/lib/cni"
 	if _, err := os.Stat(cniPath + "/host-local"); err != nil {
@@ -23,10 +25,10 @@ func TestDelegatedIPAM(t *testing.T) {
 		return
 	}
 	t.Setenv("CNI_PATH", cniPath)
-	hlDir := t.TempDir()
+	hlDir, stateDir := t.TempDir(), t.TempDir()
 	conf := func(extra string) []byte {
 		return fmt.Appendf(nil, `{"cniVersion":"1.0.0","name":"hlnet","type":"pier","bridge":"pt-br8","isGateway":true,"ipMasq":true,%s
-			"ipam":{"type":"host-local","subnet":"10.40.0.0/24","dataDir":%q}}`, extra, hlDir)
+			"stateDir":%q,"ipam":{"type":"host-local","subnet":"10.40.0.0/24","dataDir":%q}}`, extra, stateDir, hlDir)
 	}
 	// A delegated plugin reads the CNI_* variables of the call, as the
 	// runtime set them for pier.
@@ -52,6 +54,9 @@ func TestDelegatedIPAM(t *testing.T) {
 			t.Fatalf("after ADD of %s: %+v", x.id, s)
 		}
 	}
+	if recs, errs := nodestate.Records(stateDir, "hlnet"); len(recs) != 2 || len(errs) != 0 {
+		t.Errorf("records under stateDir after two ADDs: %d %v", len(recs), errs)
+	}
 	if err := run("DEL", a, conf("")); err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +67,7 @@ func TestDelegatedIPAM(t *testing.T) {
 		t.Errorf("DEL of %s touched %s: %+v", a.id, b.id, s)
 	}
 	err := run("ADD", n.container("hl-c"), fmt.Appendf(nil, `{"cniVersion":"1.0.0","name":"hlnet","type":"pier","bridge":"pt-br8",
-		"ipam":{"type":"no-such-ipam"}}`))
+		"stateDir":%q,"ipam":{"type":"no-such-ipam"}}`, stateDir))
 	wantCode(t, err, cnierr.IOFailure, "no-such-ipam")
 	if _, err := os.Stat("/sys/class/net/" + veth.HostName("hl-c", "eth0")); err == nil {
 		t.Error("a failed delegated ADD left its veth")

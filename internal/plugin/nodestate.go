@@ -7,7 +7,6 @@ import (
 	"slices"
 
 	"github.com/pier-cni/pier/internal/cnierr"
-	"github.com/pier-cni/pier/internal/config"
 	"github.com/pier-cni/pier/internal/firewall"
 	"github.com/pier-cni/pier/internal/nat"
 	"github.com/pier-cni/pier/internal/netpol/dataplane"
@@ -21,12 +20,12 @@ import (
 
 // stateRoot is where the network's records live: the IPAM data directory
 // of pier-ipam, the state directory beside pierd's socket in daemon mode,
-// the default data directory otherwise.
+// "stateDir" (default the default data directory) for a delegated IPAM.
 func (c *call) stateRoot() string {
 	b, ok := c.ipam.(*pierIPAM)
 	switch {
 	case !ok:
-		return config.DefaultDataDir
+		return c.conf.DelegatedStateDir()
 	case b.conf.DaemonSocket != "":
 		return nodestate.DaemonRoot(b.conf.DaemonSocket)
 	default:
