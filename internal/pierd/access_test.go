@@ -326,6 +326,9 @@ func TestNetworkScope(t *testing.T) {
 // pierd hold at most its share, all users other than root together at
 // most half of the total, and root is served meanwhile.
 func TestConnLimits(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
 	h := newHelper(t)
 	socket := h.socket("run")
 	d := start(t, Options{Socket: socket, MetricsAddr: "127.0.0.1:0",

@@ -27,6 +27,9 @@ const usedSample = `pierd_ipam_pool_used{network="net1",range="10.30.0.1-10.30.0
 // Allocate waits inside pierd holding the network's turn; scrapes must
 // still complete, with the pool figures.
 func TestScrapeWhileNetworkLocked(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
 	dir := t.TempDir()
 	socket := filepath.Join(dir, "pierd.sock")
 	dataDir := filepath.Join(dir, "data")
@@ -75,6 +78,9 @@ func TestScrapeWhileNetworkLocked(t *testing.T) {
 // TestAllocateWhileScrapeBlocked: a scrape stuck in its pool snapshot holds
 // nothing an Allocate needs.
 func TestAllocateWhileScrapeBlocked(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
 	dir := t.TempDir()
 	socket := filepath.Join(dir, "pierd.sock")
 	d := start(t, Options{Socket: socket, DataDir: filepath.Join(dir, "data"), MetricsAddr: "127.0.0.1:0"})
@@ -124,6 +130,9 @@ func holdStoreLock(t *testing.T, path string) (unlock func()) {
 // holding 40 idle connections makes pierd hold at most maxMetricsConns of
 // them, and IPAM calls go on.
 func TestMetricsConnLimit(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
 	h := newHelper(t)
 	socket := h.socket("run")
 	d := start(t, Options{Socket: socket, MetricsAddr: "127.0.0.1:0"})

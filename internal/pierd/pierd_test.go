@@ -19,6 +19,8 @@ import (
 	"github.com/pier-cni/pier/internal/ipam"
 	"github.com/pier-cni/pier/internal/ipamrpc"
 	"github.com/pier-cni/pier/internal/ipamrpc/lite"
+	"github.com/pier-cni/pier/internal/netns"
+	"github.com/pier-cni/pier/internal/testnet"
 )
 
 func testConf(t *testing.T, socket string) *config.IPAMConfig {
@@ -34,9 +36,14 @@ func testConf(t *testing.T, socket string) *config.IPAMConfig {
 }
 
 // start runs a daemon for the test (pierd trusts its own uid, so a test
-// run by another user than root calls it too).
+// run by another user than root calls it too). A daemon with a metrics
+// listener is started only outside the host's network namespace (see
+// inNetns): the listener binds 127.0.0.1 of the namespace it is made in.
 func start(t *testing.T, o Options) *Daemon {
 	t.Helper()
+	if o.MetricsAddr != "" && !inSandboxNode() {
+		t.Fatal("pierd's metrics listener would bind 127.0.0.1 outside a sandbox namespace (the host's): run the test in a namespace of its own (inNetns)")
+	}
 	if o.DataDir == "" {
 		o.DataDir = filepath.Join(t.TempDir(), "data")
 	}
@@ -265,6 +272,9 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 func (d *Daemon) inFlight() int64 { return d.calls.Load() }
 
 func TestMetricsAndHealthz(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
 	dir := t.TempDir()
 	socket := filepath.Join(dir, "pierd.sock")
 	d := start(t, Options{Socket: socket, DataDir: filepath.Join(dir, "data"), MetricsAddr: "127.0.0.1:0"})
@@ -381,4 +391,27 @@ func TestClientForPierctl(t *testing.T) {
 	if err := down.Ready(ctx, conf); cnierr.CodeOf(err) != cnierr.PluginNotAvailable {
 		t.Fatalf("Ready with pierd down: %v, want code 50", err)
 	}
+}
+
+// inNetns re-runs the calling test in a child process inside a network
+// namespace of its own (testnet's node namespace, removed afterwards):
+// pierd's metrics listener is bound to 127.0.0.1 of the namespace it is
+// created in, and the test's HTTP client and helper processes must reach it
+// there, never on the host's loopback. In the parent it returns false once
+// the child is done, and the test returns; in the child it returns true.
+func inNetns(t *testing.T) bool {
+	t.Helper()
+	return testnet.New(t).InNode(t)
+}
+
+// inSandboxNode reports whether the calling thread is in a sandbox node
+// namespace that testnet made.
+func inSandboxNode() bool {
+	paths, _ := filepath.Glob("/var/run/netns/pt-node-*") // a malformed pattern is the only error
+	for _, p := range paths {
+		if same, err := netns.IsCurrent(p); err == nil && same {
+			return true
+		}
+	}
+	return false
 }
