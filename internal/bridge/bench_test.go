@@ -113,3 +113,28 @@ func alternate(b *testing.B, sb *testnet.Sandbox, fns map[string]func() error) {
 		b.ReportMetric(float64(ds[len(ds)/2].Nanoseconds())/1e3, name+"-µs")
 	}
 }
+
+// BenchmarkHasOtherPort is DEL's test for another attachment on the
+// bridge, against Ports, which it replaced: with N Pier ports it stops at
+// the first, where Ports reads and parses all of them.
+func BenchmarkHasOtherPort(b *testing.B) {
+	for _, ports := range []int{1, 1000} {
+		b.Run(fmt.Sprintf("ports=%d", ports), func(b *testing.B) {
+			sb := testnet.New(b)
+			br := ensure(b, sb, Config{Name: "br-test"})
+			portfill.Add(b, sb, br, ports)
+			sb.MustDo(b, func() error {
+				for i := range ports { // portfill's ports carry no alias
+					if err := netlink.LinkSetAlias(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: fmt.Sprintf("vport%d", i)}}, "pier:bench"); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			alternate(b, sb, map[string]func() error{
+				"HasOtherPort": func() error { _, err := HasOtherPort(br.Name, "", "pier:"); return err },
+				"Ports":        func() error { _, err := Ports(br.Name); return err },
+			})
+		})
+	}
+}

@@ -230,3 +230,41 @@ func ensure(t testing.TB, sb *testnet.Sandbox, cfg Config) *netlink.Bridge {
 	sb.MustDo(t, func() (err error) { br, _, err = Ensure(cfg); return err })
 	return br
 }
+
+// TestHasOtherPort: a port counts when its alias has the prefix and it is
+// not the one excepted; ports of another bridge never count; a missing
+// bridge has none. With many ports it stops at the first (see
+// BenchmarkHasOtherPort for the cost).
+func TestHasOtherPort(t *testing.T) {
+	sb := testnet.New(t)
+	br := ensure(t, sb, Config{Name: "br-test"})
+	other := ensure(t, sb, Config{Name: "br-other"})
+	c := sb.Container()
+	create := func(name, alias string, on *netlink.Bridge) {
+		sb.MustDo(t, func() error {
+			_, err := veth.Create(veth.Config{ContainerNetNS: c.Path, IfName: "e" + name, HostName: name, Bridge: on, Alias: alias})
+			return err
+		})
+	}
+	has := func(bridge, except string) bool {
+		var got bool
+		sb.MustDo(t, func() (err error) { got, err = HasOtherPort(bridge, except, "pier:"); return err })
+		return got
+	}
+	create("vfor", "someone else's", br)
+	create("vother", "pier:n:c9:eth0", other)
+	if has("br-test", "") {
+		t.Error("a port without Pier's alias, or on another bridge, counted")
+	}
+	create("vmine", "pier:n:c1:eth0", br)
+	if !has("br-test", "") || has("br-test", "vmine") {
+		t.Errorf("one Pier port: counted %v, counted when excepted %v", has("br-test", ""), has("br-test", "vmine"))
+	}
+	create("vnext", "pier:n:c2:eth0", br)
+	if !has("br-test", "vmine") {
+		t.Error("a second Pier port not found")
+	}
+	if has("br-absent", "") {
+		t.Error("a missing bridge has a port")
+	}
+}

@@ -4,12 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
-
-	"github.com/pier-cni/pier/internal/links"
 )
 
 // Port is a link enslaved to a bridge.
@@ -37,29 +36,80 @@ func Ports(bridgeName string) ([]Port, error) {
 	if err != nil {
 		return nil, err
 	}
-	req := n.request(unix.RTM_GETLINK, unix.NLM_F_DUMP)
-	req.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
-	req.AddData(nl.NewRtAttr(unix.IFLA_MASTER, nl.Uint32Attr(uint32(br.Index))))
 	var ports []Port
 	var perr error
-	err = req.ExecuteIter(unix.NETLINK_ROUTE, unix.RTM_NEWLINK, func(m []byte) bool {
+	err = n.scanPorts(br.Index, func(m []byte) bool {
 		l, err := netlink.LinkDeserialize(nil, m)
 		if err != nil {
 			perr = err
 			return false
 		}
 		a := l.Attrs()
-		if a.MasterIndex != br.Index { // kernels before 4.20 ignore the filter
-			return true
+		if a.MasterIndex == br.Index {
+			ports = append(ports, Port{Name: a.Name, Index: a.Index, Alias: a.Alias,
+				Hairpin: hairpinOf(m), MTU: a.MTU, MAC: a.HardwareAddr, Up: a.RawFlags&unix.IFF_UP != 0})
 		}
-		ports = append(ports, Port{Name: a.Name, Index: a.Index, Alias: a.Alias,
-			Hairpin: hairpinOf(m), MTU: a.MTU, MAC: a.HardwareAddr, Up: a.RawFlags&unix.IFF_UP != 0})
 		return true
 	})
 	if err = errors.Join(err, perr); err != nil {
 		return nil, fmt.Errorf("list ports of %s: %w", bridgeName, err)
 	}
 	return ports, nil
+}
+
+// HasOtherPort reports whether the bridge has a port other than except
+// whose alias starts with aliasPrefix: whether a DEL leaves another
+// attachment on it. It stops reading the port dump at the first such port
+// and reads only the name, alias and master of each, so it costs about one
+// receive on a bridge with many ports, where Ports parses every one. A
+// missing bridge has none.
+func HasOtherPort(bridgeName, except, aliasPrefix string) (bool, error) {
+	n, err := openNode()
+	if err != nil {
+		return false, fmt.Errorf("ports of %s: %w", bridgeName, err)
+	}
+	defer n.close()
+	br, err := byName(n, bridgeName)
+	if errors.Is(err, ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	found := false
+	err = n.scanPorts(br.Index, func(m []byte) bool {
+		name, alias, master := portIdentity(m)
+		found = master == br.Index && name != except && strings.HasPrefix(alias, aliasPrefix)
+		return !found
+	})
+	if err != nil {
+		return false, fmt.Errorf("list ports of %s: %w", bridgeName, err)
+	}
+	return found, nil
+}
+
+// portIdentity reads a link message's name, alias and master.
+func portIdentity(m []byte) (name, alias string, master int) {
+	if len(m) < unix.SizeofIfInfomsg {
+		return "", "", 0
+	}
+	attrs, err := nl.ParseRouteAttr(m[unix.SizeofIfInfomsg:])
+	if err != nil {
+		return "", "", 0
+	}
+	for _, a := range attrs {
+		switch a.Attr.Type {
+		case unix.IFLA_IFNAME:
+			name = unix.ByteSliceToString(a.Value)
+		case unix.IFLA_IFALIAS:
+			alias = unix.ByteSliceToString(a.Value)
+		case unix.IFLA_MASTER:
+			if len(a.Value) == 4 {
+				master = int(nl.NativeEndian().Uint32(a.Value))
+			}
+		}
+	}
+	return name, alias, master
 }
 
 // hairpinOf reads IFLA_BRPORT_MODE from a link message's bridge-port data
@@ -94,20 +144,4 @@ func hairpinOf(m []byte) bool {
 		}
 	}
 	return false
-}
-
-// HasCarrier reports whether the bridge has carrier, which it has while at
-// least one port forwards: a cheap hint that it still has containers (one
-// link lookup, no dump). The flag is read from the link's flags
-// (IFF_LOWER_UP), which the kernel updates as the last port goes, unlike
-// the operational state, which follows later.
-func HasCarrier(name string) (bool, error) {
-	l, err := netlink.LinkByName(name)
-	if err != nil {
-		if links.IsNotExist(err) {
-			return false, fmt.Errorf("bridge %s: %w", name, ErrNotFound)
-		}
-		return false, fmt.Errorf("look up bridge %s: %w", name, err)
-	}
-	return l.Attrs().RawFlags&unix.IFF_LOWER_UP != 0, nil
 }

@@ -15,7 +15,10 @@ package bridge
 //     its way is LinkList (every link of the node) and one more dump of all
 //     bridge ports per port for the hairpin mode (LinkGetProtinfo).
 //     BenchmarkPorts, with 200 ports on the bridge: 2.8–3.0 ms against
-//     125–129 ms (0.08 ms against 0.11 ms with one).
+//     125–129 ms (0.08 ms against 0.11 ms with one). The same dump, read
+//     only until it answers, tells DEL whether another attachment is left
+//     on the bridge (HasOtherPort): 0.28 ms with 1000 ports against 16.5
+//     ms for reading them all (BenchmarkHasOtherPort).
 //
 // Everything else — creating links, addresses, routes, qdiscs — goes
 // through the library. Creating the veth pair and the ifb used to be built
@@ -26,6 +29,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"syscall"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -141,4 +145,51 @@ func parseIfAddr(m []byte) (ifAddr, int, error) {
 	}
 	a.Prefix = netip.PrefixFrom(address.Unmap(), int(msg.Prefixlen))
 	return a, int(msg.Index), nil
+}
+
+// scanPorts dumps the links whose master is the bridge with index master,
+// filtered by the kernel (IFLA_MASTER, strict checking), and calls f with
+// each RTM_NEWLINK message until f returns false. Then it stops reading:
+// the rest of the dump is left unread on the socket, which the call closes
+// (library dumps read to the end). Kernels before 4.20 ignore the filter,
+// so f checks the master too.
+func (n *node) scanPorts(master int, f func(m []byte) bool) error {
+	req := n.request(unix.RTM_GETLINK, unix.NLM_F_DUMP)
+	req.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
+	req.AddData(nl.NewRtAttr(unix.IFLA_MASTER, nl.Uint32Attr(uint32(master))))
+	s := n.raw.Socket
+	if err := s.Send(req); err != nil {
+		return err
+	}
+	for {
+		msgs, _, err := s.Receive()
+		if err != nil {
+			return err
+		}
+		for _, m := range msgs {
+			if m.Header.Seq != req.Seq {
+				continue // a late reply to an earlier request on this socket
+			}
+			switch m.Header.Type {
+			case unix.NLMSG_DONE, unix.NLMSG_ERROR:
+				return doneError(m)
+			case unix.RTM_NEWLINK:
+				if !f(m.Data) {
+					return nil
+				}
+			}
+		}
+	}
+}
+
+// doneError decodes the errno that ends a dump (NLMSG_DONE or
+// NLMSG_ERROR): nil when the dump completed.
+func doneError(m syscall.NetlinkMessage) error {
+	if len(m.Data) < 4 {
+		return nil
+	}
+	if errno := int32(nl.NativeEndian().Uint32(m.Data[:4])); errno != 0 {
+		return syscall.Errno(-errno)
+	}
+	return nil
 }

@@ -70,10 +70,11 @@ type firewalldBackend struct{}
 // filters another namespace (the host's, seen from a node namespace) and
 // put the bridge's name into that one's zones.
 func firewalldHere() (bool, error) {
-	conn, err := nftables.New()
+	conn, err := nftables.New(nftables.AsLasting())
 	if err != nil {
 		return false, fmt.Errorf("open nftables netlink socket: %w", err)
 	}
+	defer closeConn(conn)
 	tables, err := conn.ListTables()
 	if err != nil {
 		return false, fmt.Errorf("list nftables tables: %w", err)

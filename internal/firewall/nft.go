@@ -54,11 +54,20 @@ func familyName(f nftables.TableFamily) string {
 	}
 }
 
+// closeConn closes a call's one netlink socket. Each call keeps to one
+// (nftables.AsLasting) because closing an nfnetlink socket waits until the
+// kernel has released what earlier transactions of the namespace deleted
+// (a grace period), so a socket per request would wait once per request.
+func closeConn(conn *nftables.Conn) {
+	_ = conn.CloseLasting() // every batch on it was acknowledged: nothing to lose
+}
+
 func (nftBackend) scan(bridge string) ([]Place, error) {
-	conn, err := nftables.New()
+	conn, err := nftables.New(nftables.AsLasting())
 	if err != nil {
 		return nil, fmt.Errorf("open nftables netlink socket: %w", err)
 	}
+	defer closeConn(conn)
 	chains, err := conn.ListChains()
 	if err != nil {
 		return nil, fmt.Errorf("list nftables chains: %w", err)
@@ -210,10 +219,11 @@ func (nftBackend) add(bridge string, pl Place) error {
 	if !ok {
 		return fmt.Errorf("place %s is not an nftables place", pl)
 	}
-	conn, err := nftables.New()
+	conn, err := nftables.New(nftables.AsLasting())
 	if err != nil {
 		return fmt.Errorf("open nftables netlink socket: %w", err)
 	}
+	defer closeConn(conn)
 	stale, err := ours(conn, p.table, p.chain, Comment(bridge))
 	if err != nil {
 		return err
@@ -248,10 +258,11 @@ func (nftBackend) add(bridge string, pl Place) error {
 }
 
 func (nftBackend) remove(bridge string) error {
-	conn, err := nftables.New()
+	conn, err := nftables.New(nftables.AsLasting())
 	if err != nil {
 		return fmt.Errorf("open nftables netlink socket: %w", err)
 	}
+	defer closeConn(conn)
 	chains, err := conn.ListChains()
 	if err != nil {
 		return fmt.Errorf("list nftables chains: %w", err)

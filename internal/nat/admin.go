@@ -24,7 +24,7 @@ func ListMasq(networkName string, opts ...Option) ([]Element, error) {
 	if err != nil {
 		return nil, fmt.Errorf("nat: list masquerade for network %q: %w", networkName, err)
 	}
-	defer closeConn(conn)
+	defer closeConn(conn, opts)
 	o := objectNames(networkName)
 	var out []Element
 	for _, f := range families {
@@ -77,7 +77,7 @@ func RemoveNetwork(networkName string, opts ...Option) error {
 	if err != nil {
 		return fmt.Errorf("nat: remove network %q: %w", networkName, err)
 	}
-	defer closeConn(conn)
+	defer closeConn(conn, opts)
 	o := objectNames(networkName)
 	gens, err := genChains(conn, o)
 	if err != nil {
@@ -112,7 +112,7 @@ func PruneGenerations(n Network, opts ...Option) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("nat: prune network %q: %w", n.Name, err)
 	}
-	defer closeConn(conn)
+	defer closeConn(conn, opts)
 	gens, err := genChains(conn, s.objects)
 	if err != nil {
 		return nil, fmt.Errorf("nat: prune network %q: %w", n.Name, err)

@@ -178,7 +178,7 @@ func Add(a Attachment, opts ...Option) (Outcome, error) {
 	if err != nil {
 		return Outcome{}, fmt.Errorf("nat: add attachment %s: %w", a.Owner, err)
 	}
-	defer closeConn(conn)
+	defer closeConn(conn, opts)
 	var out Outcome
 	if configOf(opts).forceSetup {
 		err = unix.ENOENT
@@ -406,7 +406,7 @@ func ListNodeElements(opts ...Option) (NodeElements, error) {
 	if err != nil {
 		return NodeElements{}, fmt.Errorf("nat: list host ports: %w", err)
 	}
-	defer closeConn(conn)
+	defer closeConn(conn, opts)
 	n, err := listNodeElements(conn)
 	if err != nil {
 		return NodeElements{}, fmt.Errorf("nat: list host ports and MAC checks: %w", err)
@@ -498,7 +498,7 @@ func RemoveNodeElements(n NodeElements, opts ...Option) error {
 	if err != nil {
 		return fmt.Errorf("nat: remove host ports: %w", err)
 	}
-	defer closeConn(conn)
+	defer closeConn(conn, opts)
 	if err := removeRefs(conn, n.refs()); err != nil {
 		return fmt.Errorf("nat: remove host port and MAC check elements: %w", err)
 	}
@@ -514,7 +514,7 @@ func DelOwned(network, owner string, opts ...Option) error {
 	if err != nil {
 		return fmt.Errorf("nat: delete host ports of %s: %w", owner, err)
 	}
-	defer closeConn(conn)
+	defer closeConn(conn, opts)
 	all, err := listNodeElements(conn)
 	if err != nil {
 		return fmt.Errorf("nat: delete host ports of %s: %w", owner, err)

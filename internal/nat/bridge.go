@@ -180,7 +180,7 @@ func SetupBridge(b BridgeSetup, opts ...Option) error {
 	if err != nil {
 		return fmt.Errorf("nat: set up bridge %s: %w", b.Bridge, err)
 	}
-	defer closeConn(conn)
+	defer closeConn(conn, opts)
 	for range 3 {
 		var isolated bool
 		if isolated, err = isIsolated(conn, b.Bridge); err != nil {
@@ -232,22 +232,27 @@ func isIsolated(conn *nftables.Conn, bridge string) (bool, error) {
 }
 
 // RemoveBridge deletes the bridge's marker and isolation elements; what is
-// already gone is no error.
+// already gone is no error. The isolation is read first so that the usual
+// removal is one batch: a batch fails whole on a missing element, and each
+// batch that deletes something makes the socket's close wait a grace
+// period (see closeConn).
 func RemoveBridge(bridge string, opts ...Option) error {
 	conn, err := dial(opts)
 	if err != nil {
 		return fmt.Errorf("nat: remove bridge %s: %w", bridge, err)
 	}
-	defer closeConn(conn)
+	defer closeConn(conn, opts)
+	isolated, err := isIsolated(conn, bridge)
+	if err != nil {
+		return fmt.Errorf("nat: remove bridge %s (table inet %s): %w", bridge, TableName, err)
+	}
 	m := markerSet(bridge)
-	parts := []func(*nftables.Conn){
-		func(c *nftables.Conn) { c.DelSet(m) },
-		func(c *nftables.Conn) {
+	parts := []func(*nftables.Conn){func(c *nftables.Conn) { c.DelSet(m) }}
+	if isolated {
+		parts = append(parts, func(c *nftables.Conn) {
 			_ = c.SetDeleteElements(isolatedSet(), []nftables.SetElement{{Key: ifnameKey(bridge)}})
-		},
-		func(c *nftables.Conn) {
 			_ = c.SetDeleteElements(isolatedPairsSet(), []nftables.SetElement{{Key: pairKey(bridge)}})
-		},
+		})
 	}
 	if err := flushTolerant(conn, parts); err != nil {
 		return fmt.Errorf("nat: remove bridge %s (table inet %s): %w", bridge, TableName, err)
@@ -268,7 +273,7 @@ func ReadBridge(bridge string, opts ...Option) (BridgeState, error) {
 	if err != nil {
 		return BridgeState{}, fmt.Errorf("nat: read bridge %s: %w", bridge, err)
 	}
-	defer closeConn(conn)
+	defer closeConn(conn, opts)
 	var st BridgeState
 	els, err := listSet(conn, markerSet(bridge))
 	if err == nil {
@@ -291,7 +296,7 @@ func ReadyBridges(opts ...Option) (map[string]bool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("nat: list bridge markers: %w", err)
 	}
-	defer closeConn(conn)
+	defer closeConn(conn, opts)
 	// GetSets of google/nftables v0.3.0 loses the errno of a missing
 	// table (%v), so the table is looked for first.
 	tables, err := conn.ListTablesOfFamily(nftables.TableFamilyINet)

@@ -68,6 +68,16 @@ func TestBridgeMarker(t *testing.T) {
 		}
 	}
 	add(Outcome{Rebuilt: true, BridgeMissing: true})
+	// An isolated bridge's removal takes its isolation too.
+	if err := SetupBridge(BridgeSetup{Bridge: "br0", Isolated: true}, InNetNS(fd)); err != nil {
+		t.Fatal(err)
+	}
+	if err := RemoveBridge("br0", InNetNS(fd)); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := ReadBridge("br0", InNetNS(fd)); err != nil || st.Isolated || st.Ready {
+		t.Fatalf("after RemoveBridge of an isolated bridge: %+v %v", st, err)
+	}
 }
 
 // TestMarkerNames: a bridge name that is no nft identifier gets a hashed

@@ -68,7 +68,7 @@ func FindLostRules(opts ...Option) (Lost, error) {
 	if err != nil {
 		return Lost{}, fmt.Errorf("nat: read Pier's chains: %w", err)
 	}
-	defer closeConn(conn)
+	defer closeConn(conn, opts)
 	lost, err := findLost(conn)
 	if err != nil {
 		return Lost{}, fmt.Errorf("nat: read Pier's chains: %w", err)
@@ -164,7 +164,7 @@ func RepairRules(lost Lost, group uint32, opts ...Option) error {
 	if err != nil {
 		return fmt.Errorf("nat: repair Pier's chains: %w", err)
 	}
-	defer closeConn(conn)
+	defer closeConn(conn, opts)
 	has := func(family, chain string) bool { return slices.Contains(lost.Chains, family+" "+TableName+" "+chain) }
 	err = flush(conn, func(c *nftables.Conn) error {
 		var errs []error

@@ -106,7 +106,7 @@ func BenchmarkFastPathCheck(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		defer closeConn(conn)
+		defer closeConn(conn, nil)
 		for b.Loop() {
 			if lost, err := baseLost(conn); err != nil || lost {
 				b.Fatal(lost, err)

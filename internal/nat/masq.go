@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"sync"
 
 	"github.com/google/nftables"
 	"golang.org/x/sys/unix"
@@ -16,14 +17,16 @@ type Element struct {
 	Owner string // as stored: see StoredOwner
 }
 
-// Option changes where a call acts. Without options every call acts in the
-// network namespace of the calling OS thread, which the caller must have
-// locked (runtime.LockOSThread) if it switched namespaces.
+// Option changes where a call acts, or when it closes its socket. Without
+// options every call acts in the network namespace of the calling OS
+// thread, which the caller must have locked (runtime.LockOSThread) if it
+// switched namespaces, and closes its socket before it returns.
 type Option func(*config)
 
 type config struct {
 	netnsFd    int
 	forceSetup bool
+	later      *Closer
 }
 
 // ForceSetup makes Add take the slow path, which sets up every object
@@ -31,6 +34,32 @@ type config struct {
 // after the table lost its rules but kept its sets (see FindLostRules).
 func ForceSetup() Option {
 	return func(c *config) { c.forceSetup = true }
+}
+
+// Closer holds the sockets of calls made with CloseLater until the caller
+// closes them. It is safe for concurrent calls.
+type Closer struct {
+	mu    sync.Mutex
+	conns []*nftables.Conn
+}
+
+// CloseLater makes a call leave its socket to c instead of closing it.
+// Closing a socket after a transaction that deleted something waits for
+// the kernel to release the deleted objects, a grace period (see
+// closeConn); a caller with a wait of its own to do meanwhile (DEL deleting
+// a veth) closes them after it, when that release is usually done.
+func CloseLater(c *Closer) Option {
+	return func(cf *config) { cf.later = c }
+}
+
+// Close closes the sockets left to c.
+func (c *Closer) Close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, conn := range c.conns {
+		_ = conn.CloseLasting() // every batch on it was acknowledged: nothing to lose
+	}
+	c.conns = nil
 }
 
 // InNetNS makes a call act in the network namespace that fd refers to (an
@@ -67,8 +96,15 @@ func dial(opts []Option) (*nftables.Conn, error) {
 // closeConn closes the socket. Closing an nfnetlink socket makes the kernel
 // wait for pending deferred releases of nftables objects in the namespace
 // (one RCU grace period, about 10 ms here) when a transaction deleted or
-// updated something, so a call closes its socket once, at its end.
-func closeConn(conn *nftables.Conn) {
+// updated something, so a call closes its socket once, at its end — or
+// leaves it to the caller's Closer (CloseLater).
+func closeConn(conn *nftables.Conn, opts []Option) {
+	if later := configOf(opts).later; later != nil {
+		later.mu.Lock()
+		later.conns = append(later.conns, conn)
+		later.mu.Unlock()
+		return
+	}
 	// A close error on a netlink socket loses nothing: every batch was
 	// acknowledged before.
 	_ = conn.CloseLasting()
@@ -118,7 +154,7 @@ func AddMasq(n Network, addrs []netip.Addr, owner string, opts ...Option) error 
 	if err != nil {
 		return fmt.Errorf("nat: add masquerade for network %q: %w", n.Name, err)
 	}
-	defer closeConn(conn)
+	defer closeConn(conn, opts)
 	ups := elementsByMap(s, a4, a6, StoredOwner(owner))
 	if len(ups) > 0 {
 		err = flush(conn, func(c *nftables.Conn) error { return queueAdds(c, ups) })
@@ -237,7 +273,7 @@ func DelMasq(n Network, addrs []netip.Addr, opts ...Option) error {
 	if err != nil {
 		return fmt.Errorf("nat: delete masquerade for network %q: %w", n.Name, err)
 	}
-	defer closeConn(conn)
+	defer closeConn(conn, opts)
 	if err := delMasq(conn, ups, len(n.Subnets) > 0); err != nil {
 		return fmt.Errorf("nat: delete masquerade for network %q (table inet %s): %w", n.Name, TableName, err)
 	}

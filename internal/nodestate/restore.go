@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"path/filepath"
 	"slices"
-	"strings"
 
 	"github.com/pier-cni/pier/internal/bridge"
 	"github.com/pier-cni/pier/internal/firewall"
@@ -66,11 +65,18 @@ func setupBridge(s BridgeSpec) ([]firewall.Place, error) {
 // (its ADD may have found the marker just before it went), the bridge is
 // set up again. It reports whether the bridge was torn down.
 //
-// The first test is cheap: a bridge with carrier has a forwarding port.
-// Only without carrier are its ports listed. So a bridge that keeps a port
-// of someone else's keeps its accepts until a GC, which lists the ports.
-func TeardownBridge(lock string, s BridgeSpec, precise bool) (bool, error) {
-	if used, err := pierPorts(s.Bridge, precise); err != nil || used {
+// leaving is the host veth of an attachment whose DEL runs this while it
+// deletes that veth ("" for none, as in GC): its port does not count. A
+// DEL so overlaps the teardown with the kernel's wait in the veth's
+// deletion, both a grace period or more, instead of doing one after the
+// other.
+//
+// The first test reads the bridge's ports until it finds another of
+// Pier's: one receive when the bridge has many; the lock is taken only
+// when there is none. opts go to the removal of Pier's marker (a DEL
+// leaves its socket to close later: see nat.CloseLater).
+func TeardownBridge(lock string, s BridgeSpec, leaving string, opts ...nat.Option) (bool, error) {
+	if used, err := pierPorts(s.Bridge, leaving); err != nil || used {
 		return false, err
 	}
 	unlock, err := nodelock.Acquire(lock)
@@ -78,22 +84,17 @@ func TeardownBridge(lock string, s BridgeSpec, precise bool) (bool, error) {
 		return false, err
 	}
 	defer unlock()
-	if used, err := pierPorts(s.Bridge, true); err != nil || used {
+	if used, err := pierPorts(s.Bridge, leaving); err != nil || used {
 		return false, err
 	}
 	localnetOn, err := localnet.Enabled(s.Bridge)
 	if err != nil {
 		return false, err
 	}
-	var errs []error
-	if s.Firewall {
-		errs = append(errs, firewall.New().Remove(s.Bridge))
-	}
-	errs = append(errs, nat.RemoveBridge(s.Bridge), localnet.Disable(s.Bridge))
-	if err := errors.Join(errs...); err != nil {
+	if err := removeSetup(s, opts); err != nil {
 		return false, err
 	}
-	if used, err := pierPorts(s.Bridge, true); err != nil || used {
+	if used, err := pierPorts(s.Bridge, leaving); err != nil || used {
 		if err == nil {
 			_, err = setupBridge(s)
 		}
@@ -105,26 +106,27 @@ func TeardownBridge(lock string, s BridgeSpec, precise bool) (bool, error) {
 	return true, nil
 }
 
-// pierPorts reports whether the bridge has ports of Pier's attachments. A
-// missing bridge has none.
-func pierPorts(name string, precise bool) (bool, error) {
-	if !precise {
-		carrier, err := bridge.HasCarrier(name)
-		if errors.Is(err, bridge.ErrNotFound) {
-			return false, nil
+// removeSetup removes the host's accepts beside Pier's marker and
+// isolation and the bridge's route_localnet with its guard: each removal
+// that deletes something makes its netlink socket's close wait a grace
+// period, which they then wait together.
+func removeSetup(s BridgeSpec, opts []nat.Option) error {
+	fw := make(chan error, 1)
+	go func() {
+		if s.Firewall {
+			fw <- firewall.New().Remove(s.Bridge)
+			return
 		}
-		if err != nil || carrier {
-			return carrier, err
-		}
-	}
-	ports, err := bridge.Ports(name)
-	if errors.Is(err, bridge.ErrNotFound) {
-		return false, nil
-	}
-	if err != nil {
-		return false, err
-	}
-	return slices.ContainsFunc(ports, func(p bridge.Port) bool { return strings.HasPrefix(p.Alias, "pier:") }), nil
+		fw <- nil
+	}()
+	err := errors.Join(nat.RemoveBridge(s.Bridge, opts...), localnet.Disable(s.Bridge))
+	return errors.Join(<-fw, err)
+}
+
+// pierPorts reports whether the bridge has ports of Pier's attachments
+// other than leaving. A missing bridge has none.
+func pierPorts(name, leaving string) (bool, error) {
+	return bridge.HasOtherPort(name, leaving, "pier:")
 }
 
 // Restore puts the network's nftables state back from its records: the

@@ -42,6 +42,7 @@ func (c *call) add(ctx context.Context) (_ types.Result, err error) {
 		}
 	}()
 
+	step := c.stepTimer()
 	if err := checkContainerNetNS(c.args.Netns); err != nil {
 		return nil, err
 	}
@@ -49,10 +50,12 @@ func (c *call) add(ctx context.Context) (_ types.Result, err error) {
 	if err != nil {
 		return nil, err
 	}
+	step("ensure the bridge")
 	pair, err := c.createVeth(br)
 	if err != nil {
 		return nil, err
 	}
+	step("create the veth")
 	undo.push("delete veth "+pair.Host.Attrs().Name, func() error { return veth.DeleteHostEnd(pair.Host.Attrs().Name) })
 	ifb, err := c.applyLimits(pair, &undo)
 	if err != nil {
@@ -63,6 +66,7 @@ func (c *call) add(ctx context.Context) (_ types.Result, err error) {
 	if err != nil {
 		return nil, err
 	}
+	step("allocate")
 	undo.push("release addresses", func() error {
 		// The call's deadline may be what failed the ADD: give the release
 		// its own.
@@ -83,9 +87,11 @@ func (c *call) add(ctx context.Context) (_ types.Result, err error) {
 	if err := container.Configure(c.args.Netns, c.args.IfName, c.containerIPConfig(res)); err != nil {
 		return nil, err
 	}
+	step("gateway on the bridge, container's addresses and routes")
 	if err := c.configureHost(res, hostSide{bridge: br.Attrs().Name, created: created, veth: pair}, &undo); err != nil {
 		return nil, err
 	}
+	step("forwarding, nftables (and the bridge's setup on the slow path)")
 	return c.result(res, br, pair, ifb)
 }
 

@@ -3,6 +3,7 @@ package plugin
 import (
 	"io"
 	"log/slog"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"gopkg.in/natefinch/lumberjack.v2"
@@ -32,4 +33,16 @@ func newCallLogger(verb string, args *skel.CmdArgs, logFile, logLevel string) (*
 	w := &lumberjack.Logger{Filename: logFile, MaxSize: logMaxSizeMB, MaxBackups: logMaxBackups, MaxAge: logMaxAgeDays}
 	h := slog.NewTextHandler(w, &slog.HandlerOptions{Level: level})
 	return slog.New(h).With("cmd", verb, "container", args.ContainerID, "netns", args.Netns, "ifname", args.IfName), w
+}
+
+// stepTimer returns a function that logs, at debug level, how long the
+// call took since the previous step (or since stepTimer), naming the step
+// just done: "logLevel": "debug" profiles a call in the plugin's own log.
+func (c *call) stepTimer() func(step string) {
+	last := time.Now()
+	return func(step string) {
+		now := time.Now()
+		c.log.Debug("step done", "step", step, "took", now.Sub(last))
+		last = now
+	}
 }

@@ -91,11 +91,11 @@ func (c *call) usesNodeElements() bool {
 // delNodeElements removes the attachment's host port and MAC check
 // elements. It reads the sets, so it runs only when the config uses them;
 // GC reclaims what a DEL with another config left.
-func (c *call) delNodeElements() error {
+func (c *call) delNodeElements(opts ...nat.Option) error {
 	if !c.usesNodeElements() {
 		return nil
 	}
-	if err := nat.DelOwned(c.conf.Name, c.owner()); err != nil {
+	if err := nat.DelOwned(c.conf.Name, c.owner(), opts...); err != nil {
 		return cnierr.Wrap(err, cnierr.IOFailure, "cannot remove the host ports and MAC check of %s", c.owner())
 	}
 	c.forgetUDPFlows(c.configuredUDPPorts())

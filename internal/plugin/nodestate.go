@@ -11,6 +11,7 @@ import (
 	"github.com/pier-cni/pier/internal/nat"
 	"github.com/pier-cni/pier/internal/netpol/dataplane"
 	"github.com/pier-cni/pier/internal/nodestate"
+	"github.com/pier-cni/pier/internal/veth"
 )
 
 // This file ties an attachment to what the node keeps beside its IPAM
@@ -71,6 +72,8 @@ func (c *call) record(att nat.Attachment, hostVeth string) (nodestate.Record, er
 // flush that took theirs too. Their restore failing does not fail this
 // ADD (it is logged); the bridge's setup does, as this container needs it.
 func (c *call) afterAdd(out nat.Outcome, bridge string) error {
+	step := c.stepTimer()
+	defer step("set up the bridge and restore the network (slow path)")
 	if out.BridgeMissing {
 		places, err := nodestate.SetupBridge(c.nodeLock, c.bridgeSpec(bridge))
 		if err != nil {
@@ -113,17 +116,19 @@ func (c *call) releaseLocalnet() {
 	}
 }
 
-// teardownBridge removes the bridge's setup after a DEL if no container of
-// Pier's is left on it. A failure is logged: the attachment itself is
-// gone, and GC tries again.
-func (c *call) teardownBridge(precise bool) {
-	gone, err := nodestate.TeardownBridge(c.nodeLock, c.bridgeSpec(c.conf.Bridge), precise)
+// teardownBridge removes the bridge's setup if no container of Pier's but
+// this attachment's (whose veth DEL is deleting meanwhile) is left on it.
+// A failure is logged: the attachment itself is gone, and GC tries again.
+// It returns nil, to run beside DEL's other steps.
+func (c *call) teardownBridge(opts ...nat.Option) error {
+	gone, err := nodestate.TeardownBridge(c.nodeLock, c.bridgeSpec(c.conf.Bridge), veth.HostName(c.args.ContainerID, c.args.IfName), opts...)
 	switch {
 	case err != nil:
 		c.log.Warn("could not remove the bridge's setup", "bridge", c.conf.Bridge, "err", err)
 	case gone:
 		c.log.Info("bridge's last container gone: its host accepts and marker removed", "bridge", c.conf.Bridge)
 	}
+	return nil
 }
 
 // repairNodeState is CHECK's and GC's first step: when the bridge's marker
@@ -243,7 +248,7 @@ func (c *call) gcTempRecords(valid map[string]bool) []error {
 // Pier's own tables alone.
 func (c *call) gcNodeState(valid map[string]bool) []error {
 	errs := c.gcTempRecords(valid)
-	gone, err := nodestate.TeardownBridge(c.nodeLock, c.bridgeSpec(c.conf.Bridge), true)
+	gone, err := nodestate.TeardownBridge(c.nodeLock, c.bridgeSpec(c.conf.Bridge), "")
 	if err != nil {
 		return append(errs, err)
 	}
