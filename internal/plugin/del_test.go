@@ -1,9 +1,13 @@
 package plugin
 
 import (
+	"errors"
+	"fmt"
+	"sync"
 	"testing"
 
 	"github.com/pier-cni/pier/internal/cnierr"
+	"github.com/pier-cni/pier/internal/nat"
 )
 
 // TestDelPolicy: DEL is idempotent and succeeds whatever is already gone
@@ -87,4 +91,64 @@ func TestDelPolicy(t *testing.T) {
 		}
 		n.wantNothing(a, c)
 	})
+}
+
+// TestDelTearsDownLastContainersBridge guards the bridge teardown that DEL
+// runs beside the veth's deletion: the setup (marker) stays while another
+// container is on the bridge, goes with the last one, and comes back with
+// the next ADD; and a DEL of the last container racing an ADD of a new one
+// never leaves the new container on a bridge without its setup.
+func TestDelTearsDownLastContainersBridge(t *testing.T) {
+	n := inNode(t)
+	if n == nil {
+		return
+	}
+	c := netConf{name: "tdnet", bridge: "pt-br9", subnet: "10.39.0.0/24", extra: `"isGateway":true,"ipMasq":true,`}
+	ready := func() bool {
+		t.Helper()
+		st, err := nat.ReadBridge(c.bridge)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Ready
+	}
+	del := func(a attachment) {
+		t.Helper()
+		if _, err := n.do("DEL", a, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, b := n.container("td-a"), n.container("td-b")
+	n.add(a, c)
+	n.add(b, c)
+	del(a)
+	if !ready() {
+		t.Fatal("the bridge's setup went while a container is still on it")
+	}
+	del(b)
+	if ready() {
+		t.Fatal("the bridge's setup stayed after its last container")
+	}
+	prev := n.container("td-0")
+	n.add(prev, c)
+	if !ready() {
+		t.Fatal("the bridge's setup did not come back with an ADD")
+	}
+	for i := range 5 {
+		next := n.container(fmt.Sprintf("td-%d", i+1))
+		var wg sync.WaitGroup
+		var addErr, delErr error
+		wg.Go(func() { _, delErr = n.do("DEL", prev, c) })
+		wg.Go(func() { _, addErr = n.do("ADD", next, c) })
+		wg.Wait()
+		if err := errors.Join(addErr, delErr); err != nil {
+			t.Fatal(err)
+		}
+		if !ready() {
+			t.Fatalf("round %d: the DEL of the last container and an ADD raced, and the new container's bridge lost its setup", i)
+		}
+		prev = next
+	}
+	del(prev)
+	n.wantNothing(prev, c)
 }
