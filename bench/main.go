@@ -14,6 +14,8 @@
 //	make build && go run ./bench                 # full run, writes docs/benchmarks.md
 //	go run ./bench -n 0,200 -runs 20 -bursts 20  # quicker
 //	go run ./bench -chain                        # port mappings + bandwidth vs the reference chain
+//	go run ./bench -vs /tmp/old-bin -n 1 -bursts '' -iperf=false -out ''
+//	                                             # this build against another build of pier
 package main
 
 import (
@@ -34,6 +36,7 @@ type options struct {
 	iperf          bool
 	out            string
 	chain          bool
+	vs             string // another build of pier to compare with, instead of the reference
 }
 
 func main() {
@@ -46,6 +49,7 @@ func main() {
 	flag.IntVar(&o.runs, "runs", 30, "measured ADD/DEL pairs per implementation, N and masq setting")
 	flag.BoolVar(&o.iperf, "iperf", true, "measure iperf3 throughput (needs iperf3)")
 	flag.StringVar(&o.out, "out", "docs/benchmarks.md", "markdown report to write (empty: none)")
+	flag.StringVar(&o.vs, "vs", "", "directory with another build of pier: compare ADD and DEL latency with it instead of the reference plugins (only the latency table is printed)")
 	flag.BoolVar(&o.chain, "chain", false, "only compare ADD/DEL with two port mappings and a bandwidth limit: pier vs the reference chain bridge + portmap + bandwidth (see chain.go)")
 	flag.Parse()
 	var err error
@@ -86,8 +90,11 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
-	rep := &report{machine: describeMachine(o.refDir)}
+	rep := &report{machine: describeMachine(o.refDir), other: impls[1].label}
 	fmt.Println(rep.machine.String())
+	if o.vs != "" { // only latency is compared between builds, and printed
+		o.bursts, o.iperf, o.out = nil, false, ""
+	}
 	if rep.version, err = sb.timeVersion(impls[0], o.runs); err != nil {
 		return err
 	}

@@ -44,6 +44,7 @@ func (m machine) String() string {
 
 type report struct {
 	machine machine
+	other   string // the label of what pier is compared with
 	version []time.Duration
 	latency []latencySample
 	nat     []natCount
@@ -80,12 +81,15 @@ type table struct {
 }
 
 func (r *report) tables() []table {
+	if r.other != "reference" { // two builds of pier: the targets, NAT counts and bursts are the reference's
+		return []table{r.latencyTable()}
+	}
 	return []table{r.latencyTable(), r.targetTable(), r.natTable(), r.burstTable(), r.iperfTable()}
 }
 
 func (r *report) latencyTable() table {
 	t := table{title: "Whole-process latency (median / p90), interleaved runs",
-		head: []string{"N attached", "ipMasq", "op", "pier", "reference", "pier/reference", "pier peak RSS"}}
+		head: []string{"N attached", "ipMasq", "op", "pier", r.other, "pier/" + r.other, "pier peak RSS"}}
 	for _, s := range r.latency {
 		if s.impl != "pier" {
 			continue

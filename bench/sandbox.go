@@ -33,6 +33,7 @@ type sandbox struct {
 // network config for it.
 type impl struct {
 	name    string
+	label   string // how the tables call it
 	bin     string
 	cniPath string
 	conf    func(network, bridge, subnet string, masq bool) string
@@ -43,16 +44,25 @@ func implementations(o options, dataDir string) ([]impl, error) {
 	if err != nil {
 		return nil, err
 	}
-	pier := impl{name: "pier", bin: filepath.Join(binDir, "pier"), cniPath: binDir,
-		conf: func(network, bridge, subnet string, masq bool) string {
-			return fmt.Sprintf(`{"cniVersion":"0.4.0","name":%q,"type":"pier","bridge":%q,"isGateway":true,"ipMasq":%v,"ipam":{"type":"pier-ipam","subnet":%q,"dataDir":%q}}`,
-				network, bridge, masq, subnet, dataDir)
-		}}
-	ref := impl{name: "reference", bin: filepath.Join(o.refDir, "bridge"), cniPath: o.refDir,
+	pierConf := func(network, bridge, subnet string, masq bool) string {
+		return fmt.Sprintf(`{"cniVersion":"0.4.0","name":%q,"type":"pier","bridge":%q,"isGateway":true,"ipMasq":%v,"ipam":{"type":"pier-ipam","subnet":%q,"dataDir":%q}}`,
+			network, bridge, masq, subnet, dataDir)
+	}
+	pier := impl{name: "pier", label: "pier", bin: filepath.Join(binDir, "pier"), cniPath: binDir, conf: pierConf}
+	ref := impl{name: "reference", label: "reference", bin: filepath.Join(o.refDir, "bridge"), cniPath: o.refDir,
 		conf: func(network, bridge, subnet string, masq bool) string {
 			return fmt.Sprintf(`{"cniVersion":"0.4.0","name":%q,"type":"bridge","bridge":%q,"isGateway":true,"ipMasq":%v,"ipam":{"type":"host-local","subnet":%q,"dataDir":%q}}`,
 				network, bridge, masq, subnet, dataDir)
 		}}
+	if o.vs != "" {
+		// The other build stands where the reference does: same key,
+		// its own label.
+		vsDir, err := filepath.Abs(o.vs)
+		if err != nil {
+			return nil, err
+		}
+		ref = impl{name: "reference", label: "pier in " + vsDir, bin: filepath.Join(vsDir, "pier"), cniPath: vsDir, conf: pierConf}
+	}
 	for _, im := range []impl{pier, ref} {
 		if _, err := os.Stat(im.bin); err != nil {
 			return nil, fmt.Errorf("%s: %w (build with `make build`; the reference comes with Debian's containernetworking-plugins)", im.name, err)
