@@ -49,12 +49,11 @@ func (c *call) del(ctx context.Context) (types.Result, error) {
 	// and MAC check elements, the bandwidth limit's ifb and, when this is
 	// the bridge's last container, the bridge's setup (host accepts,
 	// marker) go; and the nftables sockets are closed after the veth is
-	// gone, when their
-	// releases are usually done: closed at once, their waits came on top
-	// of the veth's (3–4 ms more per DEL in interleaved runs). All act on
-	// the node's namespace, which every unlocked thread of this process is
-	// in. Host ports point at the address, so they too go before it is
-	// released.
+	// gone, when their releases are usually done: closed at once, their
+	// waits came on top of the veth's (3–4 ms more per DEL in interleaved
+	// runs). All act on the node's namespace, which every unlocked thread
+	// of this process is in. Host ports point at the address, so they too
+	// go before it is released.
 	//
 	// Under the lock of the attachment's record, which is removed last, so
 	// that no restore (pierd's, or another ADD's after a flush) puts back
