@@ -51,6 +51,11 @@ type NetConf struct {
 	// MacSpoofChk drops frames from the container whose source MAC is not
 	// its interface's (nftables, table bridge pier).
 	MacSpoofChk bool `json:"macspoofchk,omitempty"`
+	// IPSpoofChk drops packets from the container whose source address is
+	// not one of its own (table bridge pier); always on with
+	// networkPolicy, which classifies traffic by its source address. Nil:
+	// not set.
+	IPSpoofChk *bool `json:"ipspoofchk,omitempty"`
 	// FirewallBackend and IngressPolicy: see firewall.go.
 	FirewallBackend string `json:"firewallBackend,omitempty"`
 	IngressPolicy   string `json:"ingressPolicy,omitempty"`
@@ -240,6 +245,9 @@ func (n *NetConf) refuseUnsupported() error {
 			return cnierr.New(cnierr.UnsupportedField, "%q: %v is not supported by this version of pier", u.key, u.value)
 		}
 	}
+	if n.NetworkPolicy && n.IPSpoofChk != nil && !*n.IPSpoofChk {
+		return cnierr.New(cnierr.UnsupportedField, `"ipspoofchk": false cannot go with "networkPolicy": true: policies classify a pod's traffic by its source address, and a pod sending from another's would be judged by that pod's policies`)
+	}
 	if n.LogLevel != "" {
 		if _, err := ParseLogLevel(n.LogLevel); err != nil {
 			return err
@@ -282,6 +290,13 @@ func pickMAC(n *NetConf, haveArgs bool, args cniArgs) (net.HardwareAddr, error) 
 		return nil, cnierr.New(cnierr.InvalidConfig, "%s: %q is a multicast address and cannot be an interface's MAC", source, value)
 	}
 	return mac, nil
+}
+
+// SourceCheck reports whether the container's source addresses are
+// checked at its bridge port: with "ipspoofchk": true, and always with
+// networkPolicy.
+func (n *NetConf) SourceCheck() bool {
+	return n.NetworkPolicy || (n.IPSpoofChk != nil && *n.IPSpoofChk)
 }
 
 // String describes the config for logs.

@@ -28,6 +28,9 @@ type Attachment struct {
 	Masq  []netip.Addr
 	Ports []PortMapping
 	Spoof *SpoofCheck // nil: no MAC check
+	// Sources binds the port to the addresses it may send from; nil: no
+	// source address check (see sources.go).
+	Sources *SourceCheck
 	// Bridge is the container's bridge; its name goes into the set
 	// "bridges" of table bridge pier (see l2.go) and into its marker set
 	// (see bridge.go). Empty: neither.
@@ -103,6 +106,13 @@ func (a Attachment) plan() (batch, error) {
 		} else {
 			port, allowed := a.Spoof.elements(node)
 			b.l2 = append(b.l2, setElems{spoofPortsSet(), []nftables.SetElement{port}}, setElems{spoofAllowedSet(), []nftables.SetElement{allowed}})
+		}
+	}
+	if a.Sources != nil {
+		if err := a.Sources.validate(); err != nil {
+			errs = append(errs, err)
+		} else {
+			b.l2 = append(b.l2, a.Sources.elements(node)...)
 		}
 	}
 	if a.Bridge != "" {
@@ -349,11 +359,13 @@ type elemRef struct {
 	el  nftables.SetElement
 }
 
-// NodeElements are the node-wide elements: host ports and MAC checks.
+// NodeElements are the node-wide elements: host ports, MAC and source
+// address checks.
 type NodeElements struct {
 	Ports   []PortElement
 	Hairpin []HairpinElement
 	Spoof   []SpoofElement
+	Sources []SourceElement
 }
 
 // Owned returns the elements whose comment is owner (a NodeOwner value).
@@ -379,11 +391,18 @@ func (n NodeElements) Filter(keep func(owner string) bool) NodeElements {
 			out.Spoof = append(out.Spoof, e)
 		}
 	}
+	for _, e := range n.Sources {
+		if keep(e.Owner) {
+			out.Sources = append(out.Sources, e)
+		}
+	}
 	return out
 }
 
 // Len is the number of elements.
-func (n NodeElements) Len() int { return len(n.Ports) + len(n.Hairpin) + len(n.Spoof) }
+func (n NodeElements) Len() int {
+	return len(n.Ports) + len(n.Hairpin) + len(n.Spoof) + len(n.Sources)
+}
 
 func (n NodeElements) refs() []elemRef {
 	var out []elemRef
@@ -394,6 +413,9 @@ func (n NodeElements) refs() []elemRef {
 		out = append(out, e.ref)
 	}
 	for _, e := range n.Spoof {
+		out = append(out, e.ref)
+	}
+	for _, e := range n.Sources {
 		out = append(out, e.ref)
 	}
 	return out
@@ -450,7 +472,9 @@ func listNodeElements(conn *nftables.Conn) (NodeElements, error) {
 			n.Spoof = append(n.Spoof, se)
 		}
 	}
-	return n, nil
+	var err error
+	n.Sources, err = listSources(conn)
+	return n, err
 }
 
 // decodePort reads a DNAT element back. Malformed elements (not Pier's)

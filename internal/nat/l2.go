@@ -23,6 +23,7 @@ import (
 //	                          meta iifgroup <group> icmpv6 type nd-router-advert drop
 //	                          meta iifgroup <group> icmpv6 type nd-redirect drop
 //	                          iifname @macspoof-ports iifname . ether saddr != @macspoof-allowed drop
+//	                          iifname @ipspoof-ports jump ipspoof     (the source address check, sources.go)
 //
 // macspoofchk is two elements per attachment, added with its other
 // elements in the ADD's one batch: "vethXXX" and "vethXXX . <mac>".
@@ -143,6 +144,9 @@ func queueL2Setup(c *nftables.Conn, group uint32) error {
 			return fmt.Errorf("queue set bridge %s %s: %w", TableName, s.Name, err)
 		}
 	}
+	if err := queueSourceSetup(c); err != nil {
+		return err
+	}
 	prio := nftables.ChainPriority(-300)
 	ch := &nftables.Chain{Name: l2Chain, Table: l2Table(), Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookPrerouting, Priority: &prio}
 	c.AddChain(ch)
@@ -151,6 +155,7 @@ func queueL2Setup(c *nftables.Conn, group uint32) error {
 		raGuardRule(group, 134, "nd-router-advert"),
 		raGuardRule(group, 137, "nd-redirect"),
 		spoofRule(),
+		jumpSourceRule(),
 	} {
 		c.AddRule(r.nftRule(ch))
 	}

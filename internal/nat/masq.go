@@ -260,22 +260,51 @@ func presentKeys(conn *nftables.Conn, ups []mapUpdate) (map[string]bool, error) 
 // batch when every address is present, or when n.Subnets are those AddMasq
 // was given; otherwise a failed batch and a read of the maps come first.
 func DelMasq(n Network, addrs []netip.Addr, opts ...Option) error {
-	s, err := newSpec(n)
-	a4, a6, aerr := splitAddrs(addrs)
-	if err = errors.Join(err, aerr); err != nil {
-		return fmt.Errorf("nat: delete masquerade: %w", err)
+	return Detach(Detachment{Network: n, Masq: addrs}, opts...)
+}
+
+// Detachment is what DEL removes by key: masquerade elements of Network's
+// maps and a port's source check.
+type Detachment struct {
+	Network Network
+	Masq    []netip.Addr
+	Sources *SourceCheck // nil: none
+}
+
+// Detach removes d's elements in one transaction, as DelMasq and
+// DelSources describe. One: every transaction that deletes leaves the
+// kernel a deferred release that closing its socket waits for, and two
+// sockets closing side by side often wait for two grace periods, one
+// after the other.
+func Detach(d Detachment, opts ...Option) error {
+	var ups []mapUpdate
+	if len(d.Masq) > 0 || d.Network.Name != "" {
+		s, err := newSpec(d.Network)
+		a4, a6, aerr := splitAddrs(d.Masq)
+		if err = errors.Join(err, aerr); err != nil {
+			return fmt.Errorf("nat: delete masquerade: %w", err)
+		}
+		ups = elementsByMap(s, a4, a6, "")
 	}
-	ups := elementsByMap(s, a4, a6, "")
-	if len(ups) == 0 {
+	var src []setElems
+	if d.Sources != nil {
+		if err := d.Sources.validate(); err != nil {
+			return fmt.Errorf("nat: delete source check: %w", err)
+		}
+		for _, se := range d.Sources.elements("") {
+			src = append(src, setElems{se.set, keyOnly(se.elems)})
+		}
+	}
+	if len(ups) == 0 && len(src) == 0 {
 		return nil
 	}
 	conn, err := dial(opts)
 	if err != nil {
-		return fmt.Errorf("nat: delete masquerade for network %q: %w", n.Name, err)
+		return fmt.Errorf("nat: delete elements of network %q: %w", d.Network.Name, err)
 	}
 	defer closeConn(conn, opts)
-	if err := delMasq(conn, ups, len(n.Subnets) > 0); err != nil {
-		return fmt.Errorf("nat: delete masquerade for network %q (table inet %s): %w", n.Name, TableName, err)
+	if err := delMasq(conn, ups, len(d.Network.Subnets) > 0, src); err != nil {
+		return fmt.Errorf("nat: delete elements of network %q (tables inet and bridge %s): %w", d.Network.Name, TableName, err)
 	}
 	return nil
 }
@@ -283,15 +312,17 @@ func DelMasq(n Network, addrs []netip.Addr, opts ...Option) error {
 // delMasq deletes the keys in one batch. With addFirst, the batch first
 // adds each key at the generation of the caller's subnets (a no-op where it
 // is there already), so that a key already gone is no error; without, it
-// counts on all keys being there, as on a first DEL. A batch that fails
-// anyway (a key gone, a map or the chain missing, a key at another
-// generation) is followed by reading which keys exist and deleting those.
-func delMasq(conn *nftables.Conn, ups []mapUpdate, addFirst bool) error {
+// counts on all keys being there, as on a first DEL. Source check keys
+// (src) are always added first. A batch that fails anyway (a key gone, a
+// map, set or chain missing, a key at another generation) is followed by
+// reading which keys exist and deleting those.
+func delMasq(conn *nftables.Conn, ups []mapUpdate, addFirst bool, src []setElems) error {
 	err := flush(conn, func(c *nftables.Conn) error {
+		errs := []error{queueSourceDeletes(c, src, true)}
 		if !addFirst {
-			return queueDeletes(c, ups, nil)
+			return errors.Join(append(errs, queueDeletes(c, ups, nil))...)
 		}
-		return errors.Join(queueAdds(c, ups), queueDeletes(c, ups, nil))
+		return errors.Join(append(errs, queueAdds(c, ups), queueDeletes(c, ups, nil))...)
 	})
 	for attempt := 1; IsNotFound(err) || isExist(err); attempt++ {
 		if attempt > 3 {
@@ -301,7 +332,13 @@ func delMasq(conn *nftables.Conn, ups []mapUpdate, addFirst bool) error {
 		if perr != nil {
 			return perr
 		}
-		err = flush(conn, func(c *nftables.Conn) error { return queueDeletes(c, ups, present) })
+		left, serr := presentSources(conn, src)
+		if serr != nil {
+			return serr
+		}
+		err = flush(conn, func(c *nftables.Conn) error {
+			return errors.Join(queueSourceDeletes(c, left, false), queueDeletes(c, ups, present))
+		})
 	}
 	return err
 }

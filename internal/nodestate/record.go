@@ -71,6 +71,9 @@ type Record struct {
 	Masq     []netip.Addr   `json:"masq,omitempty"`
 	Ports    []Port         `json:"ports,omitempty"`
 	Spoof    *Spoof         `json:"spoof,omitempty"`
+	// Sources are the addresses HostVeth may send from (ipspoofchk);
+	// none: its sources are not checked.
+	Sources []netip.Addr `json:"sources,omitempty"`
 	// Firewall: whether the host's filters are opened for the bridge
 	// (firewallBackend auto); Isolated: ingressPolicy same-bridge.
 	Firewall bool `json:"firewall"`
@@ -122,6 +125,9 @@ func (r Record) Attachment(group uint32) (nat.Attachment, error) {
 			return a, fmt.Errorf("record of %s: MAC %q: %w", r.Owner, r.Spoof.MAC, err)
 		}
 		a.Spoof = &nat.SpoofCheck{Port: r.Spoof.Port, MAC: mac}
+	}
+	if len(r.Sources) > 0 {
+		a.Sources = &nat.SourceCheck{Port: r.HostVeth, Addrs: r.Sources}
 	}
 	if len(r.PolicyAddrs) > 0 {
 		// Restored like an ADD: to the pod's chains if pierd has them
@@ -355,6 +361,25 @@ func SweepTemp(root, network string, keep func(owner string) bool) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// ReadRecord reads the record of owner; ok is false when there is none.
+func ReadRecord(root, network, owner string) (r Record, ok bool, err error) {
+	name, err := fileName(owner)
+	if err != nil {
+		return r, false, err
+	}
+	b, err := readNoFollow(filepath.Join(Dir(root, network), name))
+	if errors.Is(err, os.ErrNotExist) {
+		return r, false, nil
+	}
+	if err == nil {
+		err = json.Unmarshal(b, &r)
+	}
+	if err != nil {
+		return r, false, fmt.Errorf("record of %s: %w", owner, err)
+	}
+	return r, true, nil
 }
 
 // Records reads the records of network. A record that cannot be parsed is

@@ -45,8 +45,9 @@ func (c *call) del(ctx context.Context) (types.Result, error) {
 	// Deleting a link waits in the kernel for RCU (rcu_barrier, 10–30 ms
 	// here), and so does closing an nftables socket once a transaction has
 	// deleted something (until the kernel has released it). So the veth is
-	// deleted while, beside it, the masquerade, network policy, host port
-	// and MAC check elements, the bandwidth limit's ifb and, when this is
+	// deleted while, beside it, the masquerade and source check elements
+	// (one transaction), network policy, host port and MAC check elements,
+	// the bandwidth limit's ifb and, when this is
 	// the bridge's last container, the bridge's setup (host accepts,
 	// marker) go; and the nftables sockets are closed after the veth is
 	// gone, when their releases are usually done: closed at once, their
@@ -58,11 +59,17 @@ func (c *call) del(ctx context.Context) (types.Result, error) {
 	// Under the lock of the attachment's record, which is removed last, so
 	// that no restore (pierd's, or another ADD's after a flush) puts back
 	// what this removes.
-	var gone []netip.Addr
+	var gone, bound []netip.Addr
 	var sockets nat.Closer
 	later := nat.CloseLater(&sockets)
 	err = nodestate.RemoveRecord(c.stateRoot(), c.conf.Name, c.owner(), func() error {
-		wait := concurrently(func() error { return c.delMasq(held, later) }, func() error { return c.delPolicy(held) },
+		rec, _, rerr := nodestate.ReadRecord(c.stateRoot(), c.conf.Name, c.owner())
+		if rerr != nil {
+			c.log.Warn("cannot read the attachment's record: removing the elements of the addresses IPAM and the interface name", "err", rerr)
+		}
+		bound = slices.Concat(held, rec.Sources)
+		delByKey := func() error { return c.delByKey(held, bound, len(rec.Sources) > 0, later) }
+		wait := concurrently(delByKey, func() error { return c.delPolicy(held) },
 			func() error { return c.delNodeElements(later) }, c.removeLimits, func() error { return c.teardownBridge(later) })
 		var linkErr error
 		gone, linkErr = c.deleteLinks()
@@ -78,13 +85,47 @@ func (c *call) del(ctx context.Context) (types.Result, error) {
 	// Addresses IPAM no longer holds for us (a delegated IPAM, a repeated
 	// DEL) may belong to another container by now: their elements are
 	// removed only where the element names this attachment as its owner.
+	// The source check's are keyed by this attachment's port: all of
+	// them are its own.
 	maybe := slices.DeleteFunc(append(gone, c.prevResultAddrs()...), func(a netip.Addr) bool { return slices.Contains(held, a) })
-	if err := errors.Join(c.delOwnMasq(maybe), c.delOwnPolicy(maybe)); err != nil {
+	unbound := slices.DeleteFunc(slices.Clone(maybe), func(a netip.Addr) bool { return slices.Contains(bound, a) })
+	if err := errors.Join(c.delOwnMasq(maybe), c.delOwnPolicy(maybe), c.delSources(unbound)); err != nil {
 		return nil, err
 	}
 	err = c.ipam.Del(ctx)
 	step("release the addresses")
 	return nil, err
+}
+
+// delByKey removes, in one nftables transaction, the masquerade elements
+// of addresses this attachment still holds in IPAM (nobody else can have
+// them, so no ownership check) and its port's source check with the
+// port's pairs with bound: when the config asks for the check, or the
+// record says the ADD made one (recorded). The port's name is derived
+// from the attachment, so whatever is bound to it is its own.
+func (c *call) delByKey(held, bound []netip.Addr, recorded bool, opts ...nat.Option) error {
+	d := nat.Detachment{Network: nat.Network{Name: c.conf.Name}}
+	if c.conf.IPMasq {
+		d.Masq = dedup(slices.Clone(held))
+	}
+	if recorded || (c.conf.SourceCheck() && len(bound) > 0) {
+		d.Sources = &nat.SourceCheck{Port: veth.HostName(c.args.ContainerID, c.args.IfName), Addrs: dedup(slices.Clone(bound))}
+	}
+	if err := nat.Detach(d, opts...); err != nil {
+		return cnierr.Wrap(err, cnierr.IOFailure, "cannot remove the masquerade and source check elements of %s", c.owner())
+	}
+	return nil
+}
+
+// delSources removes the port's pairs with addrs (and its element), when
+// the config asks for the check. Without a record and without addresses
+// there is nothing to find: the record is written before the ADD's batch
+// and removed only after delByKey ran.
+func (c *call) delSources(addrs []netip.Addr) error {
+	if !c.conf.SourceCheck() || len(addrs) == 0 {
+		return nil
+	}
+	return c.delByKey(nil, addrs, false)
 }
 
 // refuseNodeNetNS stops a DEL whose CNI_NETNS is the node's own namespace:

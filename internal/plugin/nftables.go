@@ -39,6 +39,9 @@ func (c *call) configureNAT(res *current.Result, h hostSide, undo *undoStack) er
 	if c.conf.MacSpoofChk {
 		att.Spoof = &nat.SpoofCheck{Port: h.veth.Host.Attrs().Name, MAC: h.veth.Container.Attrs().HardwareAddr}
 	}
+	if c.conf.SourceCheck() {
+		att.Sources = &nat.SourceCheck{Port: h.veth.Host.Attrs().Name, Addrs: addrs}
+	}
 	policy := c.policyAttachment(addrs)
 	if policy != nil {
 		att.Extra = policy
@@ -52,7 +55,7 @@ func (c *call) configureNAT(res *current.Result, h hostSide, undo *undoStack) er
 	}
 	remove := func() error {
 		return nodestate.RemoveRecord(c.stateRoot(), c.conf.Name, c.owner(), func() error {
-			return errors.Join(nat.DelMasq(network, att.Masq), c.delNodeElements(), c.delPolicy(addrs))
+			return errors.Join(nat.Detach(nat.Detachment{Network: network, Masq: att.Masq, Sources: att.Sources}), c.delNodeElements(), c.delPolicy(addrs))
 		})
 	}
 	out, err := nat.Add(att)
@@ -103,10 +106,11 @@ func (c *call) delNodeElements(opts ...nat.Option) error {
 }
 
 // checkNodeElements verifies the attachment's node-wide nftables elements
-// against prevResult: its MAC check and its host port mappings. It reads
+// against prevResult: its MAC and source address checks and its host port
+// mappings. It reads
 // the sets once, and only when the config uses them.
 func (c *call) checkNodeElements(prev *current.Result, idx int) []error {
-	if !c.usesNodeElements() {
+	if !c.usesNodeElements() && !c.conf.SourceCheck() {
 		return nil
 	}
 	have, err := nat.ListNodeElements()
@@ -115,6 +119,7 @@ func (c *call) checkNodeElements(prev *current.Result, idx int) []error {
 	}
 	mine := have.Owned(nat.NodeOwner(c.conf.Name, c.owner()))
 	problems := c.checkMacSpoof(mine, prev, idx)
+	problems = append(problems, c.checkSources(mine, prev, idx)...)
 	return append(problems, c.checkPortMappings(mine, prev, idx)...)
 }
 

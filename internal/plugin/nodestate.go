@@ -57,6 +57,9 @@ func (c *call) record(att nat.Attachment, hostVeth string) (nodestate.Record, er
 	if att.Spoof != nil {
 		r.Spoof = &nodestate.Spoof{Port: att.Spoof.Port, MAC: att.Spoof.MAC.String()}
 	}
+	if att.Sources != nil {
+		r.Sources = att.Sources.Addrs
+	}
 	if p, ok := att.Extra.(*dataplane.Attachment); ok && p != nil {
 		r.PolicyAddrs = p.Addrs
 		if p.Pod != (dataplane.Ref{}) {
