@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -91,8 +92,13 @@ func TestResyncInstallsWhatNftReads(t *testing.T) {
 		}
 	}
 	// nft can load what it printed: the ruleset round-trips.
-	if _, err := n.ns.Run("sh", "-c", "nft list ruleset > /tmp/np-roundtrip-$$ && nft flush ruleset && nft -f /tmp/np-roundtrip-$$; rc=$?; rm -f /tmp/np-roundtrip-$$; exit $rc"); err != nil {
-		t.Errorf("nft cannot load its own listing of the policy objects: %v", err)
+	saved := filepath.Join(t.TempDir(), "ruleset.nft")
+	if err := os.WriteFile(saved, []byte(n.ns.MustRun(t, "nft", "list", "ruleset")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	n.ns.MustRun(t, "nft", "flush", "ruleset")
+	if out, err := n.ns.Run("nft", "-f", saved); err != nil {
+		t.Errorf("nft cannot load its own listing of the policy objects: %v\n%s", err, out)
 	}
 }
 
