@@ -43,13 +43,15 @@ type Attachment struct {
 	Extra Extra
 }
 
-// Extra is a part of an ADD's transaction that another package owns. Its
-// additions join the fast path's batch; when that batch fails (ENOENT,
-// EEXIST), Prepare runs before each slow-path batch, on the same socket,
-// and may read the ruleset to decide what QueueSetup (objects it needs,
-// removal of elements its additions would collide with) and QueueAdds
-// queue next.
+// Extra is a part of an ADD's transaction that another package owns.
+// Resolve runs first, on the same socket, and may make a cheap read (it is
+// on every ADD's path) to choose what its additions are. They join the
+// fast path's batch; when that batch fails (ENOENT, EEXIST), Prepare runs
+// before each slow-path batch and may read the ruleset to decide what
+// QueueSetup (objects it needs, removal of elements its additions would
+// collide with) and QueueAdds queue next.
 type Extra interface {
+	Resolve(c *nftables.Conn) error
 	QueueAdds(c *nftables.Conn) error
 	Prepare(c *nftables.Conn) error
 	QueueSetup(c *nftables.Conn) error
@@ -193,6 +195,11 @@ func Add(a Attachment, opts ...Option) (Outcome, error) {
 	if configOf(opts).forceSetup {
 		err = unix.ENOENT
 	} else {
+		if b.extra != nil {
+			if err := b.extra.Resolve(conn); err != nil {
+				return out, fmt.Errorf("nat: add attachment %s: %w", a.Owner, err)
+			}
+		}
 		err = b.fastAdd(conn)
 	}
 	if IsNotFound(err) || isExist(err) {

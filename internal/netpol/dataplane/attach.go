@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
 )
 
 // This file is what the plugin needs: the elements an ADD puts in the
@@ -19,11 +21,12 @@ import (
 // elements per address (ingress and egress map of its family), each
 // leading to the pod's chain of that direction when pierd has made it,
 // else to ChainUnclassified. It rides in the ADD's nftables transaction
-// (internal/nat calls its methods): the fast path only adds the elements;
-// when the pod's chains or the maps are missing the batch fails with
-// ENOENT, and the slow path reads what exists (Prepare), creates the base
-// objects if missing and falls back to ChainUnclassified (QueueSetup,
-// QueueAdds).
+// (internal/nat calls its methods): Resolve looks the pod's chain up, the
+// fast path only adds the elements; when the maps are missing (or the
+// pod's chains went between the lookup and the batch) the batch fails
+// with ENOENT, and the slow path reads what exists (Prepare), creates the
+// base objects if missing and falls back to ChainUnclassified
+// (QueueSetup, QueueAdds).
 type Attachment struct {
 	// Pod is the Kubernetes pod (K8S_POD_NAMESPACE, K8S_POD_NAME); the
 	// zero Ref (no pod known) leads to ChainUnclassified.
@@ -70,6 +73,30 @@ func (a *Attachment) wanted() map[*nftables.Set][]nftables.SetElement {
 		}
 	}
 	return out
+}
+
+// Resolve runs before the fast batch: when the pod's ingress chain does
+// not exist (pierd has not seen the pod yet, or does not run), the
+// elements lead to ChainUnclassified from the start. Without it, the
+// batch of every such ADD would fail (ENOENT on the goto), costing a
+// failed transaction and the slow path, which a caller takes for a
+// flushed table (and then restores every attachment of the network). It
+// is one lookup of a chain by name; an answer other than "no such chain"
+// leaves the pod's chains as the target, and the batch decides.
+func (a *Attachment) Resolve(c *nftables.Conn) error {
+	a.unclassified = false
+	if a.Pod == (Ref{}) {
+		return nil
+	}
+	_, err := c.ListChain(table(), PodChainName(a.Pod, Ingress))
+	a.unclassified = isNotFoundText(err)
+	return nil
+}
+
+// isNotFoundText reports ENOENT from a lookup of google/nftables v0.3.0
+// that formats its netlink error with %v, which errors.Is cannot see.
+func isNotFoundText(err error) bool {
+	return err != nil && (IsNotFound(err) || strings.HasSuffix(err.Error(), unix.ENOENT.Error()))
 }
 
 // QueueAdds queues the element additions.

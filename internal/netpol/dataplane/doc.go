@@ -58,7 +58,8 @@
 // in the same batch as masquerade and host ports), leading to the pod's
 // chains, whose name it computes from CNI_ARGS K8S_POD_NAMESPACE and
 // K8S_POD_NAME; DEL removes them. When the chains do not exist yet (pierd
-// has not seen the pod) the elements lead to np-unclassified instead, and
+// has not seen the pod; the plugin looks the ingress chain up by name
+// before its batch) the elements lead to np-unclassified instead, and
 // pierd moves them to the pod's chains when it learns the pod's address
 // (a Pointer), so a pod's traffic is held to its policies, or dropped,
 // from its first packet. After a flushed table the plugin's records put

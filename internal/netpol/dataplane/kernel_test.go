@@ -228,8 +228,62 @@ func TestAttachmentFallsBackAndPierdRepoints(t *testing.T) {
 	}
 }
 
-// addWithFallback does what internal/nat does with an Attachment: the
-// fast batch, then on ENOENT or EEXIST Prepare, QueueSetup, QueueAdds.
+// TestAttachmentResolvesInOneBatch guards the ADD's cost for a pod pierd
+// has not classified yet: once the base objects exist, the lookup before
+// the batch points its addresses at np-unclassified, and the batch alone
+// succeeds. Before, the batch led to the pod's missing chains and failed,
+// and the plugin took the slow path, which it takes for a flushed table
+// (restoring every attachment of the network: O(pods) per such ADD). A
+// pod whose chains exist still gets them in the same single batch.
+func TestAttachmentResolvesInOneBatch(t *testing.T) {
+	n := newNodeNS(t)
+	s := exampleState()
+	s.Pointers = nil
+	if _, err := n.dp.Resync(s); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		pod   Ref
+		addr  string
+		chain string
+	}{
+		{Ref{"z", "unknown"}, "10.244.1.20", ChainUnclassified},
+		{podA, "10.244.1.21", "np-pod-x/a-in"},
+	} {
+		a := &Attachment{Pod: c.pod, Addrs: []netip.Addr{netip.MustParseAddr(c.addr)}, Owner: "net/" + c.addr + "/eth0"}
+		conn, err := nftables.New(nftables.WithNetNSFd(n.fd), nftables.AsLasting())
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = a.Resolve(conn)
+		if err == nil {
+			err = a.QueueAdds(conn)
+		}
+		if err == nil {
+			err = conn.Flush()
+		}
+		_ = conn.CloseLasting()
+		if err != nil {
+			t.Fatalf("pod %s: the one batch failed: %v", c.pod, err)
+		}
+		els, err := ListElements(InNetNS(n.fd))
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for _, e := range els {
+			if e.Addr.String() == c.addr && e.Dir == Ingress {
+				found = e.Chain == c.chain
+			}
+		}
+		if !found {
+			t.Errorf("pod %s: elements %+v, want %s's ingress element leading to %s", c.pod, els, c.addr, c.chain)
+		}
+	}
+}
+
+// addWithFallback does what internal/nat does with an Attachment: Resolve,
+// the fast batch, then on ENOENT or EEXIST Prepare, QueueSetup, QueueAdds.
 func addWithFallback(t *testing.T, n *nodeNS, a *Attachment) error {
 	t.Helper()
 	conn, err := nftables.New(nftables.WithNetNSFd(n.fd), nftables.AsLasting())
@@ -237,6 +291,9 @@ func addWithFallback(t *testing.T, n *nodeNS, a *Attachment) error {
 		return err
 	}
 	defer conn.CloseLasting()
+	if err := a.Resolve(conn); err != nil {
+		return err
+	}
 	if err := a.QueueAdds(conn); err != nil {
 		return err
 	}

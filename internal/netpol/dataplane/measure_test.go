@@ -46,6 +46,30 @@ func TestMeasureAttachmentCost(t *testing.T) {
 	}
 	full := n.attachmentCost(t, "full")
 	fmt.Printf("netpol measure: an ADD's policy elements commit in %s with no policy, %s with 500 policies and 100 local pods (median of 200)\n", empty, full)
+	fmt.Printf("netpol measure: the lookup of the pod's chain before the batch (Resolve) takes %s, of a chain that does not exist %s (median of 200, 500 policies and 100 local pods)\n",
+		n.resolveCost(t, Ref{Namespace: "bench", Name: "local7"}), n.resolveCost(t, Ref{Namespace: "bench", Name: "unknown"}))
+}
+
+func (n *nodeNS) resolveCost(t *testing.T, pod Ref) time.Duration {
+	conn, err := nftables.New(nftables.WithNetNSFd(n.fd), nftables.AsLasting())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.CloseLasting()
+	var took []time.Duration
+	for range 200 {
+		a := &Attachment{Pod: pod, Addrs: []netip.Addr{netip.MustParseAddr("10.9.9.9")}}
+		start := time.Now()
+		if err := a.Resolve(conn); err != nil {
+			t.Fatal(err)
+		}
+		took = append(took, time.Since(start))
+		if a.Unclassified() != (pod.Name == "unknown") {
+			t.Fatalf("Resolve of %s: unclassified=%v", pod, a.Unclassified())
+		}
+	}
+	slices.Sort(took)
+	return took[len(took)/2]
 }
 
 func (n *nodeNS) attachmentCost(t *testing.T, tag string) time.Duration {
