@@ -10,7 +10,7 @@
 //	map   np-egress4,  np-egress6    local pod address : verdict (goto its egress chain)
 //	chain np-forward-egress   filter forward, priority 0, policy accept:
 //	                            ct state established,related accept
-//	                            icmpv6 type 133-136 accept        (neighbour discovery)
+//	                            icmpv6 type 133-136 ip6 hoplimit 255 accept (neighbour discovery, on-link only)
 //	                            ip saddr vmap @np-egress4 ; ip6 saddr vmap @np-egress6
 //	chain np-forward-ingress  filter forward, priority 1: the same with daddr and np-ingress*
 //	chain np-input-egress     filter input, priority 0: as np-forward-egress (pods to the node)

@@ -173,11 +173,16 @@ func ctEstablished() rule {
 }
 
 // neighbourDiscovery accepts router solicitations and advertisements and
-// neighbour solicitations and advertisements (ICMPv6 133-136): with
-// br_netfilter, the ones neighbours on a bridge exchange pass the forward
-// hook, untracked, and IPv6 between pods needs them whatever the
-// policies. (Advertisements from containers are dropped earlier, at the
-// bridge port.)
+// neighbour solicitations and advertisements (ICMPv6 133-136) with hop
+// limit 255: with br_netfilter, the ones neighbours on a bridge exchange
+// pass the forward hook, untracked, and IPv6 between pods needs them
+// whatever the policies. Only on-link ones: a receiver ignores neighbour
+// discovery with any other hop limit, and a routed packet has lost one
+// before the forward hook, so without the hop limit an egress-isolated
+// pod could send these types anywhere (and an ingress-isolated one
+// receive them from anywhere), data and all, to a raw socket.
+// (Advertisements from containers are dropped earlier, at the bridge
+// port.)
 func neighbourDiscovery() rule {
 	r := matchFamily(rule{}, ipv6)
 	r = r.add("meta l4proto ipv6-icmp",
@@ -186,8 +191,14 @@ func neighbourDiscovery() rule {
 	r = r.add("icmpv6 type 133-136",
 		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
 		&expr.Range{Op: expr.CmpOpEq, Register: reg1, FromData: []byte{133}, ToData: []byte{136}})
+	r = r.add("ip6 hoplimit 255",
+		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: hopLimitAt, Len: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{255}})
 	return verdict(r, expr.VerdictAccept, "")
 }
+
+// hopLimitAt is the hop limit's offset in the IPv6 header.
+const hopLimitAt = 7
 
 // vmapRule: "ip saddr vmap @np-egress4".
 func vmapRule(f family, a addrField, m string) rule {
