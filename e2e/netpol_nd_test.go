@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -37,54 +38,7 @@ import (
 // discovery over the bridge still works for the isolated pods (the node
 // reaches both).
 func TestNetworkPolicyRoutedNDTypes(t *testing.T) {
-	testnet.RequireRoot(t)
-	bin := testnet.Binaries(t)
-	sb := testnet.New(t)
-	f, err := os.Open(sb.Node.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	engine := netpol.New(netpol.Config{NodeName: "node1", DataPlane: dataplane.New(dataplane.InNetNS(int(f.Fd())))})
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, ns := range []string{"x", "y"} {
-		must(engine.SetNamespace(netpoltest.NamespaceObject(ns, nil)))
-	}
-	must(engine.Start())
-	conf := fmt.Sprintf(`{ "cniVersion": "1.1.0", "name": "polnd", "type": "pier", "bridge": "pier-npnd",
-  "isGateway": true, "isDefaultGateway": true, "networkPolicy": true,
-  "ipam": { "type": "pier-ipam", "dataDir": %q, "ranges": [ [ { "subnet": "10.244.7.0/24" } ], [ { "subnet": "fd00:10:244:7::/64" } ] ] } }`, t.TempDir())
-	pods := map[string]*testnet.NS{}
-	v6 := map[string]netip.Addr{}
-	for _, name := range []string{"x/a", "x/c", "y/b"} {
-		ns, pod, _ := strings.Cut(name, "/")
-		pods[name] = sb.Container()
-		env := []string{"CNI_COMMAND=ADD", "CNI_CONTAINERID=" + ns + "-" + pod, "CNI_NETNS=" + pods[name].Path, "CNI_IFNAME=eth0",
-			"CNI_PATH=" + bin, "CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE=" + ns + ";K8S_POD_NAME=" + pod}
-		r := sb.Exec(filepath.Join(bin, "pier"), env, []byte(conf))
-		if r.ExitCode != 0 {
-			t.Fatalf("ADD %s: %s %s", name, r.Stdout, r.Stderr)
-		}
-		var res current.Result
-		must(json.Unmarshal([]byte(r.Stdout), &res))
-		obj := netpoltest.PodObject(name, "node1", netip.Addr{}, nil)
-		for _, ipc := range res.IPs {
-			a, _ := netip.AddrFromSlice(ipc.Address.IP)
-			obj.Status.PodIPs = append(obj.Status.PodIPs, corev1.PodIP{IP: a.Unmap().String()})
-			if a.Unmap().Is6() {
-				v6[name] = a
-			}
-		}
-		must(engine.SetPod(obj))
-	}
-	must(engine.SetPolicy(netpoltest.Policy("x", "a-no-egress", netpoltest.Sel("pod", "a"), networkingv1.PolicyTypeEgress)))
-	must(engine.SetPolicy(netpoltest.Policy("y", "b-no-ingress", netpoltest.Sel("pod", "b"), networkingv1.PolicyTypeIngress)))
-
+	sb, pods, v6 := newOneNodePolicyNet(t)
 	// An outside host behind the node, routed (2001:db8:7::/64).
 	outside := testnet.NewNS(t, "pt-out-")
 	sb.Node.MustRun(t, "ip", "link", "add", "uplink0", "type", "veth", "peer", "name", "eth0", "netns", outside.Name)
@@ -123,6 +77,91 @@ func TestNetworkPolicyRoutedNDTypes(t *testing.T) {
 		if arrived := got(time.Second); arrived != c.want {
 			t.Errorf("%s: ICMPv6 type %d with a payload arrived=%v, want %v", c.what, c.typ, arrived, c.want)
 		}
+	}
+}
+
+// TestNetworkPolicyGroupTraffic guards ingress isolation against
+// broadcast and multicast: a bridge floods them to every port, and the
+// ingress check keys on the destination address, which is then no pod's,
+// so y/b (deny-all ingress) received the UDP broadcasts and multicasts of
+// its neighbours. Which pods a flooded packet reaches cannot be told at
+// the forward hook, so no pod's broadcast or multicast goes to the other
+// pods (x/a, which no policy isolates, gets none either); the node still
+// gets them. With the policy chains emptied, the same packets reach both
+// pods: they are ones a host accepts.
+func TestNetworkPolicyGroupTraffic(t *testing.T) {
+	sb, pods, v6 := newOneNodePolicyNet(t)
+	round := func() []string {
+		sinks := map[string]func(time.Duration) []udpMsg{}
+		for _, name := range []string{"y/b", "x/a"} {
+			sinks[name+" v4"] = udpSinkIn(t, pods[name], "udp4", 9999)
+			sinks[name+" v6"] = udpSinkIn(t, pods[name], "udp6", 9999)
+		}
+		node := udpSinkIn(t, sb.Node, "udp4", 9999)
+		for _, dst := range []string{"10.244.7.255", "255.255.255.255", "ff02::1"} {
+			sendGroupUDP(t, pods["x/c"], v6["x/c"], dst, 9999)
+		}
+		if got := node(time.Second); len(got) != 2 {
+			t.Errorf("the node got %v, want the two IPv4 broadcasts", got)
+		}
+		var arrived []string
+		for name, sink := range sinks {
+			for _, m := range sink(100 * time.Millisecond) {
+				arrived = append(arrived, name+" got "+m.payload)
+			}
+		}
+		slices.Sort(arrived)
+		return arrived
+	}
+	if got := round(); len(got) > 0 {
+		t.Errorf("a pod's broadcast and multicast reached its neighbours: %q", got)
+	}
+	sb.Node.MustRun(t, "nft", "flush", "chain", "inet", "pier", "np-forward-ingress")
+	want := []string{"x/a v4 got 10.244.7.255", "x/a v4 got 255.255.255.255", "x/a v6 got ff02::1",
+		"y/b v4 got 10.244.7.255", "y/b v4 got 255.255.255.255", "y/b v6 got ff02::1"}
+	if got := round(); !slices.Equal(got, want) {
+		t.Errorf("without the policy chain: %q, want %q: the test's packets prove nothing", got, want)
+	}
+}
+
+// sendGroupUDP sends a UDP datagram to a broadcast or multicast address
+// (its own text as payload) from eth0 in ns; to an IPv6 one from src (the
+// kernel would pick the link-local address for ff02::/16, whose traffic
+// the source check drops anyway).
+func sendGroupUDP(t *testing.T, ns *testnet.NS, src netip.Addr, dst string, port int) {
+	t.Helper()
+	a := netip.MustParseAddr(dst)
+	err := ns.Do(func() error {
+		ifi, err := net.InterfaceByName("eth0")
+		if err != nil {
+			return err
+		}
+		if a.Is4() {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			defer unix.Close(fd)
+			if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_BROADCAST, 1); err != nil {
+				return err
+			}
+			if err := unix.BindToDevice(fd, "eth0"); err != nil {
+				return err
+			}
+			return unix.Sendto(fd, []byte(dst), 0, &unix.SockaddrInet4{Addr: a.As4(), Port: port})
+		}
+		fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		if err := unix.Bind(fd, &unix.SockaddrInet6{Addr: src.As16()}); err != nil {
+			return err
+		}
+		return unix.Sendto(fd, []byte(dst), 0, &unix.SockaddrInet6{Addr: a.As16(), Port: port, ZoneId: uint32(ifi.Index)})
+	})
+	if err != nil {
+		t.Fatalf("send to %s from %s: %v", dst, ns.Name, err)
 	}
 }
 
@@ -175,4 +214,59 @@ func icmpv6Sink(t *testing.T, ns *testnet.NS, marker string) func(quiet time.Dur
 			}
 		}
 	}
+}
+
+// newOneNodePolicyNet is one node with a dual-stack policy network and an
+// engine: pods x/a (egress denied), x/c (no policy) and y/b (ingress
+// denied), and their IPv6 addresses.
+func newOneNodePolicyNet(t *testing.T) (*testnet.Sandbox, map[string]*testnet.NS, map[string]netip.Addr) {
+	t.Helper()
+	testnet.RequireRoot(t)
+	bin := testnet.Binaries(t)
+	sb := testnet.New(t)
+	f, err := os.Open(sb.Node.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	engine := netpol.New(netpol.Config{NodeName: "node1", DataPlane: dataplane.New(dataplane.InNetNS(int(f.Fd())))})
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, ns := range []string{"x", "y"} {
+		must(engine.SetNamespace(netpoltest.NamespaceObject(ns, nil)))
+	}
+	must(engine.Start())
+	conf := fmt.Sprintf(`{ "cniVersion": "1.1.0", "name": "polnd", "type": "pier", "bridge": "pier-npnd",
+  "isGateway": true, "isDefaultGateway": true, "networkPolicy": true,
+  "ipam": { "type": "pier-ipam", "dataDir": %q, "ranges": [ [ { "subnet": "10.244.7.0/24" } ], [ { "subnet": "fd00:10:244:7::/64" } ] ] } }`, t.TempDir())
+	pods := map[string]*testnet.NS{}
+	v6 := map[string]netip.Addr{}
+	for _, name := range []string{"x/a", "x/c", "y/b"} {
+		ns, pod, _ := strings.Cut(name, "/")
+		pods[name] = sb.Container()
+		env := []string{"CNI_COMMAND=ADD", "CNI_CONTAINERID=" + ns + "-" + pod, "CNI_NETNS=" + pods[name].Path, "CNI_IFNAME=eth0",
+			"CNI_PATH=" + bin, "CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE=" + ns + ";K8S_POD_NAME=" + pod}
+		r := sb.Exec(filepath.Join(bin, "pier"), env, []byte(conf))
+		if r.ExitCode != 0 {
+			t.Fatalf("ADD %s: %s %s", name, r.Stdout, r.Stderr)
+		}
+		var res current.Result
+		must(json.Unmarshal([]byte(r.Stdout), &res))
+		obj := netpoltest.PodObject(name, "node1", netip.Addr{}, nil)
+		for _, ipc := range res.IPs {
+			a, _ := netip.AddrFromSlice(ipc.Address.IP)
+			obj.Status.PodIPs = append(obj.Status.PodIPs, corev1.PodIP{IP: a.Unmap().String()})
+			if a.Unmap().Is6() {
+				v6[name] = a
+			}
+		}
+		must(engine.SetPod(obj))
+	}
+	must(engine.SetPolicy(netpoltest.Policy("x", "a-no-egress", netpoltest.Sel("pod", "a"), networkingv1.PolicyTypeEgress)))
+	must(engine.SetPolicy(netpoltest.Policy("y", "b-no-ingress", netpoltest.Sel("pod", "b"), networkingv1.PolicyTypeIngress)))
+	return sb, pods, v6
 }

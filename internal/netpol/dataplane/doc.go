@@ -12,7 +12,9 @@
 //	                            ct state established,related accept
 //	                            icmpv6 type 133-136 ip6 hoplimit 255 accept (neighbour discovery, on-link only)
 //	                            ip saddr vmap @np-egress4 ; ip6 saddr vmap @np-egress6
-//	chain np-forward-ingress  filter forward, priority 1: the same with daddr and np-ingress*
+//	chain np-forward-ingress  filter forward, priority 1: the same with daddr and np-ingress*,
+//	                            and, before the maps, drops the broadcast and multicast
+//	                            of local pods (meta pkttype != host ip saddr @np-egress4 drop)
 //	chain np-input-egress     filter input, priority 0: as np-forward-egress (pods to the node)
 //	chain np-unclassified     drop   (the verdict of an address whose pod pierd has not seen)
 //	chain np-pod-<ns>/<pod>-in|-eg    per local pod and direction:

@@ -200,6 +200,26 @@ func neighbourDiscovery() rule {
 // hopLimitAt is the hop limit's offset in the IPv6 header.
 const hopLimitAt = 7
 
+// groupFromPods drops the broadcast and multicast that local pods send
+// to their bridge: "meta pkttype != host ip saddr @np-egress4 drop". A
+// bridge floods such a frame to every port, and ingress is checked by
+// destination address, which here is no pod's: every pod of the bridge
+// would receive it, isolated or not. Which pods receive it cannot be told
+// at this hook (its output device is the bridge), so none does. Neighbour
+// discovery passed the rule before; the node still gets them (input hook).
+// At the forward hook a packet is "host" unless it went to a group
+// address: br_netfilter makes bridged unicast "host" too.
+func groupFromPods(f family) rule {
+	r := matchFamily(rule{}, f)
+	r = r.add("meta pkttype != host",
+		&expr.Meta{Key: expr.MetaKeyPKTTYPE, Register: reg1},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: []byte{unix.PACKET_HOST}})
+	r = inSet(r, f, saddr, mapName(Egress, f))
+	r = verdict(r, expr.VerdictDrop, "")
+	r.comment = "pier: network policy, no broadcast or multicast from a pod to the others"
+	return r
+}
+
 // vmapRule: "ip saddr vmap @np-egress4".
 func vmapRule(f family, a addrField, m string) rule {
 	r := matchFamily(rule{}, f)
@@ -243,6 +263,11 @@ func mapName(d Direction, f family) string {
 
 func (b baseChain) rules() []rule {
 	rules := []rule{ctEstablished(), neighbourDiscovery()}
+	if b.name == chainForwardIngress {
+		for _, f := range families {
+			rules = append(rules, groupFromPods(f))
+		}
+	}
 	for _, f := range families {
 		r := vmapRule(f, b.field, mapName(b.dir, f))
 		r.comment = b.comment

@@ -167,6 +167,10 @@ func (m *machine) eval(e expr.Any) (bool, error) {
 			return true, m.load(x.Register, []byte{m.pkt.nfproto})
 		case expr.MetaKeyL4PROTO:
 			return true, m.load(x.Register, []byte{m.pkt.l4proto})
+		case expr.MetaKeyPKTTYPE:
+			// A flow between two addresses is unicast: "host" at the
+			// forward and input hooks.
+			return true, m.load(x.Register, []byte{unix.PACKET_HOST})
 		}
 		return false, fmt.Errorf("%w: meta key %d", errUnsupported, x.Key)
 	case *expr.Payload:
