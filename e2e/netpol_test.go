@@ -28,6 +28,7 @@ import (
 	"github.com/pier-cni/pier/internal/netpol/explain"
 	"github.com/pier-cni/pier/internal/netpol/netpoltest"
 	"github.com/pier-cni/pier/internal/testnet"
+	"github.com/pier-cni/pier/internal/veth"
 )
 
 type npCluster struct {
@@ -537,6 +538,17 @@ func TestPierctlPolicy(t *testing.T) {
 	out = node1.sb.Node.MustRun(t, pierctl, "inspect", "--conf-dir", confDir, "--cache-dir", t.TempDir(), "x-a")
 	if !strings.Contains(out, "pod x/a; ingress isolated by x/a-from-y; egress open") {
 		t.Errorf("inspect lacks the network policy line:\n%s", out)
+	}
+	// and the source address check of its port, which turns into a
+	// problem once the address is no longer bound.
+	port := veth.HostName("x-a", "eth0")
+	if want := port + " may send from " + c.pods["x/a"].addr.String(); !strings.Contains(out, want) {
+		t.Errorf("inspect lacks %q:\n%s", want, out)
+	}
+	node1.sb.Node.MustRun(t, "nft", "delete", "element", "bridge", "pier", "ipspoof-allowed4", fmt.Sprintf("{ %q . %s }", port, c.pods["x/a"].addr))
+	out, _ = node1.sb.Node.Run(pierctl, "inspect", "--conf-dir", confDir, "--cache-dir", t.TempDir(), "x-a")
+	if want := "address " + c.pods["x/a"].addr.String() + " is not bound to port " + port; !strings.Contains(out, want) {
+		t.Errorf("inspect with the pair gone lacks %q:\n%s", want, out)
 	}
 }
 

@@ -60,6 +60,7 @@ func TestLoadNetConfRefusals(t *testing.T) {
 		{"stateDir with pier-ipam", `"stateDir": "/run/x"`, "", cnierr.UnsupportedField, "stateDir"},
 		{"relative stateDir", `"stateDir": "state", "ipam": {"type": "host-local"}`, "", cnierr.InvalidConfig, "stateDir"},
 		{"undecodable prevResult", `"prevResult": {"cniVersion": "1.0.0", "ips": "nope"}`, "", cnierr.DecodingFailure, "prevResult"},
+		{"policy without source check", `"networkPolicy": true, "ipspoofchk": false`, "", cnierr.UnsupportedField, "ipspoofchk"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -191,6 +192,29 @@ func TestStateDir(t *testing.T) {
 		}
 		if got := n.DelegatedStateDir(); got != tc.want {
 			t.Errorf("%s: state directory %s, want %s", tc.keys, got, tc.want)
+		}
+	}
+}
+
+// TestSourceCheck: the source address check is off by default, on when
+// asked, and always on with networkPolicy.
+func TestSourceCheck(t *testing.T) {
+	for _, c := range []struct {
+		extra string
+		want  bool
+	}{
+		{"", false},
+		{`"ipspoofchk": false`, false},
+		{`"ipspoofchk": true`, true},
+		{`"networkPolicy": true`, true},
+		{`"networkPolicy": true, "ipspoofchk": true`, true},
+	} {
+		n, err := LoadNetConf(conf(c.extra), "")
+		if err != nil {
+			t.Fatalf("%s: %v", c.extra, err)
+		}
+		if got := n.SourceCheck(); got != c.want {
+			t.Errorf("%s: source check %v, want %v", c.extra, got, c.want)
 		}
 	}
 }

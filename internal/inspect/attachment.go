@@ -39,12 +39,15 @@ type Attachment struct {
 	Masquerade  []Masq     `json:"masquerade"`
 	// NetworkPolicy is the attachment's entry into network policy
 	// ("networkPolicy": true): its pod and the policies isolating it.
-	NetworkPolicy *Policy       `json:"networkPolicy,omitempty"`
-	PortMappings  []PortMapping `json:"portMappings"`
-	Bandwidth     *Bandwidth    `json:"bandwidth,omitempty"`
-	Reservations  []Reservation `json:"reservations"`
-	Notes         []string      `json:"notes,omitempty"`
-	Problems      []string      `json:"problems,omitempty"`
+	NetworkPolicy *Policy `json:"networkPolicy,omitempty"`
+	// SourceCheck is the addresses the host veth may send from
+	// ("ipspoofchk", or "networkPolicy").
+	SourceCheck  *Item         `json:"sourceCheck,omitempty"`
+	PortMappings []PortMapping `json:"portMappings"`
+	Bandwidth    *Bandwidth    `json:"bandwidth,omitempty"`
+	Reservations []Reservation `json:"reservations"`
+	Notes        []string      `json:"notes,omitempty"`
+	Problems     []string      `json:"problems,omitempty"`
 
 	// OtherPlugins, when set, are the plugin types of a network Pier has
 	// no part in (containerd's cni-loopback, say): the attachment is shown
@@ -195,6 +198,7 @@ func inspectOne(ctx context.Context, f *found, opts Options) *Attachment {
 	if v.conf != nil {
 		v.readMasq()
 		v.readPolicy()
+		v.readSources()
 	}
 	v.readCapabilities(f)
 	return a
@@ -634,4 +638,61 @@ func (v *view) readPolicy() {
 		}
 	}
 	v.problem(`"networkPolicy" is set but no element of the policy maps names %s: the attachment's traffic escapes network policy`, owner)
+}
+
+// readSources finds the host veth's source check: its element in
+// ipspoof-ports and the addresses bound to it, which should be the
+// container's.
+func (v *view) readSources() {
+	if !v.conf.SourceCheck() {
+		return
+	}
+	all, err := nat.ListNodeElements()
+	if err != nil {
+		v.problem("read the source address check: %v", err)
+		return
+	}
+	port := veth.HostName(v.a.ContainerID, v.a.IfName)
+	checked := false
+	var bound []string
+	for _, e := range all.Sources {
+		switch {
+		case e.Port != port:
+		case e.Addr.IsValid():
+			bound = append(bound, e.Addr.String())
+		default:
+			checked = true
+		}
+	}
+	why := `"ipspoofchk": the bridge port drops what the container sends from any other address (table bridge pier, chain ipspoof)`
+	if v.conf.NetworkPolicy {
+		why = `"networkPolicy" (which classifies traffic by its source address): the bridge port drops what the container sends from any other address (table bridge pier, chain ipspoof)`
+	}
+	if !checked {
+		v.problem("the source address check is on but port %s is not in set ipspoof-ports: the container can send from any address", port)
+		return
+	}
+	slices.Sort(bound)
+	list := strings.Join(bound, ", ")
+	if list == "" {
+		list = "no address"
+	}
+	v.a.SourceCheck = &Item{Value: fmt.Sprintf("%s may send from %s", port, list), Why: why}
+	// The container's addresses, as its interface (when its netns is
+	// known) and IPAM (pier-ipam) say.
+	var own []netip.Addr
+	for _, ad := range v.a.Addresses {
+		if p, err := netip.ParsePrefix(ad.Value); err == nil && p.Addr().IsGlobalUnicast() {
+			own = append(own, p.Addr())
+		}
+	}
+	for _, r := range v.res {
+		own = append(own, r.Addr)
+	}
+	for _, a := range own {
+		if !slices.Contains(bound, a.String()) {
+			v.problem("the container's address %s is not bound to port %s: what it sends from it is dropped", a, port)
+			bound = append(bound, a.String()) // once
+		}
+	}
 }

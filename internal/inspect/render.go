@@ -71,6 +71,9 @@ func WriteText(w io.Writer, a *Attachment) error {
 		}
 		t.item("  ", "policy", fmt.Sprintf("pod %s; ingress %s; egress %s", pod, policyDir(p.Ingress), policyDir(p.Egress)), p.Why)
 	}
+	if s := a.SourceCheck; s != nil {
+		t.item("  ", "sources", s.Value, s.Why)
+	}
 	for _, p := range a.PortMappings {
 		v := fmt.Sprintf("host %d -> container %d/%s", p.HostPort, p.ContainerPort, p.Protocol)
 		if p.HostIP != "" {
