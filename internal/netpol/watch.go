@@ -15,12 +15,19 @@ import (
 
 // Watch registers the engine's informers (Pods, Namespaces,
 // NetworkPolicies, cluster-wide) on a shared informer factory, before the
-// factory starts, and returns a function that runs the engine: it waits
+// factory starts, with a transform that trims the cached Pods to what the
+// engine reads (TrimPod: no other user of the factory may need more of a
+// Pod), and returns a function that runs the engine: it waits
 // for their caches, writes everything once (Start) and then ticks every
 // tickEvery until ctx ends. Events before the caches are synced only fill
 // the engine's memory, so the first write already holds every policy.
 func Watch(f informers.SharedInformerFactory, e *Engine, log *slog.Logger, tickEvery time.Duration) (run func(ctx context.Context) error, err error) {
 	h := handlers{e: e, log: log}
+	// The Pod cache holds every Pod of the cluster: only what the engine
+	// reads of them (the informer must not have started yet).
+	if err := f.Core().V1().Pods().Informer().SetTransform(TrimPod); err != nil {
+		return nil, fmt.Errorf("network policy: trim pods: %w", err)
+	}
 	regs := []struct {
 		what     string
 		informer cache.SharedIndexInformer

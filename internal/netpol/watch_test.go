@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
@@ -87,10 +88,16 @@ func TestWatch(t *testing.T) {
 		return len(d.pods["np-pod-x/a-in"].Policies) == 2 && len(d.sets[set("namespace x pods(pod=b)")]) == 1
 	})
 	b := PodObject("x/b", "n2", netip.MustParseAddr("10.0.1.2"), map[string]string{"pod": "c"})
+	b.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}
 	if _, err := cs.CoreV1().Pods("x").Update(ctx, b, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	dp.waitFor(t, "x/b relabelled out of the set", func(d *memDP) bool { return len(d.sets[set("namespace x pods(pod=b)")]) == 0 })
+	// The informer's cache holds the Pods trimmed.
+	cached, ok, err := f.Core().V1().Pods().Informer().GetStore().GetByKey("x/b")
+	if err != nil || !ok || cached.(*corev1.Pod).Status.Conditions != nil || cached.(*corev1.Pod).Labels["pod"] != "c" {
+		t.Errorf("cached x/b: %+v (found %v, %v), want it trimmed", cached, ok, err)
+	}
 	if err := cs.CoreV1().Pods("x").Delete(ctx, "a", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
