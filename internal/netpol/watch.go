@@ -9,23 +9,31 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/tools/cache"
 )
 
-// Watch registers the engine's informers (Pods, Namespaces,
-// NetworkPolicies, cluster-wide) on a shared informer factory, before the
-// factory starts, with a transform that trims the cached Pods to what the
-// engine reads (TrimPod: no other user of the factory may need more of a
-// Pod), and returns a function that runs the engine: it waits
-// for their caches, writes everything once (Start) and then ticks every
-// tickEvery until ctx ends. Events before the caches are synced only fill
-// the engine's memory, so the first write already holds every policy.
-func Watch(f informers.SharedInformerFactory, e *Engine, log *slog.Logger, tickEvery time.Duration) (run func(ctx context.Context) error, err error) {
+// Informers are the engine's feed: informers on every Pod, Namespace and
+// NetworkPolicy of the cluster, not started yet. The caller builds them
+// (pierd over a REST client that knows only the groups it reads, rather
+// than client-go's informer factory, whose package registers every API
+// group at start); Watch runs them.
+type Informers struct {
+	Pods, Namespaces, Policies cache.SharedIndexInformer
+}
+
+// Watch registers the engine's handlers on the informers, with a
+// transform that trims the cached Pods to what the engine reads (TrimPod:
+// nothing else may read these informers' Pods), and returns a function
+// that runs it all: it starts the informers, waits for their caches,
+// writes everything once (Start) and then ticks every tickEvery until ctx
+// ends. Events before the caches are synced only fill the engine's
+// memory, so the first write already holds every policy.
+func Watch(inf Informers, e *Engine, log *slog.Logger, tickEvery time.Duration) (run func(ctx context.Context) error, err error) {
 	h := handlers{e: e, log: log}
-	// The Pod cache holds every Pod of the cluster: only what the engine
-	// reads of them (the informer must not have started yet).
-	if err := f.Core().V1().Pods().Informer().SetTransform(TrimPod); err != nil {
+	if inf.Pods == nil || inf.Namespaces == nil || inf.Policies == nil {
+		return nil, errors.New("network policy: an informer is missing")
+	}
+	if err := inf.Pods.SetTransform(TrimPod); err != nil {
 		return nil, fmt.Errorf("network policy: trim pods: %w", err)
 	}
 	regs := []struct {
@@ -33,9 +41,9 @@ func Watch(f informers.SharedInformerFactory, e *Engine, log *slog.Logger, tickE
 		informer cache.SharedIndexInformer
 		handler  cache.ResourceEventHandlerFuncs
 	}{
-		{"pods", f.Core().V1().Pods().Informer(), h.pods()},
-		{"namespaces", f.Core().V1().Namespaces().Informer(), h.namespaces()},
-		{"networkpolicies", f.Networking().V1().NetworkPolicies().Informer(), h.policies()},
+		{"pods", inf.Pods, h.pods()},
+		{"namespaces", inf.Namespaces, h.namespaces()},
+		{"networkpolicies", inf.Policies, h.policies()},
 	}
 	var synced []cache.InformerSynced
 	for _, r := range regs {
@@ -45,6 +53,9 @@ func Watch(f informers.SharedInformerFactory, e *Engine, log *slog.Logger, tickE
 		synced = append(synced, r.informer.HasSynced)
 	}
 	return func(ctx context.Context) error {
+		for _, r := range regs {
+			go r.informer.RunWithContext(ctx)
+		}
 		if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 			return errors.New("network policy: the caches did not sync before the end")
 		}

@@ -70,11 +70,12 @@ func TestWatch(t *testing.T) {
 	dp := &lockedDP{memDP: newMemDP()}
 	e := New(Config{NodeName: "n1", DataPlane: dp})
 	f := informers.NewSharedInformerFactory(cs, 0)
-	run, err := Watch(f, e, slog.New(slog.DiscardHandler), time.Second)
+	inf := Informers{Pods: f.Core().V1().Pods().Informer(), Namespaces: f.Core().V1().Namespaces().Informer(),
+		Policies: f.Networking().V1().NetworkPolicies().Informer()}
+	run, err := Watch(inf, e, slog.New(slog.DiscardHandler), time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.Start(ctx.Done())
 	done := make(chan error, 1)
 	go func() { done <- run(ctx) }()
 	dp.waitFor(t, "x/a isolated by x/deny at start", func(d *memDP) bool {
@@ -94,7 +95,7 @@ func TestWatch(t *testing.T) {
 	}
 	dp.waitFor(t, "x/b relabelled out of the set", func(d *memDP) bool { return len(d.sets[set("namespace x pods(pod=b)")]) == 0 })
 	// The informer's cache holds the Pods trimmed.
-	cached, ok, err := f.Core().V1().Pods().Informer().GetStore().GetByKey("x/b")
+	cached, ok, err := inf.Pods.GetStore().GetByKey("x/b")
 	if err != nil || !ok || cached.(*corev1.Pod).Status.Conditions != nil || cached.(*corev1.Pod).Labels["pod"] != "c" {
 		t.Errorf("cached x/b: %+v (found %v, %v), want it trimmed", cached, ok, err)
 	}
