@@ -15,6 +15,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/pier-cni/pier/internal/kube"
+	"github.com/pier-cni/pier/internal/netpol"
 	"github.com/pier-cni/pier/internal/nodestatus"
 	"github.com/pier-cni/pier/internal/routing"
 )
@@ -33,27 +34,29 @@ type kubeOpts struct {
 	datastore, kubeconfig, routing  *string
 	clusterCIDR                     *string
 	allocate, ipMasq, daemonIPAM    *bool
+	networkPolicy                   *bool
 	mask4, mask6, mtu               *int
 	confDir, confFile, net, bridgeN *string
 }
 
 func kubeFlags(fs *flag.FlagSet, c *clusterOpts) *kubeOpts {
 	return &kubeOpts{
-		cluster:     c,
-		datastore:   fs.String("datastore", "", "where the node's pod ranges and the other nodes come from: local (this node alone), etcd (cluster mode, implied by --etcd-endpoints) or kubernetes (Node objects)"),
-		kubeconfig:  fs.String("kubeconfig", "", "kubernetes: kubeconfig file for the API server (default: in-cluster, the pod's service account)"),
-		routing:     fs.String("routing", routing.ModeVXLAN, "kubernetes: routes between nodes: vxlan, host-gw (nodes share one L2 link) or none"),
-		clusterCIDR: fs.String("cluster-cidr", "", "kubernetes: the cluster's pod CIDRs, comma-separated (one per family): exempt from masquerade, and the source of --allocate-pod-cidrs"),
-		allocate:    fs.Bool("allocate-pod-cidrs", false, "kubernetes: give this node pod ranges from --cluster-cidr when its Node has none (for clusters whose controller manager does not)"),
-		mask4:       fs.Int("node-cidr-mask-size-ipv4", 24, "kubernetes: size of the IPv4 pod range --allocate-pod-cidrs gives a node"),
-		mask6:       fs.Int("node-cidr-mask-size-ipv6", 64, "kubernetes: size of the IPv6 pod range --allocate-pod-cidrs gives a node"),
-		ipMasq:      fs.Bool("cni-ip-masq", true, "kubernetes: masquerade pod traffic that leaves the cluster CIDRs (needs --cluster-cidr)"),
-		mtu:         fs.Int("cni-mtu", 0, "kubernetes: the pods' MTU (default: the underlay's, less 50 in vxlan mode)"),
-		confDir:     fs.String("cni-conf-dir", kube.DefaultCNIDir, "kubernetes: where to write the CNI config once the node's pod ranges are known"),
-		confFile:    fs.String("cni-conf-file", kube.DefaultCNIFile, "kubernetes: the CNI config's file name"),
-		net:         fs.String("cni-network", kube.DefaultNetworkName, "kubernetes: the CNI network's name"),
-		bridgeN:     fs.String("cni-bridge", "pier0", "kubernetes: the pods' bridge"),
-		daemonIPAM:  fs.Bool("cni-daemon-ipam", false, "kubernetes: the CNI config allocates through this pierd (daemon mode) instead of in the plugin (the default: pods then start while pierd is down)"),
+		cluster:       c,
+		datastore:     fs.String("datastore", "", "where the node's pod ranges and the other nodes come from: local (this node alone), etcd (cluster mode, implied by --etcd-endpoints) or kubernetes (Node objects)"),
+		kubeconfig:    fs.String("kubeconfig", "", "kubernetes: kubeconfig file for the API server (default: in-cluster, the pod's service account)"),
+		routing:       fs.String("routing", routing.ModeVXLAN, "kubernetes: routes between nodes: vxlan, host-gw (nodes share one L2 link) or none"),
+		clusterCIDR:   fs.String("cluster-cidr", "", "kubernetes: the cluster's pod CIDRs, comma-separated (one per family): exempt from masquerade, and the source of --allocate-pod-cidrs"),
+		allocate:      fs.Bool("allocate-pod-cidrs", false, "kubernetes: give this node pod ranges from --cluster-cidr when its Node has none (for clusters whose controller manager does not)"),
+		mask4:         fs.Int("node-cidr-mask-size-ipv4", 24, "kubernetes: size of the IPv4 pod range --allocate-pod-cidrs gives a node"),
+		mask6:         fs.Int("node-cidr-mask-size-ipv6", 64, "kubernetes: size of the IPv6 pod range --allocate-pod-cidrs gives a node"),
+		ipMasq:        fs.Bool("cni-ip-masq", true, "kubernetes: masquerade pod traffic that leaves the cluster CIDRs (needs --cluster-cidr)"),
+		mtu:           fs.Int("cni-mtu", 0, "kubernetes: the pods' MTU (default: the underlay's, less 50 in vxlan mode)"),
+		confDir:       fs.String("cni-conf-dir", kube.DefaultCNIDir, "kubernetes: where to write the CNI config once the node's pod ranges are known"),
+		confFile:      fs.String("cni-conf-file", kube.DefaultCNIFile, "kubernetes: the CNI config's file name"),
+		net:           fs.String("cni-network", kube.DefaultNetworkName, "kubernetes: the CNI network's name"),
+		bridgeN:       fs.String("cni-bridge", "pier0", "kubernetes: the pods' bridge"),
+		daemonIPAM:    fs.Bool("cni-daemon-ipam", false, "kubernetes: the CNI config allocates through this pierd (daemon mode) instead of in the plugin (the default: pods then start while pierd is down)"),
+		networkPolicy: fs.Bool("network-policy", false, "kubernetes: enforce the cluster's NetworkPolicies on this node's pods (pierd watches every Pod, Namespace and NetworkPolicy; the CNI config gets \"networkPolicy\": true; a pod pierd has not seen yet is cut off until it has)"),
 	}
 }
 
@@ -61,6 +64,18 @@ func kubeFlags(fs *flag.FlagSet, c *clusterOpts) *kubeOpts {
 type kubeMode struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	policy *netpol.Engine // nil without --network-policy
+}
+
+// resyncs are what the netfilter watcher runs after Pier's table was
+// flushed, besides restoring the attachments' elements from their
+// records: the network policy engine rewrites its chains and sets, and
+// moves the restored elements from np-unclassified to the pods' chains.
+func (k *kubeMode) resyncs() map[string]func(context.Context) error {
+	if k == nil || k.policy == nil {
+		return nil
+	}
+	return map[string]func(context.Context) error{"network policy": func(context.Context) error { return k.policy.Resync() }}
 }
 
 // stop ends the Kubernetes mode and waits for it. Routes and the conflist
@@ -109,6 +124,13 @@ func (k *kubeOpts) start(socket, dataDir string, log *slog.Logger) (*kubeMode, e
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &kubeMode{cancel: cancel}
+	if *k.networkPolicy {
+		if m.policy, err = startPolicy(ctx, &m.wg, d, o.NodeName, o.Log); err != nil {
+			cancel()
+			m.wg.Wait()
+			return nil, err
+		}
+	}
 	m.wg.Go(func() { d.Run(ctx) })
 	return m, nil
 }
@@ -137,7 +159,7 @@ func (k *kubeOpts) options(socket, dataDir string, log *slog.Logger) (kube.Optio
 		o.Allocator = &kube.Allocator{ClusterCIDRs: cidrs, MaskSize4: *k.mask4, MaskSize6: *k.mask6, Log: o.Log}
 	}
 	o.CNI = kube.CNIConfig{Dir: *k.confDir, File: *k.confFile, Network: *k.net, Bridge: *k.bridgeN, MTU: *k.mtu,
-		IPMasq: *k.ipMasq, NonMasquerade: cidrs, DataDir: dataDir}
+		IPMasq: *k.ipMasq, NonMasquerade: cidrs, DataDir: dataDir, NetworkPolicy: *k.networkPolicy}
 	if *k.daemonIPAM {
 		o.CNI.DaemonSocket = socket
 	}

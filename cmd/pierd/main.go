@@ -82,7 +82,7 @@ func run(args []string, stderr io.Writer) int {
 		return 1
 	}
 	wctx, stopWatch := context.WithCancel(ctx)
-	defer rf.start(wctx, *dataDir, *socket, log)()
+	defer rf.start(wctx, *dataDir, *socket, log, km.resyncs())()
 	defer stopWatch()
 	select {
 	case <-ctx.Done():

@@ -25,9 +25,9 @@ func restoreFlagSet(fs *flag.FlagSet) *restoreFlags {
 
 // start runs the watcher until ctx ends, over the records of the networks
 // under dataDir (pier-ipam networks kept there) and under the state
-// directory beside the socket (daemon-mode networks). The returned
-// function waits for it to stop.
-func (r *restoreFlags) start(ctx context.Context, dataDir, socket string, log *slog.Logger) (wait func()) {
+// directory beside the socket (daemon-mode networks), with resyncs run
+// after a flush (by name). The returned function waits for it to stop.
+func (r *restoreFlags) start(ctx context.Context, dataDir, socket string, log *slog.Logger, resyncs map[string]func(context.Context) error) (wait func()) {
 	if *r.interval <= 0 {
 		return func() {}
 	}
@@ -36,6 +36,9 @@ func (r *restoreFlags) start(ctx context.Context, dataDir, socket string, log *s
 		Lock:     nodelock.DefaultPath(),
 		Interval: *r.interval,
 		Log:      log.With("component", "netfilter-watcher"),
+	}
+	for name, fn := range resyncs {
+		w.Register(name, fn)
 	}
 	done := make(chan struct{})
 	go func() {

@@ -104,8 +104,9 @@ func TestManifestsDecode(t *testing.T) {
 // own ServiceAccount, installs only the binaries (pierd writes the CNI
 // config); RBAC grants exactly the verbs pierd uses: on Nodes get, list,
 // watch (the informer, the allocator's reads) and patch (annotations,
-// spec.podCIDRs), and on Leases in kube-system list, create, update and
-// delete (pod range claims). e2e/kube_test.go runs pierd with exactly
+// spec.podCIDRs), on Pods, Namespaces and NetworkPolicies list and watch
+// (network policy's informers), and on Leases in kube-system list,
+// create, update and delete (pod range claims). e2e/kube_test.go runs pierd with exactly
 // these rules against a real API server.
 func TestKubernetesModeManifest(t *testing.T) {
 	raw, err := os.ReadFile("pier-kubernetes.yaml")
@@ -159,7 +160,8 @@ func TestKubernetesModeManifest(t *testing.T) {
 		}
 		return out
 	}
-	if v := verbs(cr.Rules); len(v) != 1 || v["/nodes"] != "get,list,watch,patch" {
+	if v := verbs(cr.Rules); len(v) != 4 || v["/nodes"] != "get,list,watch,patch" || v["/pods"] != "list,watch" ||
+		v["/namespaces"] != "list,watch" || v["networking.k8s.io/networkpolicies"] != "list,watch" {
 		t.Errorf("ClusterRole rules: %v", v)
 	}
 	if v := verbs(role.Rules); len(v) != 1 || v["coordination.k8s.io/leases"] != "list,create,update,delete" || role.Namespace != "kube-system" {
@@ -183,7 +185,7 @@ func TestKubernetesModeManifest(t *testing.T) {
 		t.Errorf("the init container should install the binaries only:\n%s", script)
 	}
 	args := strings.Join(spec.Containers[0].Args, " ")
-	for _, flag := range []string{"--datastore=kubernetes", "--node-name=$(NODE_NAME)", "--cluster-cidr=$(CLUSTER_CIDR)", "--routing=$(ROUTING)", "--cni-conf-dir="} {
+	for _, flag := range []string{"--datastore=kubernetes", "--node-name=$(NODE_NAME)", "--cluster-cidr=$(CLUSTER_CIDR)", "--routing=$(ROUTING)", "--network-policy=$(NETWORK_POLICY)", "--cni-conf-dir="} {
 		if !strings.Contains(args, flag) {
 			t.Errorf("pierd args lack %s: %s", flag, args)
 		}
@@ -191,7 +193,7 @@ func TestKubernetesModeManifest(t *testing.T) {
 	if strings.Contains(args, "--etcd") {
 		t.Errorf("Kubernetes mode needs no etcd: %s", args)
 	}
-	for _, key := range []string{"cluster-cidr", "routing"} {
+	for _, key := range []string{"cluster-cidr", "routing", "network-policy"} {
 		if cm.Data[key] == "" {
 			t.Errorf("ConfigMap lacks %s", key)
 		}

@@ -7,6 +7,7 @@ import (
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -17,8 +18,9 @@ import (
 	"k8s.io/client-go/tools/cache"
 )
 
-// API is the part of the Kubernetes API pierd uses: Nodes and, for pod
-// range claims, Leases in ClaimNamespace.
+// API is the part of the Kubernetes API pierd uses: Nodes, for pod range
+// claims Leases in ClaimNamespace, and for network policy (pierd
+// --network-policy) Pods, Namespaces and NetworkPolicies, read only.
 //
 // Why not client-go's clientset: its package (and its informer factory)
 // imports every API group, whose init functions register hundreds of types
@@ -26,13 +28,13 @@ import (
 // never reads. Two REST clients over a scheme of the two groups it does
 // read cost a fraction of that, and speak protobuf all the same.
 type API struct {
-	core, coord rest.Interface
+	core, coord, networking rest.Interface
 }
 
 // scheme knows the types pierd reads and writes.
 var scheme = func() *runtime.Scheme {
 	s := runtime.NewScheme()
-	for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, coordinationv1.AddToScheme} {
+	for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, coordinationv1.AddToScheme, networkingv1.AddToScheme} {
 		if err := add(s); err != nil {
 			panic(err) // static registrations: a failure is a build defect
 		}
@@ -53,7 +55,11 @@ func NewAPI(cfg *rest.Config) (*API, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &API{core: core, coord: coord}, nil
+	networking, err := restFor(cfg, "/apis", networkingv1.SchemeGroupVersion)
+	if err != nil {
+		return nil, err
+	}
+	return &API{core: core, coord: coord, networking: networking}, nil
 }
 
 func restFor(cfg *rest.Config, path string, gv schema.GroupVersion) (*rest.RESTClient, error) {
@@ -139,4 +145,31 @@ func (a *API) NodeInformer() cache.SharedIndexInformer {
 		panic(fmt.Sprintf("transform on a new informer: %v", err)) // only refused once started
 	}
 	return inf
+}
+
+// PolicyInformers are informers on every Pod, Namespace and NetworkPolicy
+// of the cluster, not started: network policy's feed (netpol.Watch, which
+// runs them and trims the Pods it caches). No periodic resync: the engine
+// keeps its own state and repairs the kernel on its own timer.
+func (a *API) PolicyInformers() (pods, namespaces, policies cache.SharedIndexInformer) {
+	return listWatchInformer(a.core, "pods", &corev1.Pod{}, func() runtime.Object { return &corev1.PodList{} }),
+		listWatchInformer(a.core, "namespaces", &corev1.Namespace{}, func() runtime.Object { return &corev1.NamespaceList{} }),
+		listWatchInformer(a.networking, "networkpolicies", &networkingv1.NetworkPolicy{}, func() runtime.Object { return &networkingv1.NetworkPolicyList{} })
+}
+
+// listWatchInformer is an informer on every object of resource (of every
+// namespace) through c.
+func listWatchInformer(c rest.Interface, resource string, obj runtime.Object, newList func() runtime.Object) cache.SharedIndexInformer {
+	lw := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			l := newList()
+			err := c.Get().Resource(resource).VersionedParams(&o, paramCodec).Do(ctx).Into(l)
+			return l, err
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			o.Watch = true
+			return c.Get().Resource(resource).VersionedParams(&o, paramCodec).Watch(ctx)
+		},
+	}
+	return cache.NewSharedIndexInformer(lw, obj, 0, cache.Indexers{})
 }

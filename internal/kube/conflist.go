@@ -29,6 +29,9 @@ type CNIConfig struct {
 	// DataDir is the embedded IPAM store's directory; DaemonSocket, when
 	// set, makes the plugins allocate through pierd instead (daemon mode).
 	DataDir, DaemonSocket string
+	// NetworkPolicy holds the pods to the cluster's NetworkPolicies
+	// ("networkPolicy": true), which this pierd enforces.
+	NetworkPolicy bool
 }
 
 // Defaults of CNIConfig.
@@ -83,6 +86,7 @@ type pierPlugin struct {
 	NonMasqueradeCIDRs []string        `json:"nonMasqueradeCIDRs,omitempty"`
 	MTU                int             `json:"mtu,omitempty"`
 	HairpinMode        bool            `json:"hairpinMode"`
+	NetworkPolicy      bool            `json:"networkPolicy,omitempty"`
 	IPAM               ipamSection     `json:"ipam"`
 	Capabilities       map[string]bool `json:"capabilities"`
 }
@@ -98,15 +102,15 @@ type ipamSection struct {
 // Render returns the conflist for the node's pod ranges: one range set per
 // family (dual stack when the node has both), the gateway on the bridge,
 // a default route per family, hairpin (a pod reaching itself through its
-// Service), and the capabilities kubelet's hostPort and bandwidth
-// annotations need. The result is checked with the plugin's own parser.
+// Service), the capabilities kubelet's hostPort and bandwidth
+// annotations need, and networkPolicy when pierd enforces policies. The result is checked with the plugin's own parser.
 func (c CNIConfig) Render(ranges []netip.Prefix) ([]byte, error) {
 	c.defaults()
 	if len(ranges) == 0 {
 		return nil, errors.New("no pod range")
 	}
 	p := pierPlugin{
-		Type: "pier", Bridge: c.Bridge, IsGateway: true, IPMasq: c.IPMasq, MTU: c.MTU, HairpinMode: true,
+		Type: "pier", Bridge: c.Bridge, IsGateway: true, IPMasq: c.IPMasq, MTU: c.MTU, HairpinMode: true, NetworkPolicy: c.NetworkPolicy,
 		IPAM:         ipamSection{Type: "pier-ipam", DataDir: c.DataDir, DaemonSocket: c.DaemonSocket},
 		Capabilities: map[string]bool{"portMappings": true, "bandwidth": true},
 	}

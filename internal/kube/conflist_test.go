@@ -73,6 +73,20 @@ func TestRenderConflist(t *testing.T) {
 	if err := json.Unmarshal(b, &daemon); err != nil || daemon.Plugins[0].IPAM["daemonSocket"] != c.DaemonSocket || daemon.Plugins[0].IPAM["dataDir"] != nil {
 		t.Fatalf("daemon mode: %v\n%s", err, b)
 	}
+	// With network policy, and only then, the plugin enters the pods into
+	// the policy maps (and checks their source addresses).
+	for _, policy := range []bool{false, true} {
+		c.NetworkPolicy = policy
+		if b, err = c.Render(ranges[:1]); err != nil {
+			t.Fatal(err)
+		}
+		var np struct {
+			Plugins []map[string]any `json:"plugins"`
+		}
+		if err := json.Unmarshal(b, &np); err != nil || (np.Plugins[0]["networkPolicy"] == true) != policy {
+			t.Errorf("network policy %v: %v\n%s", policy, err, b)
+		}
+	}
 	if _, err := c.Render(nil); err == nil {
 		t.Error("a conflist without ranges rendered")
 	}
