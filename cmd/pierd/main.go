@@ -5,8 +5,9 @@
 // the other nodes' blocks); with --datastore kubernetes in Kubernetes mode
 // (package kube: the node's pod ranges from its Node object, routes from
 // the other Node objects, the CNI config written once the ranges are
-// known). SIGTERM or SIGINT drains in-flight calls and
-// exits.
+// known; with --network-policy the cluster's NetworkPolicies enforced on
+// the node's pods, package netpol). SIGTERM or SIGINT drains in-flight
+// calls and exits.
 package main
 
 import (

@@ -43,6 +43,13 @@
 // IP and so routes IPv4 only over vxlan, the neighbour key here is the
 // range's own network address: an IPv6 range crosses an IPv4 underlay.
 //
+// # Network policy
+//
+// With pierd --network-policy the API client also serves informers on
+// every Pod, Namespace and NetworkPolicy (PolicyInformers, read only),
+// which package netpol's engine runs, and the conflist carries
+// "networkPolicy": true; the wiring is pierd's (cmd/pierd/policy.go).
+//
 // Node objects are written by many hands (kubelet, controllers, people),
 // so ParseNode and Plan accept anything: what cannot be used is left out
 // and reported (pierctl node lists it), never a panic (FuzzNodeRoutes),
