@@ -96,6 +96,9 @@ func (k *kubeOpts) start(socket, dataDir string, log *slog.Logger) (*kubeMode, e
 		if *k.datastore == datastoreEtcd && *k.cluster.endpoints == "" {
 			return nil, errors.New("--datastore etcd needs --etcd-endpoints")
 		}
+		if *k.networkPolicy {
+			return nil, errors.New("--network-policy needs --datastore kubernetes (the policies come from the API server)")
+		}
 		return nil, nil
 	case datastoreKubernetes:
 	default:

@@ -76,6 +76,7 @@ func TestKubeFlagErrors(t *testing.T) {
 		{[]string{"--datastore", "kubernetes", "--kubeconfig", dir + "/missing", "--cluster-cidr", "10.244.0.0/16"}, "kubeconfig"},
 		{[]string{"--datastore", "kubernetes", "--kubeconfig", kc, "--cluster-cidr", "10.244.0.0/16", "--allocate-pod-cidrs", "--node-cidr-mask-size-ipv4", "8"}, "does not fit"},
 		{[]string{"--datastore", "kubernetes", "--etcd-endpoints", "http://192.0.2.1:2379"}, "exclude each other"},
+		{[]string{"--network-policy"}, "--datastore kubernetes"},
 	}
 	for _, tc := range cases {
 		var stderr bytes.Buffer
