@@ -531,7 +531,7 @@ func RemoveNodeElements(n NodeElements, opts ...Option) error {
 	}
 	defer closeConn(conn, opts)
 	if err := removeRefs(conn, n.refs()); err != nil {
-		return fmt.Errorf("nat: remove host port and MAC check elements: %w", err)
+		return fmt.Errorf("nat: remove host port, MAC and source check elements: %w", err)
 	}
 	return nil
 }

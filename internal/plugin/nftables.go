@@ -123,7 +123,7 @@ func (c *call) checkNodeElements(prev *current.Result, idx int) []error {
 	return append(problems, c.checkPortMappings(mine, prev, idx)...)
 }
 
-// gcNodeElements removes the host port and MAC check elements of this
+// gcNodeElements removes the host port, MAC and source check elements of this
 // network that no valid attachment owns. Like masquerade elements, a port
 // element whose container address IPAM holds for a valid attachment is
 // kept whatever its comment says.
@@ -146,7 +146,7 @@ func (c *call) gcNodeElements(ctx context.Context, valid map[string]bool) []erro
 	if stale.Len() == 0 {
 		return nil
 	}
-	c.log.Info("GC: removing host port and MAC check elements", "count", stale.Len())
+	c.log.Info("GC: removing host port, MAC and source check elements", "count", stale.Len())
 	if err := nat.RemoveNodeElements(stale); err != nil {
 		return []error{err}
 	}
