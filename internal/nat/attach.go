@@ -171,13 +171,17 @@ type Outcome struct {
 // Add installs the attachment. The usual case is one batch of element
 // additions, which commits without leaving the kernel anything to release
 // (see the package notes on cost). When it fails because objects are
-// missing (ENOENT: the node's first use, a flushed ruleset, or a bridge
-// without its marker) or a key points elsewhere (EEXIST: a masquerade
-// generation change, or a host port another container holds), the slow
-// path reads what it must, reports a port conflict (wrapping
-// ErrPortConflict; nothing was added), or sets everything up and adds
-// again, in one transaction, leaving out a missing marker, which only
-// SetupBridge creates.
+// missing (ENOENT: the node's first use, a flushed ruleset) or a key
+// points elsewhere (EEXIST: a masquerade generation change, or a host
+// port another container holds), the slow path reads what it must,
+// reports a port conflict (wrapping ErrPortConflict; nothing was added),
+// or sets everything up and adds again, in one transaction.
+//
+// A bridge without its marker — its first container, or the first since
+// its last left — is looked up before the batch (one GETSET), not found by
+// a failing batch, whose abort would wait a grace period: the batch then
+// leaves the marker out, which only SetupBridge creates, and the outcome
+// says so.
 func Add(a Attachment, opts ...Option) (Outcome, error) {
 	b, err := a.plan()
 	if err != nil {
@@ -192,19 +196,21 @@ func Add(a Attachment, opts ...Option) (Outcome, error) {
 	}
 	defer closeConn(conn, opts)
 	var out Outcome
-	if configOf(opts).forceSetup {
-		err = unix.ENOENT
-	} else {
-		if b.extra != nil {
-			if err := b.extra.Resolve(conn); err != nil {
-				return out, fmt.Errorf("nat: add attachment %s: %w", a.Owner, err)
-			}
+	err = unix.ENOENT // with ForceSetup: straight to the slow path
+	if !configOf(opts).forceSetup {
+		if out.BridgeMissing, err = b.lookUp(conn); err != nil {
+			return out, fmt.Errorf("nat: add attachment %s: %w", a.Owner, err)
 		}
-		err = b.fastAdd(conn)
+		if out.BridgeMissing {
+			b.marker = ""
+		}
+		err = b.fastAdd(conn, a.Bridge != "")
 	}
 	if IsNotFound(err) || isExist(err) {
 		out.Rebuilt = true
-		out.BridgeMissing, err = b.slowAdd(conn, a.GuardGroup)
+		var missing bool
+		missing, err = b.slowAdd(conn, a.GuardGroup)
+		out.BridgeMissing = out.BridgeMissing || missing
 	}
 	if err != nil {
 		return out, fmt.Errorf("nat: add attachment %s of network %s (tables inet and bridge %s): %w", a.Owner, a.Network.Name, TableName, err)
@@ -212,12 +218,39 @@ func Add(a Attachment, opts ...Option) (Outcome, error) {
 	return out, nil
 }
 
-// fastAdd sends the batch of element additions. When it touches a
-// bridge's marker, whose setup filled chain localnet, and the chain has
-// lost its rules (the table was flushed, its sets kept: see lost.go), it
+// lookUp is the fast path's reads before its batch: where the other
+// package's elements lead (Extra.Resolve), and whether the bridge has no
+// marker.
+func (b batch) lookUp(conn *nftables.Conn) (markerMissing bool, err error) {
+	if b.extra != nil {
+		if err := b.extra.Resolve(conn); err != nil {
+			return false, err
+		}
+	}
+	return b.markerMissing(conn)
+}
+
+// markerMissing reports whether the batch's bridge has no marker set.
+func (b batch) markerMissing(conn *nftables.Conn) (bool, error) {
+	if b.marker == "" {
+		return false, nil
+	}
+	_, err := conn.GetSetByName(pierTable(), markerName(b.marker))
+	if IsNotFound(err) {
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("get marker of bridge %s: %w", b.marker, err)
+	}
+	return false, nil
+}
+
+// fastAdd sends the batch of element additions. When the attachment is
+// on a bridge, whose setup filled chain localnet, and the chain has lost
+// its rules (the table was flushed, its sets kept: see lost.go), it
 // reports ENOENT as a missing object would.
-func (b batch) fastAdd(conn *nftables.Conn) error {
-	if err := flush(conn, b.queueAdds); err != nil || b.marker == "" {
+func (b batch) fastAdd(conn *nftables.Conn, onBridge bool) error {
+	if err := flush(conn, b.queueAdds); err != nil || !onBridge {
 		return err
 	}
 	lost, err := baseLost(conn)
@@ -240,13 +273,9 @@ func (b batch) slowAdd(conn *nftables.Conn, group uint32) (bool, error) {
 		if present, err = presentKeys(conn, b.ups); err != nil {
 			return false, err
 		}
-		missing := false
-		if b.marker != "" {
-			if _, gerr := conn.GetSetByName(pierTable(), markerName(b.marker)); IsNotFound(gerr) {
-				missing = true
-			} else if gerr != nil {
-				return false, fmt.Errorf("get marker of bridge %s: %w", b.marker, gerr)
-			}
+		missing, merr := b.markerMissing(conn)
+		if merr != nil {
+			return false, merr
 		}
 		adds := b
 		if missing {

@@ -3,7 +3,6 @@ package nat
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"regexp"
 	"slices"
@@ -11,7 +10,6 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
-	"golang.org/x/sys/unix"
 )
 
 // # Design notes: a bridge's node-side setup and its marker
@@ -34,13 +32,19 @@ import (
 //	                          ct direction reply ct mark & 0x02000000 == 0x02000000 meta mark set meta mark | 0x02000000
 //	                          iifname != "lo" ip daddr 127.0.0.0/8 drop
 //
-// Every ADD adds the bridge's element to its marker set in its one batch
-// (a no-op when present). The batch fails with ENOENT when the marker is
-// missing — the bridge's first container, the first one after its last
-// left, or a flushed ruleset — and only then does the plugin do the costly
-// work: detect the host's filters, open them, rebuild the network's
-// objects from the attachment records. The marker goes when the bridge's
-// last container does.
+// Every ADD looks the marker set up by name before its batch (one GETSET,
+// ~30 µs) and adds the bridge's element to it in the batch (a no-op when
+// present; should the marker go between the two, the batch fails with
+// ENOENT and the slow path sees it). When the marker is missing — the
+// bridge's first container, the first one after its last left, or a
+// flushed ruleset — the batch leaves it out and the plugin sets the
+// bridge up: detects the host's filters, opens them, and calls
+// SetupBridge, which adds the marker last (see bridgesetup.go). Finding
+// the marker missing by a failing batch instead would cost the kernel's
+// abort of a failed transaction, a grace period. Only when the batch
+// fails (a flushed ruleset took the network's objects too) does the
+// plugin also rebuild the network's elements from the attachment
+// records. The marker goes when the bridge's last container does.
 //
 // Chain localnet is part of the table's base setup, which every slow path
 // installs, whatever the attachment asks for. Its first rule marks the
@@ -129,93 +133,45 @@ func isolationRule() rule {
 		comment: "pier: ingressPolicy same-bridge"}
 }
 
-// queueBaseSetup queues what table inet pier always has once Pier has
-// set anything up in it: the localnet drop and the isolation chain with
-// its sets. Chains are flushed and refilled, so it is idempotent.
-func queueBaseSetup(c *nftables.Conn) error {
-	c.AddTable(pierTable())
-	for _, s := range []*nftables.Set{isolatedSet(), isolatedPairsSet()} {
-		if err := c.AddSet(s, nil); err != nil {
-			return fmt.Errorf("queue set %s: %w", s.Name, err)
-		}
-	}
+// baseChain is one chain of the table's base setup with its rules.
+type baseChain struct {
+	chain *nftables.Chain
+	rules []rule
+}
+
+// baseChains are the chains every setup of table inet pier installs,
+// whatever the attachment asks for: the localnet drop and the isolation
+// rule.
+func baseChains() []baseChain {
 	prio := func(p int32) *nftables.ChainPriority { v := nftables.ChainPriority(p); return &v }
-	for _, ch := range []struct {
-		chain *nftables.Chain
-		rules []rule
-	}{
+	return []baseChain{
 		{&nftables.Chain{Name: localnetChain, Table: pierTable(), Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookPrerouting, Priority: prio(-150)},
 			[]rule{localnetReplyMark(), localnetRule()}},
 		{&nftables.Chain{Name: forwardChain, Table: pierTable(), Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter},
 			[]rule{isolationRule()}},
-	} {
+	}
+}
+
+func baseSets() []*nftables.Set { return []*nftables.Set{isolatedSet(), isolatedPairsSet()} }
+
+// queueBaseSetup queues what table inet pier always has once Pier has
+// set anything up in it: the localnet drop and the isolation chain with
+// its sets. Chains are flushed and refilled, so it is idempotent; where
+// the table is known to exist, queueMissingBase does the same job
+// without deleting anything.
+func queueBaseSetup(c *nftables.Conn) error {
+	c.AddTable(pierTable())
+	for _, s := range baseSets() {
+		if err := c.AddSet(s, nil); err != nil {
+			return fmt.Errorf("queue set %s: %w", s.Name, err)
+		}
+	}
+	for _, ch := range baseChains() {
 		c.AddChain(ch.chain)
 		c.FlushChain(ch.chain)
 		for _, r := range ch.rules {
 			c.AddRule(r.nftRule(ch.chain))
 		}
-	}
-	return nil
-}
-
-// BridgeSetup is what SetupBridge records for a bridge.
-type BridgeSetup struct {
-	Bridge string
-	// Isolated drops new connections into the bridge from other
-	// interfaces (ingressPolicy same-bridge); host ports and replies pass.
-	Isolated bool
-	// Note says what was done for the bridge outside Pier's tables; it is
-	// the marker element's comment (shortened to nft's comment limit).
-	Note string
-}
-
-// SetupBridge installs the table's base objects, the bridge's isolation
-// (or removes it, when no longer asked for) and, last, its marker: from
-// then on ADDs on the bridge take the fast path.
-func SetupBridge(b BridgeSetup, opts ...Option) error {
-	if b.Bridge == "" || len(b.Bridge) >= unix.IFNAMSIZ {
-		return fmt.Errorf("nat: set up bridge %q: %w", b.Bridge, ErrInvalid)
-	}
-	conn, err := dial(opts)
-	if err != nil {
-		return fmt.Errorf("nat: set up bridge %s: %w", b.Bridge, err)
-	}
-	defer closeConn(conn, opts)
-	for range 3 {
-		var isolated bool
-		if isolated, err = isIsolated(conn, b.Bridge); err != nil {
-			break
-		}
-		err = flush(conn, func(c *nftables.Conn) error {
-			if err := queueBaseSetup(c); err != nil {
-				return err
-			}
-			switch {
-			case b.Isolated && !isolated:
-				err = errors.Join(c.SetAddElements(isolatedSet(), []nftables.SetElement{{Key: ifnameKey(b.Bridge)}}),
-					c.SetAddElements(isolatedPairsSet(), []nftables.SetElement{{Key: pairKey(b.Bridge)}}))
-			case !b.Isolated && isolated:
-				err = errors.Join(c.SetDeleteElements(isolatedSet(), []nftables.SetElement{{Key: ifnameKey(b.Bridge)}}),
-					c.SetDeleteElements(isolatedPairsSet(), []nftables.SetElement{{Key: pairKey(b.Bridge)}}))
-			}
-			if err != nil {
-				return err
-			}
-			m := markerSet(b.Bridge)
-			if err := c.AddSet(m, nil); err != nil {
-				return err
-			}
-			// Delete and re-add, so the comment says what was done now.
-			return errors.Join(c.SetAddElements(m, []nftables.SetElement{markerElement(b.Bridge, "")}),
-				c.SetDeleteElements(m, []nftables.SetElement{{Key: ifnameKey(b.Bridge)}}),
-				c.SetAddElements(m, []nftables.SetElement{markerElement(b.Bridge, b.Note)}))
-		})
-		if !IsNotFound(err) && !isExist(err) {
-			break
-		}
-	}
-	if err != nil {
-		return fmt.Errorf("nat: set up bridge %s (table inet %s): %w", b.Bridge, TableName, err)
 	}
 	return nil
 }

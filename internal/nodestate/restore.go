@@ -43,6 +43,29 @@ func SetupBridge(lock string, s BridgeSpec) ([]firewall.Place, error) {
 	return setupBridge(s)
 }
 
+// EnsureBridge is SetupBridge for an ADD that found the bridge's marker
+// missing: under the node's lock it looks again, and when another ADD set
+// the bridge up meanwhile (the marker is there, with the isolation s
+// asks for), it returns without redoing it. So concurrent first ADDs wait
+// for the one doing the setup instead of each doing it again. done
+// reports whether this call set the bridge up.
+func EnsureBridge(lock string, s BridgeSpec) (places []firewall.Place, done bool, err error) {
+	unlock, err := nodelock.Acquire(lock)
+	if err != nil {
+		return nil, false, err
+	}
+	defer unlock()
+	st, err := nat.ReadBridge(s.Bridge)
+	if err != nil {
+		return nil, false, err
+	}
+	if st.Ready && st.Isolated == s.Isolated {
+		return nil, false, nil
+	}
+	places, err = setupBridge(s)
+	return places, true, err
+}
+
 func setupBridge(s BridgeSpec) ([]firewall.Place, error) {
 	note := "host filters left alone (firewallBackend none)"
 	var places []firewall.Place

@@ -91,7 +91,7 @@ func (c *call) add(ctx context.Context) (_ types.Result, err error) {
 	if err := c.configureHost(res, hostSide{bridge: br.Attrs().Name, created: created, veth: pair}, &undo); err != nil {
 		return nil, err
 	}
-	step("forwarding, nftables (and the bridge's setup on the slow path)")
+	step("forwarding, nftables (and the bridge's setup for its first container)")
 	return c.result(res, br, pair, ifb)
 }
 

@@ -23,7 +23,8 @@ import (
 // configureNAT puts the attachment's masquerade elements, port mappings and
 // MAC check in nftables, in one transaction, with the bridge's marker (see
 // package nat): when that batch fails, the slow path rebuilds what is
-// missing, and afterAdd sets the bridge up or puts the network back. The
+// missing; afterAdd sets the bridge up when its marker is missing, and
+// puts the network back after a slow path. The
 // attachment's record is written first, so a flush at any later moment
 // finds it.
 func (c *call) configureNAT(res *current.Result, h hostSide, undo *undoStack) error {

@@ -1,6 +1,10 @@
 package plugin
 
 import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/pier-cni/pier/internal/nat"
@@ -62,5 +66,61 @@ func TestBridgeTeardownTakesTheNodeLock(t *testing.T) {
 	}
 	if st, err := nat.ReadBridge(b.bridge); err != nil || st.Ready {
 		t.Errorf("after the lock was free, bridge %s kept its setup: %+v %v", b.bridge, st, err)
+	}
+}
+
+// TestConcurrentFirstADDsSetUpOnce: ADDs started at once on a bridge
+// without its setup (every ADD of a burst after the bridge emptied) used
+// to redo the whole setup one after the other under the node lock — the
+// host's filters scanned and opened, Pier's base chains flushed and
+// refilled, each setup's deletions making its socket's close wait a grace
+// period. Now each looks again once it has the lock, and only the first
+// sets the bridge up. The test holds the node lock until every ADD waits
+// for it, so all of them found the marker missing.
+func TestConcurrentFirstADDsSetUpOnce(t *testing.T) {
+	n := inNode(t)
+	if n == nil {
+		return
+	}
+	logFile := filepath.Join(t.TempDir(), "pier.log")
+	c := netConf{name: "burst", bridge: "pt-burst", subnet: "10.42.0.0/24",
+		extra: fmt.Sprintf(`"isGateway":true,"ipMasq":true,"logFile":%q,`, logFile)}
+	warm := n.container("warm")
+	n.add(warm, c)
+	if _, err := n.do("DEL", warm, c); err != nil { // the bridge's last container: its setup goes
+		t.Fatal(err)
+	}
+	if err := os.Truncate(logFile, 0); err != nil { // the warm-up's setup is not counted
+		t.Fatal(err)
+	}
+	release, err := nodelock.Acquire(n.plugin.nodeLock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const k = 4
+	errs := make(chan error, k)
+	for i := range k {
+		a := n.container(fmt.Sprintf("b%d", i))
+		go func() { _, err := n.do("ADD", a, c); errs <- err }()
+	}
+	waits, err := testnet.WaitForLockWaiters(n.plugin.nodeLock, k, func() bool { return len(errs) > 0 })
+	release()
+	if err != nil || !waits {
+		t.Fatalf("the ADDs did not all wait for the node lock (%v); one finished: %v", err, <-errs)
+	}
+	for range k {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	log, err := os.ReadFile(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if setups := strings.Count(string(log), `msg="bridge set up"`); setups != 1 {
+		t.Errorf("%d ADDs at once on a bridge without its setup set it up %d times, want once:\n%s", k, setups, log)
+	}
+	if st, err := nat.ReadBridge(c.bridge); err != nil || !st.Ready {
+		t.Errorf("bridge %s after the ADDs: %+v %v", c.bridge, st, err)
 	}
 }

@@ -69,20 +69,26 @@ func (c *call) record(att nat.Attachment, hostVeth string) (nodestate.Record, er
 	return r, nil
 }
 
-// afterAdd finishes an ADD whose nftables batch took the slow path: the
-// bridge's setup when its marker was missing, and the network's other
-// attachments put back, since what failed the fast batch may have been a
-// flush that took theirs too. Their restore failing does not fail this
-// ADD (it is logged); the bridge's setup does, as this container needs it.
+// afterAdd finishes an ADD that found its bridge's marker missing or whose
+// nftables batch took the slow path: the bridge's setup when the marker
+// was missing (unless a concurrent ADD did it while this one waited for
+// the node lock), and the network's other attachments put back after a
+// slow path, since what failed the fast batch may have been a flush that
+// took theirs too. Their restore failing does not fail this ADD (it is
+// logged); the bridge's setup does, as this container needs it.
 func (c *call) afterAdd(out nat.Outcome, bridge string) error {
 	step := c.stepTimer()
-	defer step("set up the bridge and restore the network (slow path)")
+	defer step("set up the bridge and restore the network (first container or slow path)")
 	if out.BridgeMissing {
-		places, err := nodestate.SetupBridge(c.nodeLock, c.bridgeSpec(bridge))
+		places, done, err := nodestate.EnsureBridge(c.nodeLock, c.bridgeSpec(bridge))
 		if err != nil {
 			return cnierr.Wrap(err, cnierr.IOFailure, "cannot open the node's firewall for bridge %s (set \"firewallBackend\": \"none\" to leave it alone)", bridge)
 		}
-		c.log.Info("bridge set up", "bridge", bridge, "hostFilters", firewall.Summary(places))
+		if done {
+			c.log.Info("bridge set up", "bridge", bridge, "hostFilters", firewall.Summary(places))
+		} else {
+			c.log.Debug("bridge set up meanwhile by another ADD", "bridge", bridge)
+		}
 	}
 	if out.Rebuilt {
 		if _, err := nodestate.Restore(c.paths(), c.conf.Name, false, c.log); err != nil {

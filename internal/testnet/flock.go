@@ -14,6 +14,13 @@ import (
 // waiting), and reports false. Tests use it to see that a call waits for a
 // lock without timing it.
 func WaitForLockWaiter(path string, stop func() bool) (bool, error) {
+	return WaitForLockWaiters(path, 1, stop)
+}
+
+// WaitForLockWaiters is WaitForLockWaiter for n waiters at once (flock
+// waiters of one process count one each: every open of the file is a lock
+// of its own).
+func WaitForLockWaiters(path string, n int, stop func() bool) (bool, error) {
 	st, err := os.Stat(path)
 	if err != nil {
 		return false, err
@@ -24,10 +31,14 @@ func WaitForLockWaiter(path string, stop func() bool) (bool, error) {
 		if err != nil {
 			return false, err
 		}
+		waiting := 0
 		for _, l := range strings.Split(string(locks), "\n") {
 			if strings.Contains(l, "->") && strings.Contains(l, ino) {
-				return true, nil
+				waiting++
 			}
+		}
+		if waiting >= n {
+			return true, nil
 		}
 		time.Sleep(time.Millisecond) // a poll interval, not a deadline
 	}
