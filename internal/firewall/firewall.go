@@ -52,15 +52,23 @@
 //
 // Nothing here runs on an ADD's fast path: a bridge's marker (package nat)
 // says its setup is done, and only its first container, the first after
-// its last left, or a flushed ruleset call Ensure. Ensure reads the chains
-// of every table (one dump) and the rules of the chains that drop; legacy
-// iptables costs a few process runs, firewalld a D-Bus connection.
+// its last left, or a flushed ruleset call Ensure. That is every container
+// that finds its bridge empty, so on a node whose filters drop nothing
+// Ensure costs one netlink socket, one dump of every table's chains (which
+// also tells whether firewalld's table is here) and two /proc reads (no
+// legacy x_tables table: no process run); where filters drop, the rules of
+// the chains that drop are read too, legacy iptables costs a few process
+// runs, firewalld a D-Bus connection. Nothing of what it finds is kept
+// between calls: a firewall reload or a new filter would make it stale.
 package firewall
 
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
+
+	"github.com/google/nftables"
 )
 
 // Backend names, as Place.Backend shows them.
@@ -100,11 +108,42 @@ func (p Place) String() string {
 type backend interface {
 	// scan lists the places of this kind that drop forwarded traffic and
 	// whether the bridge's accepts are in each.
-	scan(bridge string) ([]Place, error)
+	scan(v *view, bridge string) ([]Place, error)
 	// add puts the bridge's accepts into p, replacing any partial set.
 	add(bridge string, p Place) error
 	// remove deletes the bridge's accepts wherever they are.
-	remove(bridge string) error
+	remove(v *view, bridge string) error
+}
+
+// view is the node's nftables ruleset as one call of Host sees it: one
+// netlink socket and one dump of every chain, which every backend reads
+// instead of opening and listing its own (firewalld's presence is its
+// table's chains). Closing a socket is cheap unless a transaction on it
+// deleted something (see closeConn), so a call that only reads (a bridge's
+// first container, where no filter drops) costs one socket and one dump.
+type view struct {
+	conn   *nftables.Conn
+	chains []*nftables.Chain
+}
+
+func openView() (*view, error) {
+	conn, err := nftables.New(nftables.AsLasting())
+	if err != nil {
+		return nil, fmt.Errorf("open nftables netlink socket: %w", err)
+	}
+	chains, err := conn.ListChains()
+	if err != nil {
+		closeConn(conn)
+		return nil, fmt.Errorf("list nftables chains: %w", err)
+	}
+	return &view{conn: conn, chains: chains}, nil
+}
+
+func (v *view) close() { closeConn(v.conn) }
+
+// hasTable reports whether a table of that name has chains.
+func (v *view) hasTable(name string) bool {
+	return slices.ContainsFunc(v.chains, func(c *nftables.Chain) bool { return c.Table.Name == name })
 }
 
 // Host is the node's filters, seen from the calling thread's network
@@ -125,10 +164,15 @@ func Comment(bridge string) string { return "pier: forward of bridge " + bridge 
 // Scan lists the places that drop forwarded traffic, with whether the
 // bridge's accepts are there.
 func (h *Host) Scan(bridge string) ([]Place, error) {
+	v, err := openView()
+	if err != nil {
+		return nil, fmt.Errorf("firewall: read the host's filters: %w", err)
+	}
+	defer v.close()
 	var out []Place
 	var errs []error
 	for _, b := range h.backends {
-		ps, err := b.scan(bridge)
+		ps, err := b.scan(v, bridge)
 		out = append(out, ps...)
 		errs = append(errs, err)
 	}
@@ -144,9 +188,14 @@ func (h *Host) Ensure(bridge string) ([]Place, error) {
 	if err := validBridge(bridge); err != nil {
 		return nil, err
 	}
+	v, err := openView()
+	if err != nil {
+		return nil, fmt.Errorf("firewall: read the host's filters: %w", err)
+	}
+	defer v.close()
 	var out []Place
 	for _, b := range h.backends {
-		ps, err := b.scan(bridge)
+		ps, err := b.scan(v, bridge)
 		if err != nil {
 			return out, fmt.Errorf("firewall: read the host's filters: %w", err)
 		}
@@ -169,9 +218,14 @@ func (h *Host) Remove(bridge string) error {
 	if err := validBridge(bridge); err != nil {
 		return err
 	}
+	v, err := openView()
+	if err != nil {
+		return fmt.Errorf("firewall: remove bridge %s's accepts: %w", bridge, err)
+	}
+	defer v.close()
 	var errs []error
 	for _, b := range h.backends {
-		errs = append(errs, b.remove(bridge))
+		errs = append(errs, b.remove(v, bridge))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("firewall: remove bridge %s's accepts: %w", bridge, err)

@@ -7,7 +7,6 @@ import (
 	"strings"
 
 	"github.com/godbus/dbus/v5"
-	"github.com/google/nftables"
 )
 
 // The firewalld side, over its D-Bus API (org.fedoraproject.FirewallD1),
@@ -65,27 +64,12 @@ const (
 type firewalldBackend struct{}
 
 // firewalldHere reports whether firewalld filters this namespace: its
-// nftables table is here. The system bus is shared by every network
-// namespace of the machine, so asking it alone could find a firewalld that
-// filters another namespace (the host's, seen from a node namespace) and
-// put the bridge's name into that one's zones.
-func firewalldHere() (bool, error) {
-	conn, err := nftables.New(nftables.AsLasting())
-	if err != nil {
-		return false, fmt.Errorf("open nftables netlink socket: %w", err)
-	}
-	defer closeConn(conn)
-	tables, err := conn.ListTables()
-	if err != nil {
-		return false, fmt.Errorf("list nftables tables: %w", err)
-	}
-	for _, t := range tables {
-		if t.Name == firewalldTable {
-			return true, nil
-		}
-	}
-	return false, nil
-}
+// nftables table is here (with its chains, which firewalld makes with
+// it). The system bus is shared by every network namespace of the
+// machine, so asking it alone could find a firewalld that filters another
+// namespace (the host's, seen from a node namespace) and put the bridge's
+// name into that one's zones.
+func firewalldHere(v *view) bool { return v.hasTable(firewalldTable) }
 
 // firewalld is a connection to firewalld over the system bus.
 type firewalld struct {
@@ -220,10 +204,9 @@ type firewalldPlace struct {
 	live bool   // Pier's zone and policy are live
 }
 
-func (firewalldBackend) scan(bridge string) ([]Place, error) {
-	here, err := firewalldHere()
-	if err != nil || !here {
-		return nil, err
+func (firewalldBackend) scan(v *view, bridge string) ([]Place, error) {
+	if !firewalldHere(v) {
+		return nil, nil
 	}
 	f, err := dialFirewalld()
 	if err != nil {
@@ -270,10 +253,9 @@ func (firewalldBackend) add(bridge string, p Place) error {
 	return f.join(bridge)
 }
 
-func (firewalldBackend) remove(bridge string) error {
-	here, err := firewalldHere()
-	if err != nil || !here {
-		return err
+func (firewalldBackend) remove(v *view, bridge string) error {
+	if !firewalldHere(v) {
+		return nil
 	}
 	f, err := dialFirewalld()
 	if err != nil {

@@ -66,7 +66,7 @@ type legacyPlace struct {
 	jumpFrom string
 }
 
-func (legacyBackend) scan(bridge string) ([]Place, error) {
+func (legacyBackend) scan(_ *view, bridge string) ([]Place, error) {
 	var out []Place
 	for _, f := range legacyFamilies {
 		if !f.loaded() {
@@ -197,7 +197,7 @@ func deleteAll(f legacyFamily, chain string, rules [][]string) error {
 	return nil
 }
 
-func (legacyBackend) remove(bridge string) error {
+func (legacyBackend) remove(_ *view, bridge string) error {
 	var errs []error
 	for _, f := range legacyFamilies {
 		if !f.loaded() {

@@ -62,16 +62,8 @@ func closeConn(conn *nftables.Conn) {
 	_ = conn.CloseLasting() // every batch on it was acknowledged: nothing to lose
 }
 
-func (nftBackend) scan(bridge string) ([]Place, error) {
-	conn, err := nftables.New(nftables.AsLasting())
-	if err != nil {
-		return nil, fmt.Errorf("open nftables netlink socket: %w", err)
-	}
-	defer closeConn(conn)
-	chains, err := conn.ListChains()
-	if err != nil {
-		return nil, fmt.Errorf("list nftables chains: %w", err)
-	}
+func (nftBackend) scan(v *view, bridge string) ([]Place, error) {
+	conn, chains := v.conn, v.chains
 	var out []Place
 	for _, c := range chains {
 		if !isForwardFilter(c) || c.Table.Name == firewalldTable || c.Table.Name == "pier" {
@@ -257,16 +249,8 @@ func (nftBackend) add(bridge string, pl Place) error {
 	return conn.Flush()
 }
 
-func (nftBackend) remove(bridge string) error {
-	conn, err := nftables.New(nftables.AsLasting())
-	if err != nil {
-		return fmt.Errorf("open nftables netlink socket: %w", err)
-	}
-	defer closeConn(conn)
-	chains, err := conn.ListChains()
-	if err != nil {
-		return fmt.Errorf("list nftables chains: %w", err)
-	}
+func (nftBackend) remove(v *view, bridge string) error {
+	conn, chains := v.conn, v.chains
 	var errs []error
 	for _, c := range chains {
 		if c.Table.Name == firewalldTable || c.Table.Name == "pier" {

@@ -46,20 +46,64 @@ type BridgeSetup struct {
 // then on ADDs on the bridge take the fast path. What is already right is
 // left as it is (see the notes above).
 func SetupBridge(b BridgeSetup, opts ...Option) error {
-	if b.Bridge == "" || len(b.Bridge) >= unix.IFNAMSIZ {
-		return fmt.Errorf("nat: set up bridge %q: %w", b.Bridge, ErrInvalid)
+	p, err := PlanBridge(b.Bridge, opts...)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	return p.Apply(b)
+}
+
+// BridgePlan is what table inet pier holds of a bridge's setup, read once
+// on a socket that Apply then uses: a caller can look whether the bridge
+// is set up already (Ready) and do its own work (the host's filters)
+// before the batch, without reading twice.
+type BridgePlan struct {
+	bridge string
+	conn   *nftables.Conn
+	opts   []Option
+	st     bridgeState
+}
+
+// PlanBridge reads the table's base objects and the bridge's marker and
+// isolation.
+func PlanBridge(bridge string, opts ...Option) (*BridgePlan, error) {
+	if bridge == "" || len(bridge) >= unix.IFNAMSIZ {
+		return nil, fmt.Errorf("nat: set up bridge %q: %w", bridge, ErrInvalid)
 	}
 	conn, err := dial(opts)
 	if err != nil {
-		return fmt.Errorf("nat: set up bridge %s: %w", b.Bridge, err)
+		return nil, fmt.Errorf("nat: set up bridge %s: %w", bridge, err)
 	}
-	defer closeConn(conn, opts)
-	for range 3 {
-		var st bridgeState
-		if st, err = readBridgeState(conn, b.Bridge); err != nil {
-			break
+	p := &BridgePlan{bridge: bridge, conn: conn, opts: opts}
+	if p.st, err = readBridgeState(conn, bridge); err != nil {
+		p.Close()
+		return nil, fmt.Errorf("nat: read the setup of bridge %s (table inet %s): %w", bridge, TableName, err)
+	}
+	return p, nil
+}
+
+// Ready reports whether the bridge has its marker, and is isolated or not
+// as asked.
+func (p *BridgePlan) Ready(isolated bool) bool {
+	return p.st.marker != nil && p.st.isolated == isolated
+}
+
+// Apply sets the bridge up as b says (b.Bridge must be the plan's). When
+// the table changed since the read (a concurrent slow path, a flush), the
+// batch fails as a whole and Apply reads and tries again.
+func (p *BridgePlan) Apply(b BridgeSetup) error {
+	if b.Bridge != p.bridge {
+		return fmt.Errorf("nat: set up bridge %q with the plan of %q: %w", b.Bridge, p.bridge, ErrInvalid)
+	}
+	var err error
+	for attempt := range 3 {
+		if attempt > 0 {
+			if p.st, err = readBridgeState(p.conn, b.Bridge); err != nil {
+				break
+			}
 		}
-		err = flush(conn, func(c *nftables.Conn) error { return st.queue(c, b) })
+		err = flush(p.conn, func(c *nftables.Conn) error { return p.st.queue(c, b) })
 		if !IsNotFound(err) && !isExist(err) {
 			break
 		}
@@ -69,6 +113,10 @@ func SetupBridge(b BridgeSetup, opts ...Option) error {
 	}
 	return nil
 }
+
+// Close closes the plan's socket (or leaves it to the Closer of the
+// options, see CloseLater).
+func (p *BridgePlan) Close() { closeConn(p.conn, p.opts) }
 
 // bridgeState is what table inet pier holds of the base objects and of
 // one bridge's setup.
@@ -80,6 +128,9 @@ type bridgeState struct {
 	marker   *nftables.SetElement        // the bridge's marker element; nil: none
 }
 
+// readBridgeState reads, in the usual case, the table's sets (one dump),
+// the base chains' rules (two) and the elements of isolated-bridges and
+// of the marker set where they exist.
 func readBridgeState(conn *nftables.Conn, bridge string) (bridgeState, error) {
 	st := bridgeState{sets: map[string]bool{}, chains: map[string][]*nftables.Rule{}}
 	sets, err := conn.GetSets(pierTable())
@@ -93,33 +144,47 @@ func readBridgeState(conn *nftables.Conn, bridge string) (bridgeState, error) {
 	for _, s := range sets {
 		st.sets[s.Name] = true
 	}
-	for _, ch := range baseChains() {
-		if _, err := conn.ListChain(pierTable(), ch.chain.Name); notFound(err) {
-			continue
-		} else if err != nil {
-			return st, fmt.Errorf("get chain %s: %w", ch.chain.Name, err)
-		}
-		rules, err := conn.GetRules(pierTable(), ch.chain)
-		if err != nil {
-			return st, fmt.Errorf("list rules of chain %s: %w", ch.chain.Name, err)
-		}
-		st.chains[ch.chain.Name] = rules
+	if err := st.readChains(conn); err != nil {
+		return st, err
 	}
 	if st.sets[isolatedBridges] {
-		if st.isolated, err = isIsolated(conn, bridge); err != nil {
-			return st, err
+		els, err := conn.GetSetElements(isolatedSet())
+		if err != nil {
+			return st, fmt.Errorf("list elements of set %s: %w", isolatedBridges, err)
 		}
+		st.isolated = slices.ContainsFunc(els, func(e nftables.SetElement) bool { return ifnameOf(e.Key) == bridge })
 	}
 	if m := markerSet(bridge); st.sets[m.Name] {
-		els, err := listSet(conn, m)
+		els, err := conn.GetSetElements(m)
 		if err != nil {
-			return st, err
+			return st, fmt.Errorf("list elements of set %s: %w", m.Name, err)
 		}
 		if i := slices.IndexFunc(els, func(e nftables.SetElement) bool { return ifnameOf(e.Key) == bridge }); i >= 0 {
 			st.marker = &els[i]
 		}
 	}
 	return st, nil
+}
+
+// readChains reads the base chains' rules. A rule dump of a chain that
+// does not exist is empty, as is that of a flushed one: only then is the
+// chain itself looked up.
+func (st *bridgeState) readChains(conn *nftables.Conn) error {
+	for _, ch := range baseChains() {
+		rules, err := conn.GetRules(pierTable(), ch.chain)
+		if err != nil && !notFound(err) {
+			return fmt.Errorf("list rules of chain %s: %w", ch.chain.Name, err)
+		}
+		if len(rules) == 0 {
+			if _, err := conn.ListChain(pierTable(), ch.chain.Name); notFound(err) {
+				continue
+			} else if err != nil {
+				return fmt.Errorf("get chain %s: %w", ch.chain.Name, err)
+			}
+		}
+		st.chains[ch.chain.Name] = rules
+	}
+	return nil
 }
 
 // queue queues what turns st into b's setup.

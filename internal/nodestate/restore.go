@@ -40,7 +40,7 @@ func SetupBridge(lock string, s BridgeSpec) ([]firewall.Place, error) {
 		return nil, err
 	}
 	defer unlock()
-	return setupBridge(s)
+	return setupBridgeAnew(s)
 }
 
 // EnsureBridge is SetupBridge for an ADD that found the bridge's marker
@@ -55,18 +55,22 @@ func EnsureBridge(lock string, s BridgeSpec) (places []firewall.Place, done bool
 		return nil, false, err
 	}
 	defer unlock()
-	st, err := nat.ReadBridge(s.Bridge)
+	plan, err := nat.PlanBridge(s.Bridge)
 	if err != nil {
 		return nil, false, err
 	}
-	if st.Ready && st.Isolated == s.Isolated {
+	defer plan.Close()
+	if plan.Ready(s.Isolated) {
 		return nil, false, nil
 	}
-	places, err = setupBridge(s)
+	places, err = setupBridge(s, plan)
 	return places, true, err
 }
 
-func setupBridge(s BridgeSpec) ([]firewall.Place, error) {
+// setupBridge opens the host's filters (with s.Firewall) and then sets up
+// Pier's side through plan: the base objects, the isolation and, last,
+// the marker.
+func setupBridge(s BridgeSpec, plan *nat.BridgePlan) ([]firewall.Place, error) {
 	note := "host filters left alone (firewallBackend none)"
 	var places []firewall.Place
 	if s.Firewall {
@@ -79,7 +83,17 @@ func setupBridge(s BridgeSpec) ([]firewall.Place, error) {
 	if s.Isolated {
 		note += "; ingressPolicy same-bridge"
 	}
-	return places, nat.SetupBridge(nat.BridgeSetup{Bridge: s.Bridge, Isolated: s.Isolated, Note: note})
+	return places, plan.Apply(nat.BridgeSetup{Bridge: s.Bridge, Isolated: s.Isolated, Note: note})
+}
+
+// setupBridgeAnew is setupBridge with a plan of its own.
+func setupBridgeAnew(s BridgeSpec) ([]firewall.Place, error) {
+	plan, err := nat.PlanBridge(s.Bridge)
+	if err != nil {
+		return nil, err
+	}
+	defer plan.Close()
+	return setupBridge(s, plan)
 }
 
 // TeardownBridge removes the bridge's host accepts and marker, and turns
@@ -119,7 +133,7 @@ func TeardownBridge(lock string, s BridgeSpec, leaving string, opts ...nat.Optio
 	}
 	if used, err := pierPorts(s.Bridge, leaving); err != nil || used {
 		if err == nil {
-			_, err = setupBridge(s)
+			_, err = setupBridgeAnew(s)
 		}
 		if err == nil && localnetOn {
 			err = localnet.Enable(s.Bridge) // the newcomer may have found it on
