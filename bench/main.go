@@ -18,6 +18,8 @@
 //	go run ./bench -chain                        # port mappings + bandwidth vs the reference chain
 //	go run ./bench -vs /tmp/old-bin -n 1 -bursts '' -iperf=false -out ''
 //	                                             # this build against another build of pier
+//	go run ./bench -vs /tmp/old-bin -n 1 -pier-conf '"networkPolicy":true'
+//	                                             # the same with a key added to pier's configs
 package main
 
 import (
@@ -41,6 +43,7 @@ type options struct {
 	out            string
 	chain          bool
 	vs             string // another build of pier to compare with, instead of the reference
+	pierExtra      string // JSON members added to pier's network configs
 }
 
 func main() {
@@ -54,6 +57,7 @@ func main() {
 	flag.BoolVar(&o.iperf, "iperf", true, "measure iperf3 throughput (needs iperf3)")
 	flag.StringVar(&o.out, "out", "docs/benchmarks.md", "markdown report to write (empty: none)")
 	flag.StringVar(&o.vs, "vs", "", "directory with another build of pier: compare ADD and DEL latency with it instead of the reference plugins (only the latency table is printed)")
+	flag.StringVar(&o.pierExtra, "pier-conf", "", `JSON members added to pier's network configs, e.g. '"networkPolicy":true' (with -vs, to both builds')`)
 	flag.BoolVar(&o.chain, "chain", false, "only compare ADD/DEL with two port mappings and a bandwidth limit: pier vs the reference chain bridge + portmap + bandwidth (see chain.go)")
 	flag.Parse()
 	var err error

@@ -44,9 +44,13 @@ func implementations(o options, dataDir string) ([]impl, error) {
 	if err != nil {
 		return nil, err
 	}
+	extra := ""
+	if o.pierExtra != "" {
+		extra = o.pierExtra + ","
+	}
 	pierConf := func(network, bridge, subnet string, masq bool) string {
-		return fmt.Sprintf(`{"cniVersion":"0.4.0","name":%q,"type":"pier","bridge":%q,"isGateway":true,"ipMasq":%v,"ipam":{"type":"pier-ipam","subnet":%q,"dataDir":%q}}`,
-			network, bridge, masq, subnet, dataDir)
+		return fmt.Sprintf(`{"cniVersion":"0.4.0","name":%q,"type":"pier","bridge":%q,"isGateway":true,"ipMasq":%v,%s"ipam":{"type":"pier-ipam","subnet":%q,"dataDir":%q}}`,
+			network, bridge, masq, extra, subnet, dataDir)
 	}
 	pier := impl{name: "pier", label: "pier", bin: filepath.Join(binDir, "pier"), cniPath: binDir, conf: pierConf}
 	ref := impl{name: "reference", label: "reference", bin: filepath.Join(o.refDir, "bridge"), cniPath: o.refDir,

@@ -52,6 +52,15 @@ func CloseLater(c *Closer) Option {
 	return func(cf *config) { cf.later = c }
 }
 
+// Keep leaves conn to c, to close with the others: for another package's
+// nftables socket (network policy's elements) whose release DEL also
+// waits for after the veth is gone.
+func (c *Closer) Keep(conn *nftables.Conn) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.conns = append(c.conns, conn)
+}
+
 // Close closes the sockets left to c.
 func (c *Closer) Close() {
 	c.mu.Lock()
@@ -100,9 +109,7 @@ func dial(opts []Option) (*nftables.Conn, error) {
 // leaves it to the caller's Closer (CloseLater).
 func closeConn(conn *nftables.Conn, opts []Option) {
 	if later := configOf(opts).later; later != nil {
-		later.mu.Lock()
-		later.conns = append(later.conns, conn)
-		later.mu.Unlock()
+		later.Keep(conn)
 		return
 	}
 	// A close error on a netlink socket loses nothing: every batch was

@@ -12,6 +12,7 @@ import (
 	"github.com/pier-cni/pier/internal/container"
 	"github.com/pier-cni/pier/internal/nat"
 	"github.com/pier-cni/pier/internal/netns"
+	"github.com/pier-cni/pier/internal/netpol/dataplane"
 	"github.com/pier-cni/pier/internal/nodestate"
 	"github.com/pier-cni/pier/internal/veth"
 )
@@ -69,7 +70,7 @@ func (c *call) del(ctx context.Context) (types.Result, error) {
 		}
 		bound = slices.Concat(held, rec.Sources)
 		delByKey := func() error { return c.delByKey(held, bound, len(rec.Sources) > 0, later) }
-		wait := concurrently(delByKey, func() error { return c.delPolicy(held) },
+		wait := concurrently(delByKey, func() error { return c.delPolicy(held, dataplane.LeaveOpen(sockets.Keep)) },
 			func() error { return c.delNodeElements(later) }, c.removeLimits, func() error { return c.teardownBridge(later) })
 		var linkErr error
 		gone, linkErr = c.deleteLinks()

@@ -52,11 +52,11 @@ func (c *call) logPolicy(a *dataplane.Attachment) {
 
 // delPolicy removes the policy elements of addresses this attachment
 // still holds in IPAM: nobody else can have them, so no ownership check.
-func (c *call) delPolicy(addrs []netip.Addr) error {
+func (c *call) delPolicy(addrs []netip.Addr, opts ...dataplane.Option) error {
 	if !c.conf.NetworkPolicy || len(addrs) == 0 {
 		return nil
 	}
-	if err := dataplane.RemoveElements(addrs); err != nil {
+	if err := dataplane.RemoveElements(addrs, opts...); err != nil {
 		return cnierr.Wrap(err, cnierr.IOFailure, "cannot remove the network policy elements of %s", c.owner())
 	}
 	return nil

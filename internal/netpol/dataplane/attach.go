@@ -223,7 +223,7 @@ func RemoveElements(addrs []netip.Addr, opts ...Option) error {
 	if err != nil {
 		return fmt.Errorf("network policy: %w", err)
 	}
-	defer closeConn(conn)
+	defer release(conn, opts)
 	var refs []elemRef
 	for _, a := range addrs {
 		f := familyOf(a)

@@ -17,11 +17,33 @@ type Option func(*config)
 
 type config struct {
 	netnsFd int
+	keep    func(*nftables.Conn)
 }
 
 // InNetNS makes a call act in the network namespace fd refers to; the
 // caller keeps ownership of fd.
 func InNetNS(fd int) Option { return func(c *config) { c.netnsFd = fd } }
+
+// LeaveOpen makes RemoveElements hand its socket to keep instead of
+// closing it. Closing a socket after a transaction that deleted something
+// waits for the kernel's release of what was deleted (a grace period); a
+// caller with a wait of its own to do meanwhile (DEL deleting the veth)
+// closes it after that, when the release is usually done (see
+// nat.CloseLater).
+func LeaveOpen(keep func(*nftables.Conn)) Option { return func(c *config) { c.keep = keep } }
+
+// release closes conn, or hands it over as LeaveOpen asks.
+func release(conn *nftables.Conn, opts []Option) {
+	var c config
+	for _, o := range opts {
+		o(&c)
+	}
+	if c.keep != nil {
+		c.keep(conn)
+		return
+	}
+	closeConn(conn)
+}
 
 // dial opens one netlink socket for every batch of a call. Closing it waits
 // for the kernel's deferred release of deleted or replaced objects (an RCU
