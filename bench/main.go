@@ -70,9 +70,10 @@ func main() {
 	if os.Geteuid() != 0 {
 		fatal("needs root: it creates network namespaces")
 	}
-	// pier takes its node lock at the fixed /run/pier/node.lock, and the
-	// reference's iptables /run/xtables.lock: the run gets a /run of its
-	// own, so that it leaves nothing in the machine's.
+	// pier takes its node lock at the fixed /run/pier/node.lock (and
+	// iptables-legacy, where a test setup uses it, /run/xtables.lock): the
+	// run gets a /run of its own, so that it leaves nothing in the
+	// machine's.
 	if err := testnet.PrivateRun(); err != nil {
 		fatal("%v", err)
 	}

@@ -54,8 +54,8 @@ type result struct {
 
 // TestMain runs the measurement in a mount namespace of its own with an
 // empty /run (testnet.PrivateRun): what the programs it starts write
-// there (flanneld, the reference plugins' iptables, pier's node lock had
-// its build not moved it) stays out of the machine's /run.
+// there (flanneld's, pier's node lock had its build not moved it) stays
+// out of the machine's /run.
 func TestMain(m *testing.M) {
 	if os.Getenv("PIER_MEASURE") != "" && os.Geteuid() == 0 {
 		if err := testnet.PrivateRun(); err != nil {

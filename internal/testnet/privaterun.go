@@ -17,8 +17,8 @@ const privateRunEnv = "PIER_PRIVATE_RUN"
 
 // PrivateRun gives a program that runs production binaries (the
 // benchmarks: `pier` takes the node lock at its fixed path under
-// /run/pier; the reference plugins' iptables takes /run/xtables.lock) a
-// /run of its own, so that it leaves no file in the machine's /run.
+// /run/pier; iptables-legacy takes /run/xtables.lock) a /run of its own,
+// so that it leaves no file in the machine's /run.
 //
 // Called first thing in main (or TestMain), it re-executes the program in
 // a new mount namespace, waits for it and exits with its status; in the
