@@ -382,6 +382,28 @@ func ReadRecord(root, network, owner string) (r Record, ok bool, err error) {
 	return r, true, nil
 }
 
+// OthersRecorded reports whether network has records of attachments
+// other than owner, reading only the directory's names.
+func OthersRecorded(root, network, owner string) (bool, error) {
+	mine, err := fileName(owner)
+	if err != nil {
+		return false, err
+	}
+	entries, err := os.ReadDir(Dir(root, network))
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("list records of network %s: %w", network, err)
+	}
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), ".") && e.Name() != mine {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
 // Records reads the records of network. A record that cannot be parsed is
 // reported by name in errs and skipped.
 func Records(root, network string) (recs []Record, errs []error) {

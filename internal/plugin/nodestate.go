@@ -70,27 +70,38 @@ func (c *call) record(att nat.Attachment, hostVeth string) (nodestate.Record, er
 }
 
 // afterAdd finishes an ADD that found its bridge's marker missing or whose
-// nftables batch took the slow path: the bridge's setup when the marker
-// was missing (unless a concurrent ADD did it while this one waited for
-// the node lock), and the network's other attachments put back after a
-// slow path, since what failed the fast batch may have been a flush that
-// took theirs too. Their restore failing does not fail this ADD (it is
-// logged); the bridge's setup does, as this container needs it.
+// nftables batch took the slow path. A missing marker gets the bridge set
+// up, unless a concurrent ADD did it while this one waited for the node
+// lock. The network's other attachments are put back after a slow path,
+// since what failed the fast batch may have been a flush that took theirs
+// too, and after a setup when the network has other records: the marker
+// of a bridge with containers goes only with a flush (of a table whose
+// objects another network's slow path has made again since, or the
+// attachment's batch would have failed). On a bridge whose last container
+// left there are none, and a restore is not needed. Their restore failing
+// does not fail this ADD (it is logged); the bridge's setup does, as this
+// container needs it.
 func (c *call) afterAdd(out nat.Outcome, bridge string) error {
 	step := c.stepTimer()
 	defer step("set up the bridge and restore the network (first container or slow path)")
+	restore := out.Rebuilt
 	if out.BridgeMissing {
 		places, done, err := nodestate.EnsureBridge(c.nodeLock, c.bridgeSpec(bridge))
 		if err != nil {
 			return cnierr.Wrap(err, cnierr.IOFailure, "cannot open the node's firewall for bridge %s (set \"firewallBackend\": \"none\" to leave it alone)", bridge)
 		}
-		if done {
-			c.log.Info("bridge set up", "bridge", bridge, "hostFilters", firewall.Summary(places))
-		} else {
+		if !done {
 			c.log.Debug("bridge set up meanwhile by another ADD", "bridge", bridge)
+		} else {
+			c.log.Info("bridge set up", "bridge", bridge, "hostFilters", firewall.Summary(places))
+			if !restore {
+				if restore, err = nodestate.OthersRecorded(c.stateRoot(), c.conf.Name, c.owner()); err != nil {
+					c.log.Warn("cannot tell whether the network has other attachments to restore", "err", err)
+				}
+			}
 		}
 	}
-	if out.Rebuilt {
+	if restore {
 		if _, err := nodestate.Restore(c.paths(), c.conf.Name, false, c.log); err != nil {
 			c.log.Warn("could not restore every attachment of the network", "err", err)
 		}
