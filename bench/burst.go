@@ -19,8 +19,10 @@ type burstSample struct {
 // measureBurst starts size ADDs at once for each implementation (a node
 // starting many pods), then size DELs at once. The network is warm — its
 // bridge and NAT objects exist from an earlier container, as on a node that
-// already runs pods — so the burst measures attachments, not the one-time
-// setup every concurrent first ADD would otherwise race for.
+// has run pods — but that container is gone, so pier's burst starts on a
+// bridge without its node-side setup (host filters, marker), which its
+// last DEL removed: one ADD of the burst sets it up while the others wait
+// for it.
 func measureBurst(sb *sandbox, impls []impl, size int, rep *report) error {
 	for i, im := range impls {
 		net := &network{im: im, masq: true, name: fmt.Sprintf("burst-%s", im.name),
