@@ -392,7 +392,10 @@ func TestMTUFromUplink(t *testing.T) {
 // one that leaves the host alone (none), on two bridges of the same node,
 // interleaved, 30 pairs each after 3 of warm-up, with a resident container
 // on each bridge (so the accepts stay), and the first ADD on a bridge,
-// which opens the host's filter. It runs only with PIER_MEASURE=1:
+// which opens the host's filter; beside them a third network (auto) whose
+// bridge has no resident container, so that each of its ADDs is its
+// bridge's first (the host's filter opened again) and each DEL its last
+// (the accepts removed). It runs only with PIER_MEASURE=1:
 //
 //	PIER_MEASURE=1 go test -count=1 -run TestMeasureHostFirewall -v ./e2e/
 func TestMeasureHostFirewall(t *testing.T) {
@@ -406,7 +409,8 @@ func TestMeasureHostFirewall(t *testing.T) {
 		return fmt.Sprintf(`{"cniVersion":"1.0.0","name":%q,"type":"pier","bridge":%q,"isGateway":true,"ipMasq":true,"firewallBackend":%q,
 			"ipam":{"type":"pier-ipam","subnet":%q,"dataDir":%q}}`, name, bridge, backend, subnet, n.dataDir)
 	}
-	confs := map[string]string{"auto": conf("fwauto", "pfa0", "10.72.0.0/16", "auto"), "none": conf("fwnone", "pfn0", "10.73.0.0/16", "none")}
+	confs := map[string]string{"auto": conf("fwauto", "pfa0", "10.72.0.0/16", "auto"), "none": conf("fwnone", "pfn0", "10.73.0.0/16", "none"),
+		"emptied": conf("fwempty", "pfe0", "10.74.0.0/16", "auto")}
 	timed := func(verb, mode, id string, ns *testnet.NS) time.Duration {
 		env := []string{"CNI_COMMAND=" + verb, "CNI_CONTAINERID=" + id, "CNI_NETNS=" + ns.Path, "CNI_IFNAME=eth0", "CNI_PATH=" + n.binDir}
 		start := time.Now()
@@ -427,13 +431,11 @@ func TestMeasureHostFirewall(t *testing.T) {
 	}
 	const warmup, runs = 3, 30
 	adds, dels := map[string][]time.Duration{}, map[string][]time.Duration{}
-	ns := map[string]*testnet.NS{"auto": n.sb.Container(), "none": n.sb.Container()}
+	ns := map[string]*testnet.NS{"auto": n.sb.Container(), "none": n.sb.Container(), "emptied": n.sb.Container()}
+	modes := []string{"auto", "none", "emptied"}
 	for i := range warmup + runs {
-		order := []string{"auto", "none"}
-		if i%2 == 1 {
-			order = []string{"none", "auto"}
-		}
-		for _, mode := range order {
+		for k := range modes {
+			mode := modes[(i+k)%len(modes)]
 			id := fmt.Sprintf("m-%s-%d", mode, i)
 			a := timed("ADD", mode, id, ns[mode])
 			d := timed("DEL", mode, id, ns[mode])
@@ -452,6 +454,9 @@ func TestMeasureHostFirewall(t *testing.T) {
 	}
 	t.Logf("with host accepts / without: ADD %.2f×, DEL %.2f×",
 		float64(med(adds["auto"]))/float64(med(adds["none"])), float64(med(dels["auto"]))/float64(med(dels["none"])))
+	t.Logf("firewallBackend auto on a bridge each DEL empties: ADD median %v (%.2f× the ADD with the accepts in place), DEL median %v (%.2f×)",
+		med(adds["emptied"]), float64(med(adds["emptied"]))/float64(med(adds["auto"])),
+		med(dels["emptied"]), float64(med(dels["emptied"]))/float64(med(dels["auto"])))
 }
 
 // TestHostFirewallFirewalld: firewalld (Debian's 1.3, nftables backend)

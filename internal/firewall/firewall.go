@@ -110,7 +110,7 @@ type backend interface {
 	// whether the bridge's accepts are in each.
 	scan(v *view, bridge string) ([]Place, error)
 	// add puts the bridge's accepts into p, replacing any partial set.
-	add(bridge string, p Place) error
+	add(v *view, bridge string, p Place) error
 	// remove deletes the bridge's accepts wherever they are.
 	remove(v *view, bridge string) error
 }
@@ -201,7 +201,7 @@ func (h *Host) Ensure(bridge string) ([]Place, error) {
 		}
 		for _, p := range ps {
 			if !p.Present {
-				if err := b.add(bridge, p); err != nil {
+				if err := b.add(v, bridge, p); err != nil {
 					return out, fmt.Errorf("firewall: accept bridge %s's traffic in %s: %w", bridge, p, err)
 				}
 				p.Present = true

@@ -235,7 +235,7 @@ func (firewalldBackend) scan(v *view, bridge string) ([]Place, error) {
 	return []Place{p}, nil
 }
 
-func (firewalldBackend) add(bridge string, p Place) error {
+func (firewalldBackend) add(_ *view, bridge string, p Place) error {
 	k, _ := p.key.(firewalldPlace)
 	if k.zone != "" && k.zone != Zone {
 		return nil // someone else's zone: left alone

@@ -150,7 +150,7 @@ func (p legacyPlace) present(listing, bridge string) bool {
 	return p.jumpFrom == "" || lines[specLine(p.jumpFrom, jumpRule())]
 }
 
-func (legacyBackend) add(bridge string, pl Place) error {
+func (legacyBackend) add(_ *view, bridge string, pl Place) error {
 	p, ok := pl.key.(legacyPlace)
 	if !ok {
 		return fmt.Errorf("place %s is not a legacy iptables place", pl)

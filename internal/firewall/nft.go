@@ -86,7 +86,7 @@ func (nftBackend) scan(v *view, bridge string) ([]Place, error) {
 				p.chain, p.jumpFrom = dockerUserChain, ""
 			}
 		}
-		present, err := p.present(conn, bridge)
+		present, err := p.present(conn, bridge, c, rules)
 		if err != nil {
 			return nil, err
 		}
@@ -148,20 +148,28 @@ func ours(conn *nftables.Conn, t *nftables.Table, chain, comment string) ([]*nft
 		}
 		return nil, fmt.Errorf("list rules of %s %s %s: %w", familyName(t.Family), t.Name, chain, err)
 	}
+	return withComment(rules, comment), nil
+}
+
+func withComment(rules []*nftables.Rule, comment string) []*nftables.Rule {
 	var out []*nftables.Rule
 	for _, r := range rules {
 		if c, ok := userdata.GetString(r.UserData, userdata.TypeComment); ok && c == comment {
 			out = append(out, r)
 		}
 	}
-	return out, nil
+	return out
 }
 
 // present reports whether the three accepts (and the jump to PIER-FORWARD)
-// are there.
-func (p nftPlace) present(conn *nftables.Conn, bridge string) (bool, error) {
-	rules, err := ours(conn, p.table, p.chain, Comment(bridge))
-	if err != nil {
+// are there. chain is the rules of the chain that drops, which scan has
+// read: when the accepts go into that chain, they are not read again.
+func (p nftPlace) present(conn *nftables.Conn, bridge string, chain *nftables.Chain, chainRules []*nftables.Rule) (bool, error) {
+	var rules []*nftables.Rule
+	var err error
+	if p.chain == chain.Name {
+		rules = withComment(chainRules, Comment(bridge))
+	} else if rules, err = ours(conn, p.table, p.chain, Comment(bridge)); err != nil {
 		return false, err
 	}
 	kinds := map[string]bool{}
@@ -206,16 +214,12 @@ func ruleKind(r *nftables.Rule) string {
 	return kind
 }
 
-func (nftBackend) add(bridge string, pl Place) error {
+func (nftBackend) add(v *view, bridge string, pl Place) error {
 	p, ok := pl.key.(nftPlace)
 	if !ok {
 		return fmt.Errorf("place %s is not an nftables place", pl)
 	}
-	conn, err := nftables.New(nftables.AsLasting())
-	if err != nil {
-		return fmt.Errorf("open nftables netlink socket: %w", err)
-	}
-	defer closeConn(conn)
+	conn := v.conn
 	stale, err := ours(conn, p.table, p.chain, Comment(bridge))
 	if err != nil {
 		return err
