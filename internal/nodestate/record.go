@@ -37,9 +37,11 @@
 // isolation, marker: see SetupBridge), then every live record's elements,
 // each a fast nftables batch once the first of the network has set its
 // objects up. The plugin restores its network when its ADD's fast batch
-// failed (which a flush causes), when CHECK finds the bridge's marker or
-// host accepts missing, and on every GC; pierd restores every network it
-// knows when it notices a change (Watcher).
+// failed (which a flush causes), when its ADD found the bridge's marker
+// missing while the network has other records (see OthersRecorded), when
+// CHECK finds the bridge's marker or host accepts missing, and on every
+// GC; pierd restores every network it knows when it notices a change
+// (Watcher).
 package nodestate
 
 import (
