@@ -156,9 +156,9 @@ func baseSets() []*nftables.Set { return []*nftables.Set{isolatedSet(), isolated
 
 // queueBaseSetup queues what table inet pier always has once Pier has
 // set anything up in it: the localnet drop and the isolation chain with
-// its sets. Chains are flushed and refilled, so it is idempotent; where
-// the table is known to exist, queueMissingBase does the same job
-// without deleting anything.
+// its sets. Chains are flushed and refilled, so it is idempotent; a
+// bridge's setup reads the table first and queues only what is missing or
+// wrong instead (see bridgesetup.go).
 func queueBaseSetup(c *nftables.Conn) error {
 	c.AddTable(pierTable())
 	for _, s := range baseSets() {

@@ -25,10 +25,10 @@ import (
 // and leaves the kernel nothing to release, so closing the socket does
 // not wait a grace period (see the package notes on cost). A chain whose
 // rules differ from what Pier writes (compared expression by expression)
-// is flushed and refilled in the same batch; a missing one is added and flushed (a no-op on a new chain) before
-// its rules, so that a concurrent setup that created it meanwhile still
-// leaves it with exactly its rules. A marker whose comment must change is
-// deleted and added again.
+// is flushed and refilled in the same batch; a missing one is added and
+// flushed (a no-op on a new chain) before its rules, so that a concurrent
+// slow path that made it meanwhile still leaves it with exactly its
+// rules. A marker whose comment must change is deleted and added again.
 
 // BridgeSetup is what SetupBridge records for a bridge.
 type BridgeSetup struct {
