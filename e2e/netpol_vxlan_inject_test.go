@@ -1,0 +1,144 @@
+package e2e
+
+import (
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	networkingv1 "k8s.io/api/networking/v1"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/pier-cni/pier/internal/netpol/netpoltest"
+	"github.com/pier-cni/pier/internal/routing"
+)
+
+// TestNetworkPolicyVXLANInjection guards network policy and the source
+// address check (ipspoofchk) against a pod that hands its node a VXLAN
+// packet. In vxlan mode (pierd --routing vxlan, the manifest's default)
+// every node has pier.vxlan, whose UDP socket (port 8472) decapsulates
+// whatever reaches any local address, from anyone: a pod's datagram to
+// its own node's address is enough, no NET_RAW needed. The inner packet
+// then enters the node's forward path as if it came from another node,
+// with any source address the pod wrote in it; the source check only sees
+// the outer packet (from the pod's own address), and ingress policy judges
+// the forged inner source. Here y/c admits only x/c (on node2); x/a (on
+// node1, not admitted) sends as x/c through node1's own VTEP, and y/c must
+// not receive it. The controls: x/c's real datagram, routed over vxlan,
+// arrives; x/a's own and its raw spoofed datagram (source check) do not.
+func TestNetworkPolicyVXLANInjection(t *testing.T) {
+	c := newNPCluster(t)
+	for i, n := range c.nodes {
+		other := c.nodes[1-i]
+		n.sb.Node.MustRun(t, "ip", "route", "del", other.cidr.String()) // host-gw's route
+		vxlanBetween(t, n, other)
+	}
+	c.must(c.Apply(netpoltest.In(netpoltest.Policy("y", "c-from-xc", netpoltest.Sel("pod", "c"), networkingv1.PolicyTypeIngress),
+		netpoltest.Peers(netpoltest.BothPeer(netpoltest.Sel("ns", "x"), netpoltest.Sel("pod", "c"))))))
+	xa, xc, yc := c.pods["x/a"], c.pods["x/c"], c.pods["y/c"]
+	got := udpSink(t, yc.ns, 9997)
+
+	// Control: x/c's own datagram crosses the vxlan and is admitted.
+	if err := xc.ns.Do(func() error {
+		conn, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(yc.addr, 9997)))
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		_, err = conn.Write([]byte("x/c itself"))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	sendRawUDP(t, xa.ns, xa.addr, yc.addr, 9997, "x/a itself")
+	sendRawUDP(t, xa.ns, xc.addr, yc.addr, 9997, "x/a as x/c, raw")
+	node1 := netip.MustParseAddr(c.nodes[0].ip)
+	inner := udpPacket(xc.addr, yc.addr, 9997, "x/a as x/c, through node1's vxlan")
+	frame := vxlanFrame(routing.MACFor(netip.MustParseAddr(c.nodes[1].ip)), routing.MACFor(node1), inner)
+	if err := xa.ns.Do(func() error {
+		conn, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(node1, routing.VXLANPort)))
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		_, err = conn.Write(frame)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	seen := false
+	for _, m := range got(2 * time.Second) {
+		if m.payload == "x/c itself" {
+			seen = true
+			continue
+		}
+		t.Errorf("y/c, which admits only x/c, received %q from %s, sent by x/a", m.payload, m.from)
+	}
+	if !seen {
+		t.Fatal("control: x/c's own datagram over vxlan did not arrive")
+	}
+}
+
+// vxlanBetween programs n's pier.vxlan towards other, as pierd's route
+// agent does in vxlan mode (the neighbour key is the range's address).
+func vxlanBetween(t *testing.T, n, other *npNode) {
+	t.Helper()
+	h, err := netns.GetFromPath(n.sb.Node.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	nh, err := netlink.NewHandleAt(h, unix.NETLINK_ROUTE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nh.Close()
+	oip := netip.MustParseAddr(other.ip)
+	p := &routing.Programmer{Mode: routing.ModeVXLAN, VTEP: netip.MustParseAddr(n.ip), Handle: nh}
+	if err := p.Apply(routing.State{
+		Routes: []routing.Route{{Dst: other.cidr, Via: other.cidr.Addr()}},
+		Peers:  []routing.Peer{{Underlay: oip, MAC: routing.MACFor(oip), NextHops: []netip.Addr{other.cidr.Addr()}}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// udpPacket is an IPv4 packet holding one UDP datagram, with its header
+// checksum (nothing fills it in for an encapsulated packet).
+func udpPacket(src, dst netip.Addr, port int, payload string) []byte {
+	udp := make([]byte, 8+len(payload))
+	binary.BigEndian.PutUint16(udp[0:], 40001)
+	binary.BigEndian.PutUint16(udp[2:], uint16(port))
+	binary.BigEndian.PutUint16(udp[4:], uint16(len(udp)))
+	copy(udp[8:], payload)
+	ip := make([]byte, 20)
+	ip[0], ip[8], ip[9] = 0x45, 64, unix.IPPROTO_UDP
+	binary.BigEndian.PutUint16(ip[2:], uint16(20+len(udp)))
+	s4, d4 := src.As4(), dst.As4()
+	copy(ip[12:], s4[:])
+	copy(ip[16:], d4[:])
+	var sum uint32
+	for i := 0; i < 20; i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(ip[i:]))
+	}
+	for sum > 0xffff {
+		sum = sum>>16 + sum&0xffff
+	}
+	binary.BigEndian.PutUint16(ip[10:], ^uint16(sum))
+	return append(ip, udp...)
+}
+
+// vxlanFrame is a VXLAN payload (VNI routing.VXLANID) carrying pkt in an
+// Ethernet frame from src to dst.
+func vxlanFrame(src, dst net.HardwareAddr, pkt []byte) []byte {
+	b := []byte{0x08, 0, 0, 0, 0, 0, 0, 0}
+	binary.BigEndian.PutUint32(b[4:], routing.VXLANID<<8)
+	b = append(b, dst...)
+	b = append(b, src...)
+	b = append(b, 0x08, 0x00)
+	return append(b, pkt...)
+}
