@@ -1,0 +1,71 @@
+package routing_test
+
+import (
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/pier-cni/pier/internal/kube"
+	"github.com/pier-cni/pier/internal/routing"
+	"github.com/pier-cni/pier/internal/testnet"
+)
+
+// TestNodeCannotTakeALocalNetwork guards the node's own networks against
+// a Node object whose spec.podCIDRs is one of them. Plan refuses a range
+// holding this node's InternalIP or VTEP, but a node has other networks:
+// here eth1 (a veth: this kernel has no dummy links) holds 10.10.0.1/24 (a storage or management network, or
+// docker0's 172.17.0.1/16). Node z claims 10.10.0.0/24; the route agent
+// routes it to z, and Apply's stale-gateway sweep, meant for a pod range's
+// gateway on Pier's bridge, removes 10.10.0.1/24 from eth1, whatever link
+// it is on: the node loses that network. A Node must not be able to route
+// away, let alone delete, an address or connected network of the node.
+func TestNodeCannotTakeALocalNetwork(t *testing.T) {
+	testnet.RequireRoot(t)
+	node := testnet.NewNS(t, "pt-node-")
+	node.MustRun(t, "ip", "link", "add", "ul0", "type", "veth", "peer", "name", "ul0p")
+	node.MustRun(t, "ip", "addr", "add", "192.0.2.1/24", "dev", "ul0")
+	node.MustRun(t, "ip", "link", "set", "ul0", "up")
+	node.MustRun(t, "ip", "link", "add", "eth1", "type", "veth", "peer", "name", "eth1p")
+	node.MustRun(t, "ip", "addr", "add", "10.10.0.1/24", "dev", "eth1")
+	node.MustRun(t, "ip", "link", "set", "eth1", "up")
+	h, err := netns.GetFromPath(node.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	nh, err := netlink.NewHandleAt(h, unix.NETLINK_ROUTE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nh.Close()
+
+	obj := func(name, cidr, ip string) kube.Node {
+		n, err := kube.ParseNode(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name},
+			Spec:   corev1.NodeSpec{PodCIDR: cidr, PodCIDRs: []string{cidr}},
+			Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: ip}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	self := obj("a", "10.244.1.0/24", "192.0.2.1")
+	z := obj("z", "10.10.0.0/24", "192.0.2.26")
+	state, problems := kube.Plan(routing.ModeHostGW, self, []kube.Node{self, z})
+	p := &routing.Programmer{Mode: routing.ModeHostGW, Handle: nh}
+	if err := p.Apply(state); err != nil {
+		t.Fatal(err)
+	}
+	addrs := node.MustRun(t, "ip", "-4", "-o", "addr", "show", "dev", "eth1")
+	if !strings.Contains(addrs, "10.10.0.1/24") {
+		t.Errorf("Node z (spec.podCIDRs 10.10.0.0/24) removed eth1's address; eth1 now: %q (plan problems: %q)", strings.TrimSpace(addrs), problems)
+	}
+	if r := node.MustRun(t, "ip", "-4", "route", "get", "10.10.0.9"); !strings.Contains(r, "dev eth1") {
+		t.Errorf("10.10.0.0/24, eth1's network, is routed elsewhere: %s", strings.TrimSpace(r))
+	}
+}
