@@ -1,6 +1,7 @@
 package routing_test
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -67,5 +68,57 @@ func TestNodeCannotTakeALocalNetwork(t *testing.T) {
 	}
 	if r := node.MustRun(t, "ip", "-4", "route", "get", "10.10.0.9"); !strings.Contains(r, "dev eth1") {
 		t.Errorf("10.10.0.0/24, eth1's network, is routed elsewhere: %s", strings.TrimSpace(r))
+	}
+}
+
+// TestNodeCannotStealAnotherNodesVTEPMAC guards vxlan peers against a
+// Node that publishes another node's VTEP MAC. The FDB maps a MAC to one
+// underlay address, and when two peers claim one MAC the first in name
+// order is kept: Node "node0" (any node whose name sorts first: its own
+// kubelet may set its annotations) copies node2's MAC with its own VTEP,
+// and every other node then sends node2's pod traffic, whose neighbour
+// entries resolve to that MAC, to node0's address. A MAC that is not its
+// VTEP's own (pierd derives it: routing.MACFor), or that another node
+// claims too, must not be programmed.
+func TestNodeCannotStealAnotherNodesVTEPMAC(t *testing.T) {
+	testnet.RequireRoot(t)
+	node := testnet.NewNS(t, "pt-node-")
+	node.MustRun(t, "ip", "link", "add", "ul0", "type", "veth", "peer", "name", "ul0p")
+	node.MustRun(t, "ip", "addr", "add", "192.0.2.1/24", "dev", "ul0")
+	node.MustRun(t, "ip", "link", "set", "ul0", "up")
+	h, err := netns.GetFromPath(node.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	nh, err := netlink.NewHandleAt(h, unix.NETLINK_ROUTE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nh.Close()
+	obj := func(name, cidr, vtep, mac string) kube.Node {
+		n, err := kube.ParseNode(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name,
+			Annotations: map[string]string{kube.AnnotationVTEP: vtep, kube.AnnotationVTEPMAC: mac}},
+			Spec:   corev1.NodeSpec{PodCIDR: cidr, PodCIDRs: []string{cidr}},
+			Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: vtep}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	mac := func(ip string) string { return routing.MACFor(netip.MustParseAddr(ip)).String() }
+	self := obj("node1", "10.244.1.0/24", "192.0.2.1", mac("192.0.2.1"))
+	victim := obj("node2", "10.244.2.0/24", "192.0.2.2", mac("192.0.2.2"))
+	thief := obj("node0", "10.244.66.0/24", "192.0.2.66", mac("192.0.2.2"))
+	state, problems := kube.Plan(routing.ModeVXLAN, self, []kube.Node{self, victim, thief})
+	p := &routing.Programmer{Mode: routing.ModeVXLAN, VTEP: netip.MustParseAddr("192.0.2.1"), Handle: nh}
+	if err := p.Apply(state); err != nil {
+		t.Fatal(err)
+	}
+	fdb := node.MustRun(t, "bridge", "fdb", "show", "dev", routing.VXLANDevice)
+	for _, line := range strings.Split(fdb, "\n") {
+		if strings.HasPrefix(line, mac("192.0.2.2")+" ") && !strings.Contains(line, "dst 192.0.2.2 ") {
+			t.Errorf("node2's MAC leads elsewhere than node2's VTEP: %q (plan problems: %q)", line, problems)
+		}
 	}
 }
