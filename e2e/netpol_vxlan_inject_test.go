@@ -9,8 +9,6 @@ import (
 
 	networkingv1 "k8s.io/api/networking/v1"
 
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/pier-cni/pier/internal/netpol/netpoltest"
@@ -87,18 +85,8 @@ func TestNetworkPolicyVXLANInjection(t *testing.T) {
 // agent does in vxlan mode (the neighbour key is the range's address).
 func vxlanBetween(t *testing.T, n, other *npNode) {
 	t.Helper()
-	h, err := netns.GetFromPath(n.sb.Node.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	nh, err := netlink.NewHandleAt(h, unix.NETLINK_ROUTE)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nh.Close()
 	oip := netip.MustParseAddr(other.ip)
-	p := &routing.Programmer{Mode: routing.ModeVXLAN, VTEP: netip.MustParseAddr(n.ip), Handle: nh}
+	p := &routing.Programmer{Mode: routing.ModeVXLAN, VTEP: netip.MustParseAddr(n.ip), Bridges: []string{"pier-np0"}, NetNS: n.sb.Node.Path}
 	if err := p.Apply(routing.State{
 		Routes: []routing.Route{{Dst: other.cidr, Via: other.cidr.Addr()}},
 		Peers:  []routing.Peer{{Underlay: oip, MAC: routing.MACFor(oip), NextHops: []netip.Addr{other.cidr.Addr()}}},

@@ -17,11 +17,25 @@
 //     remote VTEP's underlay address. No address is needed on the device.
 //     Cost: 50 bytes a packet over an IPv4 underlay, 70 over IPv6.
 //
-// # Ownership
+// # Ownership, and what a State cannot take
 //
 // Routes carry protocol Protocol ("proto 80" in `ip route`), so Apply finds
 // and removes its own routes and never touches anyone else's. In vxlan mode
-// every permanent FDB and neighbour entry on pier.vxlan is Pier's.
+// every permanent FDB and neighbour entry on pier.vxlan is Pier's, and so
+// is the VXLAN guard in table inet pier (guard.go).
+//
+// A State comes from objects other hands write (Node objects), so Apply
+// checks it against what the kernel says the node is: a route that would
+// hold one of the node's addresses, overlap a network connected to one of
+// its links (a storage network, docker0) or cover another route of the
+// node is left out and reported (ErrConflict), never programmed. The only
+// links exempt are Pier's own: Bridges (the pods' bridges) and pier.vxlan.
+// A pod range's old gateway on one of Bridges is no conflict but a leftover
+// (dropStaleGateways), and the only address Apply ever removes.
+//
+// In vxlan mode, two peers claiming one MAC or one underlay address are
+// both left out: the FDB maps a MAC to one address, and picking one of
+// them would let a Node object take another node's traffic.
 //
 // Apply is a reconcile, not a sequence of edits: it reads what the kernel
 // holds, writes only what differs and deletes what is no longer wanted, so
@@ -35,8 +49,10 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"sync"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -78,19 +94,34 @@ type State struct {
 	Peers  []Peer
 }
 
-// Programmer applies States to one network namespace.
+// Programmer applies States to one network namespace. Its methods may be
+// called concurrently (the route agent's reconciles and pierd's netfilter
+// watcher); they take turns.
 type Programmer struct {
 	// Mode is ModeHostGW or ModeVXLAN.
 	Mode string
-	// VTEP is the local underlay address of the vxlan device (vxlan mode).
+	// VTEP is the local underlay address of the vxlan device (vxlan mode);
+	// the device's MAC is MACFor(VTEP), which is what other nodes expect.
 	VTEP netip.Addr
-	// MAC is the vxlan device's address (vxlan mode); MACFor(VTEP) when nil.
-	MAC net.HardwareAddr
-	// Handle is the netlink handle to program with; nil: the calling
-	// thread's namespace.
-	Handle *netlink.Handle
-	Log    *slog.Logger
+	// Bridges are Pier's bridges on the node (the pods' bridges): the only
+	// links whose addresses a route may cover, and from which a pod
+	// range's stale gateway is removed (package doc).
+	Bridges []string
+	// NetNS is the path of the node's network namespace when it is not the
+	// caller's (tests); "": the calling thread's. Routes, links and the
+	// VXLAN guard's nftables objects all go there.
+	NetNS string
+	Log   *slog.Logger
+
+	mu sync.Mutex // serialises Apply and RestoreGuard; guards guardPeers
+	// guardPeers are the peers of the last Apply (vxlan mode), which
+	// RestoreGuard puts back after a flushed table.
+	guardPeers []Peer
 }
+
+// ErrConflict marks routes Apply left out because they would take one of
+// the node's own addresses, networks or routes (package doc).
+var ErrConflict = errors.New("conflicts with the node's own networks")
 
 // MACFor derives a vxlan MAC from a node's underlay address: locally
 // administered (0a:58, as CNI plugins do for container MACs) and stable
@@ -100,13 +131,23 @@ func MACFor(ip netip.Addr) net.HardwareAddr {
 	return net.HardwareAddr{0x0a, 0x58, b[12], b[13], b[14], b[15]}
 }
 
+// handle opens a netlink handle in the node's namespace.
 func (p *Programmer) handle() (*netlink.Handle, func(), error) {
-	if p.Handle != nil {
-		return p.Handle, func() {}, nil
+	if p.NetNS == "" {
+		h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+		if err != nil {
+			return nil, nil, fmt.Errorf("netlink: %w", err)
+		}
+		return h, h.Close, nil
 	}
-	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	ns, err := netns.GetFromPath(p.NetNS)
 	if err != nil {
-		return nil, nil, fmt.Errorf("netlink: %w", err)
+		return nil, nil, fmt.Errorf("open network namespace %s: %w", p.NetNS, err)
+	}
+	defer ns.Close() // the handle's sockets keep the namespace
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, nil, fmt.Errorf("netlink in %s: %w", p.NetNS, err)
 	}
 	return h, h.Close, nil
 }
@@ -119,23 +160,34 @@ func (p *Programmer) log() *slog.Logger {
 }
 
 // Apply makes the kernel hold s (package doc). Every difference it cannot
-// fix is in the returned error; the rest is fixed regardless.
+// fix, and every route or peer it leaves out, is in the returned error;
+// the rest is done regardless.
 func (p *Programmer) Apply(s State) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	h, done, err := p.handle()
 	if err != nil {
 		return err
 	}
 	defer done()
 	var link netlink.Link
+	var underlay string
 	if p.Mode == ModeVXLAN {
-		if link, err = p.ensureVXLAN(h); err != nil {
+		if link, underlay, err = p.ensureVXLAN(h); err != nil {
 			return err
 		}
 	}
-	want := p.wantedRoutes(s.Routes, link)
-	var errs []error
+	own, err := p.ownNetworks(h)
+	if err != nil {
+		return err
+	}
+	want, refused := p.wantedRoutes(s.Routes, link, own)
+	errs := []error{refused}
 	if link != nil {
-		errs = append(errs, p.reconcileFDB(h, link, s.Peers), p.reconcileNeighbours(h, link, s.Peers))
+		peers, conflicts := usablePeers(s.Peers)
+		errs = append(errs, conflicts, p.reconcileFDB(h, link, peers), p.reconcileNeighbours(h, link, peers),
+			p.reconcileGuard(underlay, peers))
+		p.guardPeers = peers
 	}
 	errs = append(errs, p.dropStaleGateways(h, want))
 	errs = append(errs, p.reconcileRoutes(h, want))
@@ -154,7 +206,9 @@ func (p *Programmer) EnsureDevice() (net.HardwareAddr, int, error) {
 		return nil, 0, err
 	}
 	defer done()
-	l, err := p.ensureVXLAN(h)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	l, _, err := p.ensureVXLAN(h)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -164,13 +218,20 @@ func (p *Programmer) EnsureDevice() (net.HardwareAddr, int, error) {
 // wantedRoutes turns s's routes into kernel routes keyed by destination.
 // A route whose next hop is of another family than its range cannot be
 // programmed (the kernel refuses an IPv6 route via an IPv4 gateway): it is
-// logged and left out.
-func (p *Programmer) wantedRoutes(rs []Route, vx netlink.Link) map[netip.Prefix]*netlink.Route {
+// logged and left out. A route that would take one of the node's own
+// addresses, networks or routes (own) is left out and returned in the
+// error.
+func (p *Programmer) wantedRoutes(rs []Route, vx netlink.Link, own ownNetworks) (map[netip.Prefix]*netlink.Route, error) {
 	want := map[netip.Prefix]*netlink.Route{}
+	var refused []error
 	for _, r := range rs {
 		dst := r.Dst.Masked()
 		if !dst.IsValid() || !r.Via.IsValid() || dst.Addr().Is4() != r.Via.Unmap().Is4() {
 			p.log().Warn("route left out: next hop of another family", "dst", r.Dst, "via", r.Via)
+			continue
+		}
+		if why := own.conflict(dst); why != "" {
+			refused = append(refused, fmt.Errorf("route %s via %s left out: it %s: %w", dst, r.Via, why, ErrConflict))
 			continue
 		}
 		nr := &netlink.Route{Dst: IPNet(dst), Gw: r.Via.Unmap().AsSlice(), Protocol: Protocol, Table: unix.RT_TABLE_MAIN}
@@ -180,7 +241,7 @@ func (p *Programmer) wantedRoutes(rs []Route, vx netlink.Link) map[netip.Prefix]
 		}
 		want[dst] = nr
 	}
-	return want
+	return want, errors.Join(refused...)
 }
 
 // reconcileRoutes replaces the routes that differ from want and deletes
@@ -253,37 +314,42 @@ func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
 	return netip.PrefixFrom(a.Unmap(), bits).Masked(), true
 }
 
-// dropStaleGateways removes from the node's links a pod range's gateway
+// dropStaleGateways removes from Pier's bridges a pod range's gateway
 // (the range's first host address, which the plugin puts on the bridge)
 // when that range is now routed to another node: the node held the range
 // once (a block given back, a Node re-created with another range), and the
 // connected route the address brings would capture the traffic that now
-// belongs to the other node.
+// belongs to the other node. Other links are never touched: an address
+// there is the node's own network, and a route over it was refused.
 func (p *Programmer) dropStaleGateways(h *netlink.Handle, want map[netip.Prefix]*netlink.Route) error {
 	if len(want) == 0 {
 		return nil
 	}
-	addrs, err := h.AddrList(nil, netlink.FAMILY_ALL)
-	if err != nil {
-		return fmt.Errorf("list addresses: %w", err)
-	}
 	var errs []error
-	for _, a := range addrs {
-		if a.IPNet == nil {
-			continue
-		}
-		pfx, ok := prefixOf(a.IPNet)
-		ip, _ := netip.AddrFromSlice(a.IP)
-		if !ok || want[pfx] == nil || ip.Unmap() != pfx.Addr().Next() {
-			continue
-		}
-		p.log().Info("removing the gateway of a pod range now routed to another node", "range", pfx, "address", ip.Unmap())
-		l, err := h.LinkByIndex(a.LinkIndex)
-		if err == nil {
-			err = h.AddrDel(l, &a)
-		}
+	for _, name := range p.Bridges {
+		l, err := h.LinkByName(name)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("remove stale gateway %s: %w", ip.Unmap(), err))
+			continue // no such bridge (yet): nothing on it to remove
+		}
+		if l.Type() != "bridge" {
+			errs = append(errs, fmt.Errorf("%s is a %s, not a bridge: no address of it is removed", name, l.Type()))
+			continue
+		}
+		addrs, err := h.AddrList(l, netlink.FAMILY_ALL)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("list addresses of %s: %w", name, err))
+			continue
+		}
+		for _, a := range addrs {
+			pfx, ok := prefixOf(a.IPNet)
+			ip, _ := netip.AddrFromSlice(a.IP)
+			if !ok || want[pfx] == nil || ip.Unmap() != pfx.Addr().Next() {
+				continue
+			}
+			p.log().Info("removing the gateway of a pod range now routed to another node", "range", pfx, "address", ip.Unmap(), "bridge", name)
+			if err := h.AddrDel(l, &a); err != nil {
+				errs = append(errs, fmt.Errorf("remove stale gateway %s from %s: %w", ip.Unmap(), name, err))
+			}
 		}
 	}
 	return errors.Join(errs...)

@@ -2,6 +2,7 @@ package routing
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -87,7 +88,7 @@ func newTestNode(t *testing.T, ul *testnet.NS, i int, mode string) *testNode {
 		t.Fatal(err)
 	}
 	t.Cleanup(n.handle.Close)
-	n.programr = &Programmer{Mode: mode, VTEP: n.ip, Handle: n.handle}
+	n.programr = &Programmer{Mode: mode, VTEP: n.ip, Bridges: []string{"pier0"}, NetNS: n.ns.Path}
 	return n
 }
 
@@ -254,25 +255,77 @@ func TestReconcile(t *testing.T) {
 	}
 }
 
-// TestStaleGateway: a range the node once served (its gateway still on a
-// local link) that is now routed to another node loses that address, so
-// its connected route cannot capture the other node's traffic; the node's
-// underlay address in another prefix stays.
+// TestStaleGateway: a range the node once served (its gateway still on
+// Pier's bridge) that is now routed to another node loses that address, so
+// its connected route cannot capture the other node's traffic; an address
+// of the bridge that is no range's gateway stays, and so does the route
+// it brings: the range it holds is not routed elsewhere.
 func TestStaleGateway(t *testing.T) {
 	ul := newUnderlay(t)
 	a := newTestNode(t, ul, 1, ModeHostGW)
-	a.ns.MustRun(t, "ip", "addr", "add", "10.244.7.1/24", "dev", "pod")
-	a.ns.MustRun(t, "ip", "addr", "add", "10.244.8.5/24", "dev", "pod") // not a gateway: stays
-	a.apply(t, State{Routes: []Route{
+	a.ns.MustRun(t, "ip", "link", "add", "pier0", "type", "bridge")
+	a.ns.MustRun(t, "ip", "link", "set", "pier0", "up")
+	a.ns.MustRun(t, "ip", "addr", "add", "10.244.7.1/24", "dev", "pier0")
+	a.ns.MustRun(t, "ip", "addr", "add", "10.244.8.5/24", "dev", "pier0") // not a gateway: stays
+	err := a.programr.Apply(State{Routes: []Route{
 		{Dst: netip.MustParsePrefix("10.244.7.0/24"), Via: netip.MustParseAddr("192.0.2.7")},
 		{Dst: netip.MustParsePrefix("10.244.8.0/24"), Via: netip.MustParseAddr("192.0.2.8")},
 	}})
-	out := a.ns.MustRun(t, "ip", "-4", "addr", "show", "dev", "pod")
-	if strings.Contains(out, "10.244.7.1/") || !strings.Contains(out, "10.244.8.5/") || !strings.Contains(out, "10.244.1.1/") {
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := a.ns.MustRun(t, "ip", "-4", "addr", "show", "dev", "pier0")
+	if strings.Contains(out, "10.244.7.1/") || !strings.Contains(out, "10.244.8.5/") {
 		t.Fatalf("addresses after Apply:\n%s", out)
 	}
 	if r := routes(t, a.ns)["10.244.7.0/24"]; r.Gateway != "192.0.2.7" {
 		t.Fatalf("route to the range now elsewhere: %+v", r)
+	}
+}
+
+// TestOwnNetworksStay guards the node's own addresses, networks and routes
+// against a State (from Node objects, written by many hands): a route that
+// holds an address of the node's, overlaps a network of one of its links
+// or covers one of its routes is left out and reported, and no address
+// outside Pier's bridges is removed — not even one that looks like a pod
+// range's gateway (docker0's 172.17.0.1/16 does). A route inside a wider
+// route of the node's is what routing is for, and is programmed.
+func TestOwnNetworksStay(t *testing.T) {
+	ul := newUnderlay(t)
+	a := newTestNode(t, ul, 1, ModeHostGW)
+	a.ns.MustRun(t, "ip", "link", "add", "docker0", "type", "bridge")
+	a.ns.MustRun(t, "ip", "addr", "add", "172.17.0.1/16", "dev", "docker0")
+	a.ns.MustRun(t, "ip", "link", "add", "svc0", "type", "bridge")
+	a.ns.MustRun(t, "ip", "addr", "add", "10.96.0.10/32", "dev", "svc0") // as kube-proxy's kube-ipvs0 holds service addresses
+	a.ns.MustRun(t, "ip", "route", "add", "10.50.1.0/24", "via", "192.0.2.254", "proto", "static")
+	a.ns.MustRun(t, "ip", "route", "add", "10.0.0.0/8", "via", "192.0.2.254", "proto", "static")
+	refused := []string{"172.17.0.0/16", "172.17.128.0/17", "10.96.0.0/24", "10.50.0.0/16", "192.0.2.128/25"}
+	var s State
+	for _, d := range refused {
+		s.Routes = append(s.Routes, Route{Dst: netip.MustParsePrefix(d), Via: netip.MustParseAddr("192.0.2.2")})
+	}
+	s.Routes = append(s.Routes, Route{Dst: netip.MustParsePrefix("10.244.2.0/24"), Via: netip.MustParseAddr("192.0.2.2")})
+	err := a.programr.Apply(s)
+	if !errors.Is(err, ErrConflict) {
+		t.Fatalf("Apply: %v, want ErrConflict", err)
+	}
+	rs := routes(t, a.ns)
+	for _, d := range refused {
+		if _, ok := rs[d]; ok {
+			t.Errorf("route to %s, one of the node's own networks, was programmed", d)
+		}
+		if !strings.Contains(err.Error(), "route "+d+" via") {
+			t.Errorf("the refusal of %s is not reported: %v", d, err)
+		}
+	}
+	if rs["10.244.2.0/24"].Gateway != "192.0.2.2" {
+		t.Errorf("the pod range inside the node's 10.0.0.0/8 route is not routed: %v", rs)
+	}
+	if out := a.ns.MustRun(t, "ip", "-4", "addr", "show", "dev", "docker0"); !strings.Contains(out, "172.17.0.1/16") {
+		t.Errorf("docker0 lost its address: %s", out)
+	}
+	if out := a.ns.MustRun(t, "ip", "route", "show", "10.50.1.0/24"); !strings.Contains(out, "proto static") {
+		t.Errorf("the node's static route was replaced: %s", out)
 	}
 }
 
@@ -299,5 +352,39 @@ func TestVXLANReplacesDevice(t *testing.T) {
 	neigh := a.ns.MustRun(t, "ip", "neigh", "show", "dev", VXLANDevice)
 	if !strings.Contains(neigh, "10.244.2.0 lladdr 0a:58:01:02:03:04 PERMANENT") {
 		t.Fatalf("neighbour after the peer's MAC changed:\n%s", neigh)
+	}
+}
+
+// TestPeerConflicts guards vxlan peers against one another: two peers
+// claiming one MAC, or one underlay address, are both left out of the FDB
+// and the neighbours (their traffic goes nowhere rather than to the wrong
+// node), with both named in the error, and the other peers stay.
+func TestPeerConflicts(t *testing.T) {
+	ul := newUnderlay(t)
+	a := newTestNode(t, ul, 1, ModeVXLAN)
+	ip := netip.MustParseAddr
+	peer := func(underlay, mac, hop string) Peer {
+		return Peer{Underlay: ip(underlay), MAC: MACFor(ip(mac)), NextHops: []netip.Addr{ip(hop)}}
+	}
+	s := State{Peers: []Peer{
+		peer("192.0.2.2", "192.0.2.2", "10.244.2.0"),
+		peer("192.0.2.66", "192.0.2.2", "10.244.66.0"), // 192.0.2.2's MAC
+		peer("192.0.2.3", "192.0.2.3", "10.244.3.0"),
+		peer("192.0.2.3", "192.0.2.33", "10.244.33.0"), // 192.0.2.3's address
+		peer("192.0.2.4", "192.0.2.4", "10.244.4.0"),
+	}}
+	err := a.programr.Apply(s)
+	for _, w := range []string{"MAC " + MACFor(ip("192.0.2.2")).String() + " is claimed by [192.0.2.2 192.0.2.66]", "192.0.2.3 left out: the address is claimed"} {
+		if err == nil || !strings.Contains(err.Error(), w) {
+			t.Errorf("Apply: %v; want it to say %q", err, w)
+		}
+	}
+	fdb := a.ns.MustRun(t, "bridge", "fdb", "show", "dev", VXLANDevice)
+	if strings.Count(fdb, "dst ") != 1 || !strings.Contains(fdb, MACFor(ip("192.0.2.4")).String()+" dst 192.0.2.4") {
+		t.Errorf("FDB: want 192.0.2.4's entry alone:\n%s", fdb)
+	}
+	neigh := a.ns.MustRun(t, "ip", "neigh", "show", "dev", VXLANDevice, "nud", "permanent")
+	if strings.Count(neigh, "lladdr") != 1 || !strings.Contains(neigh, "10.244.4.0 ") {
+		t.Errorf("neighbours: want 10.244.4.0's alone:\n%s", neigh)
 	}
 }

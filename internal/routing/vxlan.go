@@ -17,91 +17,105 @@ const (
 	overhead6 = 70
 )
 
-func (p *Programmer) mac() net.HardwareAddr {
-	if p.MAC != nil {
-		return p.MAC
-	}
-	return MACFor(p.VTEP)
-}
-
 // ensureVXLAN creates pier.vxlan on the link holding the VTEP address, or
 // checks the existing one; a device of another VNI, source address or MAC
-// is replaced (its remote entries come back with the next Apply).
-func (p *Programmer) ensureVXLAN(h *netlink.Handle) (netlink.Link, error) {
+// is replaced (its remote entries come back with the next Apply). It also
+// returns the name of the underlay link, the one VXLAN arrives on.
+func (p *Programmer) ensureVXLAN(h *netlink.Handle) (netlink.Link, string, error) {
 	if !p.VTEP.IsValid() {
-		return nil, errors.New("vxlan mode needs the node's underlay address (VTEP)")
+		return nil, "", errors.New("vxlan mode needs the node's underlay address (VTEP)")
 	}
 	vtep := p.VTEP.Unmap()
+	under, err := linkWith(h, vtep)
+	if err != nil {
+		return nil, "", err
+	}
 	if l, err := h.LinkByName(VXLANDevice); err == nil {
 		if v, ok := l.(*netlink.Vxlan); ok && v.VxlanId == VXLANID && v.SrcAddr.Equal(vtep.AsSlice()) &&
-			bytes.Equal(v.HardwareAddr, p.mac()) {
+			bytes.Equal(v.HardwareAddr, MACFor(vtep)) {
 			if l.Attrs().Flags&net.FlagUp == 0 {
-				return l, h.LinkSetUp(l)
+				return l, under.Attrs().Name, h.LinkSetUp(l)
 			}
-			return l, nil
+			return l, under.Attrs().Name, nil
 		}
 		p.log().Info("replacing an incompatible vxlan device", "device", VXLANDevice)
 		if err := h.LinkDel(l); err != nil {
-			return nil, fmt.Errorf("replace incompatible %s: %w", VXLANDevice, err)
+			return nil, "", fmt.Errorf("replace incompatible %s: %w", VXLANDevice, err)
 		}
-	}
-	under, mtu, err := linkWith(h, vtep)
-	if err != nil {
-		return nil, err
 	}
 	over := overhead4
 	if vtep.Is6() {
 		over = overhead6
 	}
 	v := &netlink.Vxlan{
-		LinkAttrs: netlink.LinkAttrs{Name: VXLANDevice, HardwareAddr: p.mac(), MTU: mtu - over},
-		VxlanId:   VXLANID, VtepDevIndex: under, SrcAddr: vtep.AsSlice(), Port: VXLANPort, Learning: false,
+		LinkAttrs: netlink.LinkAttrs{Name: VXLANDevice, HardwareAddr: MACFor(vtep), MTU: under.Attrs().MTU - over},
+		VxlanId:   VXLANID, VtepDevIndex: under.Attrs().Index, SrcAddr: vtep.AsSlice(), Port: VXLANPort, Learning: false,
 	}
 	if err := h.LinkAdd(v); err != nil && !errors.Is(err, unix.EEXIST) {
-		return nil, fmt.Errorf("create %s: %w", VXLANDevice, err)
+		return nil, "", fmt.Errorf("create %s: %w", VXLANDevice, err)
 	}
 	l, err := h.LinkByName(VXLANDevice)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	p.log().Info("vxlan device ready", "device", VXLANDevice, "vtep", vtep, "mac", l.Attrs().HardwareAddr.String(), "mtu", l.Attrs().MTU)
-	return l, h.LinkSetUp(l)
+	return l, under.Attrs().Name, h.LinkSetUp(l)
 }
 
-// linkWith returns the index and MTU of the link holding ip.
-func linkWith(h *netlink.Handle, ip netip.Addr) (int, int, error) {
+// linkWith returns the link holding ip.
+func linkWith(h *netlink.Handle, ip netip.Addr) (netlink.Link, error) {
 	addrs, err := h.AddrList(nil, netlink.FAMILY_ALL)
 	if err != nil {
-		return 0, 0, err
+		return nil, err
 	}
 	for _, a := range addrs {
 		if x, ok := netip.AddrFromSlice(a.IP); ok && x.Unmap() == ip {
-			l, err := h.LinkByIndex(a.LinkIndex)
-			if err != nil {
-				return 0, 0, err
-			}
-			return a.LinkIndex, l.Attrs().MTU, nil
+			return h.LinkByIndex(a.LinkIndex)
 		}
 	}
-	return 0, 0, fmt.Errorf("no link holds the node's underlay address %s", ip)
+	return nil, fmt.Errorf("no link holds the node's underlay address %s", ip)
+}
+
+// usablePeers returns the peers that can be programmed. A peer without an
+// underlay address or MAC is left out. Two peers claiming one MAC, or one
+// underlay address, are a conflict no FDB can settle without handing one
+// node's traffic to the other: both are left out, and the error names
+// them.
+func usablePeers(peers []Peer) ([]Peer, error) {
+	byMAC := map[string][]netip.Addr{}
+	byUnderlay := map[netip.Addr][]string{}
+	for _, pr := range peers {
+		if pr.Underlay.IsValid() && len(pr.MAC) == 6 {
+			u := pr.Underlay.Unmap()
+			byMAC[pr.MAC.String()] = append(byMAC[pr.MAC.String()], u)
+			byUnderlay[u] = append(byUnderlay[u], pr.MAC.String())
+		}
+	}
+	var out []Peer
+	var errs []error
+	for _, pr := range peers {
+		switch u, mac := pr.Underlay.Unmap(), pr.MAC.String(); {
+		case !pr.Underlay.IsValid() || len(pr.MAC) != 6:
+			errs = append(errs, fmt.Errorf("vxlan peer %s (MAC %s) left out: it has no underlay address or MAC", pr.Underlay, pr.MAC))
+		case len(byMAC[mac]) > 1:
+			errs = append(errs, fmt.Errorf("vxlan peer %s left out: MAC %s is claimed by %v", u, mac, byMAC[mac]))
+		case len(byUnderlay[u]) > 1:
+			errs = append(errs, fmt.Errorf("vxlan peer %s left out: the address is claimed with MACs %v", u, byUnderlay[u]))
+		default:
+			out = append(out, pr)
+		}
+	}
+	return out, errors.Join(errs...)
 }
 
 // reconcileFDB keeps one permanent FDB entry per peer (its MAC → its
-// underlay address) and removes the others. Two peers claiming one MAC is
-// a conflict no FDB can express: the first in order wins, and it is logged.
+// underlay address) and removes the others. peers are usable ones: no two
+// share a MAC.
 func (p *Programmer) reconcileFDB(h *netlink.Handle, vx netlink.Link, peers []Peer) error {
 	want := map[string]netip.Addr{}
 	macs := map[string]net.HardwareAddr{}
 	for _, pr := range peers {
-		if !pr.Underlay.IsValid() || len(pr.MAC) != 6 {
-			p.log().Warn("vxlan peer left out: no underlay address or MAC", "underlay", pr.Underlay, "mac", pr.MAC)
-			continue
-		}
 		k := pr.MAC.String()
-		if prev, dup := want[k]; dup && prev != pr.Underlay.Unmap() {
-			p.log().Warn("two vxlan peers claim one MAC; keeping the first", "mac", k, "kept", prev, "left out", pr.Underlay)
-			continue
-		}
 		want[k], macs[k] = pr.Underlay.Unmap(), pr.MAC
 	}
 	have, err := h.NeighList(vx.Attrs().Index, unix.AF_BRIDGE)
@@ -138,13 +152,11 @@ func (p *Programmer) reconcileFDB(h *netlink.Handle, vx netlink.Link, peers []Pe
 }
 
 // reconcileNeighbours keeps one permanent neighbour entry per next hop of
-// every peer (the next hop → the peer's MAC) and removes the others.
+// every (usable) peer — the next hop → the peer's MAC — and removes the
+// others.
 func (p *Programmer) reconcileNeighbours(h *netlink.Handle, vx netlink.Link, peers []Peer) error {
 	want := map[netip.Addr]net.HardwareAddr{}
 	for _, pr := range peers {
-		if len(pr.MAC) != 6 {
-			continue
-		}
 		for _, nh := range pr.NextHops {
 			if nh.IsValid() {
 				want[nh.Unmap()] = pr.MAC
@@ -206,10 +218,10 @@ func (p *Programmer) UnderlayMTU() int {
 		return 0
 	}
 	defer done()
-	_, mtu, err := linkWith(h, p.VTEP.Unmap())
+	l, err := linkWith(h, p.VTEP.Unmap())
 	if err != nil {
 		p.log().Warn("cannot find the underlay's MTU", "err", err)
 		return 0
 	}
-	return mtu
+	return l.Attrs().MTU
 }
