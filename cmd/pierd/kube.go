@@ -45,7 +45,7 @@ func kubeFlags(fs *flag.FlagSet, c *clusterOpts) *kubeOpts {
 		datastore:     fs.String("datastore", "", "where the node's pod ranges and the other nodes come from: local (this node alone), etcd (cluster mode, implied by --etcd-endpoints) or kubernetes (Node objects)"),
 		kubeconfig:    fs.String("kubeconfig", "", "kubernetes: kubeconfig file for the API server (default: in-cluster, the pod's service account)"),
 		routing:       fs.String("routing", routing.ModeVXLAN, "kubernetes: routes between nodes: vxlan, host-gw (nodes share one L2 link) or none"),
-		clusterCIDR:   fs.String("cluster-cidr", "", "kubernetes: the cluster's pod CIDRs, comma-separated (one per family): exempt from masquerade, and the source of --allocate-pod-cidrs"),
+		clusterCIDR:   fs.String("cluster-cidr", "", "kubernetes: the cluster's pod CIDRs, comma-separated (one per family): exempt from masquerade, the only ranges routed to other nodes (needed unless --routing none), and the source of --allocate-pod-cidrs"),
 		allocate:      fs.Bool("allocate-pod-cidrs", false, "kubernetes: give this node pod ranges from --cluster-cidr when its Node has none (for clusters whose controller manager does not)"),
 		mask4:         fs.Int("node-cidr-mask-size-ipv4", 24, "kubernetes: size of the IPv4 pod range --allocate-pod-cidrs gives a node"),
 		mask6:         fs.Int("node-cidr-mask-size-ipv6", 64, "kubernetes: size of the IPv6 pod range --allocate-pod-cidrs gives a node"),
@@ -54,7 +54,7 @@ func kubeFlags(fs *flag.FlagSet, c *clusterOpts) *kubeOpts {
 		confDir:       fs.String("cni-conf-dir", kube.DefaultCNIDir, "kubernetes: where to write the CNI config once the node's pod ranges are known"),
 		confFile:      fs.String("cni-conf-file", kube.DefaultCNIFile, "kubernetes: the CNI config's file name"),
 		net:           fs.String("cni-network", kube.DefaultNetworkName, "kubernetes: the CNI network's name"),
-		bridgeN:       fs.String("cni-bridge", "pier0", "kubernetes: the pods' bridge"),
+		bridgeN:       fs.String("cni-bridge", "pier0", "kubernetes: the pods' bridge (the route agent removes a pod range's old gateway from it, and from no other link)"),
 		daemonIPAM:    fs.Bool("cni-daemon-ipam", false, "kubernetes: the CNI config allocates through this pierd (daemon mode) instead of in the plugin (the default: pods then start while pierd is down)"),
 		networkPolicy: fs.Bool("network-policy", false, "kubernetes: enforce the cluster's NetworkPolicies on this node's pods (pierd watches every Pod, Namespace and NetworkPolicy; the CNI config gets \"networkPolicy\": true; a pod pierd has not seen yet is cut off until it has)"),
 	}
@@ -158,6 +158,13 @@ func (k *kubeOpts) options(socket, dataDir string, log *slog.Logger) (kube.Optio
 	if *k.ipMasq && len(cidrs) == 0 {
 		return o, errors.New("--cluster-cidr is needed to exempt pod-to-pod traffic from masquerade (or --cni-ip-masq=false)")
 	}
+	if o.Mode != kube.ModeNone && len(cidrs) == 0 {
+		// Node objects are written by many hands: without the cluster's
+		// pod CIDRs, any Node's spec.podCIDRs could route any address of
+		// the node's networks (another node's, the service CIDR) away.
+		return o, fmt.Errorf("--cluster-cidr is needed with --routing %s: only Node ranges inside it are routed", o.Mode)
+	}
+	o.ClusterCIDRs = cidrs
 	if *k.allocate {
 		o.Allocator = &kube.Allocator{ClusterCIDRs: cidrs, MaskSize4: *k.mask4, MaskSize6: *k.mask6, Log: o.Log}
 	}

@@ -71,6 +71,9 @@ func TestKubeFlagErrors(t *testing.T) {
 		{[]string{"--datastore", "zookeeper"}, "--datastore"},
 		{[]string{"--datastore", "etcd"}, "--etcd-endpoints"},
 		{[]string{"--datastore", "kubernetes", "--kubeconfig", kc}, "--cluster-cidr"},
+		// Routing needs the cluster CIDRs even without masquerade: only
+		// Node ranges inside them are routed.
+		{[]string{"--datastore", "kubernetes", "--kubeconfig", kc, "--cni-ip-masq=false"}, "--cluster-cidr is needed with --routing vxlan"},
 		{[]string{"--datastore", "kubernetes", "--kubeconfig", kc, "--cluster-cidr", "10.244.0.0"}, "--cluster-cidr"},
 		{[]string{"--datastore", "kubernetes", "--kubeconfig", kc, "--cluster-cidr", "10.244.0.0/16", "--routing", "bgp"}, "routing mode"},
 		{[]string{"--datastore", "kubernetes", "--kubeconfig", dir + "/missing", "--cluster-cidr", "10.244.0.0/16"}, "kubeconfig"},

@@ -33,16 +33,23 @@ type DataPlane interface {
 // or a deletion kicks one reconcile of the whole table. Kicks coalesce:
 // 1,000 events at start are one or two reconciles.
 type routeAgent struct {
-	mode  string
-	self  string
-	vtep  netip.Addr // this node's VTEP (vxlan), to plan with
-	dp    DataPlane
-	nodes corelisters.NodeLister
-	log   *slog.Logger
-	kick  chan struct{}
+	mode         string
+	self         string
+	clusterCIDRs []netip.Prefix // only ranges inside them are routed
+	vtep         netip.Addr     // this node's VTEP (vxlan), to plan with
+	dp           DataPlane
+	nodes        corelisters.NodeLister
+	log          *slog.Logger
+	kick         chan struct{}
 
 	// onSync runs after each reconcile (the status file's writer).
 	onSync func()
+	// lastSelf is this node's Node as last seen, which sync plans with
+	// while the object is missing (deleted, and not yet re-created by
+	// kubelet): its ranges and addresses must stay this node's, or
+	// another Node could take them, and the stale-gateway sweep the
+	// gateway of its live range. Only sync, one at a time, uses it.
+	lastSelf Node
 
 	mu        sync.Mutex // guards the fields below, read by fill
 	routes    []nodestatus.Route
@@ -54,16 +61,17 @@ type routeAgent struct {
 
 // agentConfig is what a route agent is made of.
 type agentConfig struct {
-	mode, self string // routing mode, this node's name
-	dp         DataPlane
-	informer   cache.SharedIndexInformer // Nodes
-	log        *slog.Logger
+	mode, self   string // routing mode, this node's name
+	clusterCIDRs []netip.Prefix
+	dp           DataPlane
+	informer     cache.SharedIndexInformer // Nodes
+	log          *slog.Logger
 }
 
 func newRouteAgent(c agentConfig) (*routeAgent, error) {
 	inf := c.informer
-	a := &routeAgent{mode: c.mode, self: c.self, dp: c.dp, nodes: corelisters.NewNodeLister(inf.GetIndexer()),
-		log: c.log, kick: make(chan struct{}, 1)}
+	a := &routeAgent{mode: c.mode, self: c.self, clusterCIDRs: c.clusterCIDRs, dp: c.dp,
+		nodes: corelisters.NewNodeLister(inf.GetIndexer()), log: c.log, kick: make(chan struct{}, 1)}
 	_, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: func(any) { a.trigger() },
 		UpdateFunc: func(oldObj, newObj any) {
@@ -121,24 +129,30 @@ func (a *routeAgent) sync() {
 	}
 	nodes := make([]Node, 0, len(objs))
 	var problems []string
-	self := Node{Name: a.self}
+	self, found := Node{Name: a.self}, false
 	for _, o := range objs {
 		n, err := ParseNode(o)
 		if err != nil {
 			problems = append(problems, "node "+o.Name+": "+strings.ReplaceAll(err.Error(), "\n", "; "))
 		}
 		if n.Name == a.self {
-			self = n
+			self, found = n, true
 		}
 		nodes = append(nodes, n)
 	}
+	switch {
+	case found:
+		a.lastSelf = self
+	case a.lastSelf.Name != "":
+		self = a.lastSelf
+		problems = append(problems, "this node's Node object is missing: its last known ranges and addresses stay its own until it is back")
+	}
 	self.VTEP = a.vtep
-	state, planned := Plan(a.mode, self, nodes)
+	state, planned := Plan(a.mode, self, nodes, a.clusterCIDRs)
 	problems = append(problems, planned...)
 	applyErr := ""
 	if err := a.dp.Apply(state); err != nil {
 		applyErr = err.Error()
-		a.log.Warn("route agent: reconcile", "err", err)
 	}
 	a.record(state, nodes, problems, applyErr)
 }
@@ -161,6 +175,11 @@ func (a *routeAgent) record(s routing.State, nodes []Node, problems []string, ap
 		for _, p := range problems {
 			a.log.Info("route agent: " + p)
 		}
+	}
+	if applyErr != "" && applyErr != a.applyErr {
+		// Logged when it changes, as the problems are: a route the node's
+		// own networks refuse stays refused at every reconcile.
+		a.log.Warn("route agent: reconcile", "err", applyErr)
 	}
 	a.log.Debug("route agent: reconciled", "nodes", len(nodes), "routes", len(routes))
 	a.routes, a.problems, a.synced, a.applyErr, a.nodeCount = routes, problems, time.Now(), applyErr, len(nodes)

@@ -36,6 +36,10 @@ type Options struct {
 	NodeIP netip.Addr
 	// Mode is routing.ModeHostGW, routing.ModeVXLAN or ModeNone.
 	Mode string
+	// ClusterCIDRs are the cluster's pod CIDRs (pierd --cluster-cidr):
+	// only a Node's ranges inside them are routed (Plan). Needed unless
+	// Mode is ModeNone.
+	ClusterCIDRs []netip.Prefix
 	// Allocator, when set, assigns ranges to the node when its spec has
 	// none (--allocate-pod-cidrs); nil waits for someone else to.
 	Allocator *Allocator
@@ -46,8 +50,9 @@ type Options struct {
 	StatusFile string
 	// DataPlane overrides the routing.Programmer made from Mode (tests).
 	DataPlane DataPlane
-	// Programmer's netlink handle, when the node is another namespace
-	// than the caller's (tests); nil: the caller's.
+	// Programmer, when set, is the data plane to configure and use (its
+	// NetNS names the node's namespace when it is not the caller's:
+	// tests); nil: one in the caller's namespace.
 	Programmer *routing.Programmer
 	Log        *slog.Logger
 }
@@ -102,6 +107,9 @@ func New(o Options) (*Datastore, error) {
 	if o.Mode != routing.ModeHostGW && o.Mode != routing.ModeVXLAN && o.Mode != ModeNone {
 		return nil, fmt.Errorf("routing mode %q: want %s, %s or %s", o.Mode, routing.ModeHostGW, routing.ModeVXLAN, ModeNone)
 	}
+	if o.Mode != ModeNone && len(o.ClusterCIDRs) == 0 {
+		return nil, fmt.Errorf("routing mode %s needs the cluster CIDRs: only Node ranges inside them are routed", o.Mode)
+	}
 	if o.Allocator != nil {
 		if err := o.Allocator.Validate(); err != nil {
 			return nil, err
@@ -124,12 +132,16 @@ func New(o Options) (*Datastore, error) {
 			d.prog = &routing.Programmer{}
 		}
 		d.prog.Mode, d.prog.Log = o.Mode, o.Log
+		if o.CNI.Bridge != "" {
+			d.prog.Bridges = []string{o.CNI.Bridge}
+		}
 		dp = d.prog
 	}
 	if dp == nil {
 		dp = noRoutes{}
 	}
-	if d.agent, err = newRouteAgent(agentConfig{mode: o.Mode, self: o.NodeName, dp: dp, informer: d.nodeInf, log: o.Log}); err != nil {
+	if d.agent, err = newRouteAgent(agentConfig{mode: o.Mode, self: o.NodeName, clusterCIDRs: o.ClusterCIDRs, dp: dp,
+		informer: d.nodeInf, log: o.Log}); err != nil {
 		return nil, err
 	}
 	d.agent.onSync = d.writeStatus

@@ -8,6 +8,8 @@ import (
 	"slices"
 
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/pier-cni/pier/internal/routing"
 )
 
 // Annotations pierd publishes on its own Node in vxlan mode, for the other
@@ -29,7 +31,8 @@ type Node struct {
 	// in status.addresses: host-gw's next hops.
 	InternalIP4, InternalIP6 netip.Addr
 	// VTEP and VTEPMAC come from the annotations pierd publishes in vxlan
-	// mode; unset until the node's pierd has published them.
+	// mode; unset until the node's pierd has published them. VTEPMAC is
+	// always routing.MACFor(VTEP).
 	VTEP    netip.Addr
 	VTEPMAC net.HardwareAddr
 }
@@ -101,6 +104,10 @@ func ParseNode(obj *corev1.Node) (Node, error) {
 }
 
 // parseVTEP reads the vxlan annotations; both or neither must be usable.
+// The MAC must be the one pierd derives from the VTEP address: every
+// pierd's device has that MAC, so another one is no pierd's, and a Node
+// that could publish any MAC could publish another node's and take the
+// traffic the other nodes send to it.
 func (n *Node) parseVTEP(ann map[string]string) error {
 	v, hasV := ann[AnnotationVTEP]
 	m, hasM := ann[AnnotationVTEPMAC]
@@ -114,6 +121,9 @@ func (n *Node) parseVTEP(ann map[string]string) error {
 	mac, err := net.ParseMAC(m)
 	if err != nil || len(mac) != 6 || mac[0]&1 == 1 || slices.Equal(mac, make(net.HardwareAddr, 6)) {
 		return fmt.Errorf("annotation %s: %q is not a unicast Ethernet address", AnnotationVTEPMAC, m)
+	}
+	if want := routing.MACFor(ip.Unmap()); !slices.Equal(mac, want) {
+		return fmt.Errorf("annotation %s: %s is not the MAC of VTEP %s (%s)", AnnotationVTEPMAC, mac, ip.Unmap(), want)
 	}
 	n.VTEP, n.VTEPMAC = ip.Unmap(), mac
 	return nil

@@ -26,8 +26,12 @@ func TestPlanNoRangeHoldsANodeAddress(t *testing.T) {
 	self := mustParse(t, withVTEP(nodeObj("a", []string{"10.244.1.0/24"}, "192.0.2.1"), "192.0.2.1"))
 	b := mustParse(t, withVTEP(nodeObj("b", []string{"10.244.2.0/24"}, "192.0.2.2"), "192.0.2.2"))
 	z := mustParse(t, withVTEP(nodeObj("z", []string{"192.0.2.2/32"}, "192.0.2.26"), "192.0.2.26"))
+	// Ranges outside the cluster CIDRs are never routed; here they hold
+	// the underlay too, as a cluster CIDR of 10.0.0.0/8 does over nodes in
+	// 10.x: the range must be refused for the address it holds.
+	cluster := []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("192.0.2.0/24")}
 	for _, mode := range []string{routing.ModeHostGW, routing.ModeVXLAN} {
-		s, _ := Plan(mode, self, []Node{self, b, z})
+		s, _ := Plan(mode, self, []Node{self, b, z}, cluster)
 		for _, r := range s.Routes {
 			for _, n := range []Node{b, z} {
 				for i, a := range []netip.Addr{n.InternalIP4, n.VTEP} {

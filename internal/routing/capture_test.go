@@ -1,16 +1,13 @@
 package routing_test
 
 import (
+	"errors"
 	"net/netip"
 	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
 
 	"github.com/pier-cni/pier/internal/kube"
 	"github.com/pier-cni/pier/internal/routing"
@@ -35,16 +32,6 @@ func TestNodeCannotTakeALocalNetwork(t *testing.T) {
 	node.MustRun(t, "ip", "link", "add", "eth1", "type", "veth", "peer", "name", "eth1p")
 	node.MustRun(t, "ip", "addr", "add", "10.10.0.1/24", "dev", "eth1")
 	node.MustRun(t, "ip", "link", "set", "eth1", "up")
-	h, err := netns.GetFromPath(node.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	nh, err := netlink.NewHandleAt(h, unix.NETLINK_ROUTE)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nh.Close()
 
 	obj := func(name, cidr, ip string) kube.Node {
 		n, err := kube.ParseNode(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name},
@@ -57,10 +44,12 @@ func TestNodeCannotTakeALocalNetwork(t *testing.T) {
 	}
 	self := obj("a", "10.244.1.0/24", "192.0.2.1")
 	z := obj("z", "10.10.0.0/24", "192.0.2.26")
-	state, problems := kube.Plan(routing.ModeHostGW, self, []kube.Node{self, z})
-	p := &routing.Programmer{Mode: routing.ModeHostGW, Handle: nh}
-	if err := p.Apply(state); err != nil {
-		t.Fatal(err)
+	// A cluster CIDR that holds the node's other network (10.0.0.0/8
+	// clusters do): only what the node's kernel says can refuse z's range.
+	state, problems := kube.Plan(routing.ModeHostGW, self, []kube.Node{self, z}, []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")})
+	p := &routing.Programmer{Mode: routing.ModeHostGW, NetNS: node.Path}
+	if err := p.Apply(state); !errors.Is(err, routing.ErrConflict) || !strings.Contains(err.Error(), "10.10.0.0/24") {
+		t.Errorf("Apply did not report refusing 10.10.0.0/24: %v", err)
 	}
 	addrs := node.MustRun(t, "ip", "-4", "-o", "addr", "show", "dev", "eth1")
 	if !strings.Contains(addrs, "10.10.0.1/24") {
@@ -86,32 +75,24 @@ func TestNodeCannotStealAnotherNodesVTEPMAC(t *testing.T) {
 	node.MustRun(t, "ip", "link", "add", "ul0", "type", "veth", "peer", "name", "ul0p")
 	node.MustRun(t, "ip", "addr", "add", "192.0.2.1/24", "dev", "ul0")
 	node.MustRun(t, "ip", "link", "set", "ul0", "up")
-	h, err := netns.GetFromPath(node.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	nh, err := netlink.NewHandleAt(h, unix.NETLINK_ROUTE)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nh.Close()
 	obj := func(name, cidr, vtep, mac string) kube.Node {
 		n, err := kube.ParseNode(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name,
 			Annotations: map[string]string{kube.AnnotationVTEP: vtep, kube.AnnotationVTEPMAC: mac}},
 			Spec:   corev1.NodeSpec{PodCIDR: cidr, PodCIDRs: []string{cidr}},
 			Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: vtep}}}})
-		if err != nil {
+		if err != nil && mac == routing.MACFor(netip.MustParseAddr(vtep)).String() {
 			t.Fatal(err)
 		}
+		// ParseNode refuses the thief's MAC (not its VTEP's) and keeps
+		// the rest of its Node usable: the plan must still not route it.
 		return n
 	}
 	mac := func(ip string) string { return routing.MACFor(netip.MustParseAddr(ip)).String() }
 	self := obj("node1", "10.244.1.0/24", "192.0.2.1", mac("192.0.2.1"))
 	victim := obj("node2", "10.244.2.0/24", "192.0.2.2", mac("192.0.2.2"))
 	thief := obj("node0", "10.244.66.0/24", "192.0.2.66", mac("192.0.2.2"))
-	state, problems := kube.Plan(routing.ModeVXLAN, self, []kube.Node{self, victim, thief})
-	p := &routing.Programmer{Mode: routing.ModeVXLAN, VTEP: netip.MustParseAddr("192.0.2.1"), Handle: nh}
+	state, problems := kube.Plan(routing.ModeVXLAN, self, []kube.Node{self, victim, thief}, []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")})
+	p := &routing.Programmer{Mode: routing.ModeVXLAN, VTEP: netip.MustParseAddr("192.0.2.1"), NetNS: node.Path}
 	if err := p.Apply(state); err != nil {
 		t.Fatal(err)
 	}
