@@ -199,7 +199,8 @@ func (n *clusterNode) start() {
 		bin = b // e.g. a -race build
 	}
 	n.cmd = exec.Command(bin, "--socket", n.socket, "--data-dir", n.dataDir,
-		"--metrics-addr", "", "--node-name", n.name, "--node-ip", n.ip, "--log-level", "debug", "--block-grace", "1s")
+		"--metrics-addr", "", "--node-name", n.name, "--node-ip", n.ip, "--log-level", "debug", "--block-grace", "1s",
+		"--cni-bridge", "pier-c0") // the conflist's bridge: where a block's old gateway may be removed
 	n.cmd.Args = append(n.cmd.Args, n.env.etcdArgs()...)
 	n.cmd.Args = append(n.cmd.Args, n.env.pierdArgs...)
 	if n.ip6 != "" {

@@ -33,8 +33,9 @@ func clusterFlags(fs *flag.FlagSet) *clusterOpts {
 	}
 }
 
-// start returns nil without --etcd-endpoints.
-func (c *clusterOpts) start(dataDir, version string, log *slog.Logger) (*cluster.Cluster, error) {
+// start returns nil without --etcd-endpoints. bridge is the pods' bridge
+// (--cni-bridge).
+func (c *clusterOpts) start(dataDir, version, bridge string, log *slog.Logger) (*cluster.Cluster, error) {
 	if *c.endpoints == "" {
 		return nil, nil
 	}
@@ -62,5 +63,6 @@ func (c *clusterOpts) start(dataDir, version string, log *slog.Logger) (*cluster
 	return cluster.Start(cluster.Options{
 		Etcd:     cluster.EtcdOptions{Endpoints: cluster.ParseEndpoints(*c.endpoints), CACert: *c.cacert, Cert: *c.cert, KeyPEM: *c.key},
 		NodeName: name, NodeIP: ip, NodeIP6: ip6, DataDir: dataDir, Version: version, Log: log, BlockGrace: *c.grace, NodeTTL: *c.ttl,
+		Bridges: []string{bridge},
 	}, *c.wait)
 }

@@ -54,7 +54,7 @@ func kubeFlags(fs *flag.FlagSet, c *clusterOpts) *kubeOpts {
 		confDir:       fs.String("cni-conf-dir", kube.DefaultCNIDir, "kubernetes: where to write the CNI config once the node's pod ranges are known"),
 		confFile:      fs.String("cni-conf-file", kube.DefaultCNIFile, "kubernetes: the CNI config's file name"),
 		net:           fs.String("cni-network", kube.DefaultNetworkName, "kubernetes: the CNI network's name"),
-		bridgeN:       fs.String("cni-bridge", "pier0", "kubernetes: the pods' bridge (the route agent removes a pod range's old gateway from it, and from no other link)"),
+		bridgeN:       fs.String("cni-bridge", "pier0", "the pods' bridge: kubernetes mode writes it into the CNI config; the route agent (kubernetes and cluster mode) removes a pod range's old gateway from it, and from no other link"),
 		daemonIPAM:    fs.Bool("cni-daemon-ipam", false, "kubernetes: the CNI config allocates through this pierd (daemon mode) instead of in the plugin (the default: pods then start while pierd is down)"),
 		networkPolicy: fs.Bool("network-policy", false, "kubernetes: enforce the cluster's NetworkPolicies on this node's pods (pierd watches every Pod, Namespace and NetworkPolicy; the CNI config gets \"networkPolicy\": true; a pod pierd has not seen yet is cut off until it has)"),
 	}
@@ -64,18 +64,25 @@ func kubeFlags(fs *flag.FlagSet, c *clusterOpts) *kubeOpts {
 type kubeMode struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	ds     *kube.Datastore
 	policy *netpol.Engine // nil without --network-policy
 }
 
 // resyncs are what the netfilter watcher runs after Pier's table was
 // flushed, besides restoring the attachments' elements from their
-// records: the network policy engine rewrites its chains and sets, and
-// moves the restored elements from np-unclassified to the pods' chains.
+// records: the route agent's VXLAN guard comes back, and the network
+// policy engine rewrites its chains and sets, and moves the restored
+// elements from np-unclassified to the pods' chains.
 func (k *kubeMode) resyncs() map[string]func(context.Context) error {
-	if k == nil || k.policy == nil {
-		return nil
+	out := map[string]func(context.Context) error{}
+	if k == nil {
+		return out
 	}
-	return map[string]func(context.Context) error{"network policy": func(context.Context) error { return k.policy.Resync() }}
+	out["vxlan guard"] = func(context.Context) error { return k.ds.RestoreGuard() }
+	if k.policy != nil {
+		out["network policy"] = func(context.Context) error { return k.policy.Resync() }
+	}
+	return out
 }
 
 // stop ends the Kubernetes mode and waits for it. Routes and the conflist
@@ -126,7 +133,7 @@ func (k *kubeOpts) start(socket, dataDir string, log *slog.Logger) (*kubeMode, e
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	m := &kubeMode{cancel: cancel}
+	m := &kubeMode{cancel: cancel, ds: d}
 	if *k.networkPolicy {
 		if m.policy, err = startPolicy(ctx, &m.wg, d, o.NodeName, o.Log); err != nil {
 			cancel()

@@ -68,7 +68,7 @@ func run(args []string, stderr io.Writer) int {
 		return 1
 	}
 	defer km.stop()
-	cl, err := cf.start(*dataDir, opts.Version, log)
+	cl, err := cf.start(*dataDir, opts.Version, *kf.bridgeN, log)
 	if err != nil {
 		fmt.Fprintf(stderr, "pierd: cluster mode: %v\n", err)
 		return 1
@@ -82,8 +82,12 @@ func run(args []string, stderr io.Writer) int {
 		log.Error("cannot start", "err", err)
 		return 1
 	}
+	resyncs := km.resyncs()
+	if cl != nil {
+		resyncs["vxlan guard"] = func(context.Context) error { return cl.RestoreGuard() }
+	}
 	wctx, stopWatch := context.WithCancel(ctx)
-	defer rf.start(wctx, *dataDir, *socket, log, km.resyncs())()
+	defer rf.start(wctx, *dataDir, *socket, log, resyncs)()
 	defer stopWatch()
 	select {
 	case <-ctx.Done():

@@ -9,6 +9,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/pier-cni/pier/internal/cnierr"
+	"github.com/pier-cni/pier/internal/routing"
 )
 
 // Options configures cluster mode in pierd.
@@ -28,6 +29,9 @@ type Options struct {
 	NodeTTL time.Duration
 	// NoRoutes disables the route agent (tests of the allocator alone).
 	NoRoutes bool
+	// Bridges are Pier's bridges on the node (the pods'): the route agent
+	// removes a block's old gateway from them, and from no other link.
+	Bridges []string
 }
 
 // Cluster is pierd's cluster mode: an ipam.Allocator over etcd (which
@@ -87,7 +91,8 @@ func Start(o Options, timeout time.Duration) (*Cluster, error) {
 	finished := make(chan struct{}, 2)
 	go func() { c.alloc.run(ctx); finished <- struct{}{} }()
 	if !o.NoRoutes {
-		c.agent = &Agent{Cli: cli, Cfg: cfg, Node: o.NodeName, NodeIP: o.NodeIP, NodeIP6: o.NodeIP6, Log: o.Log}
+		c.agent = &Agent{Cli: cli, Cfg: cfg, Node: o.NodeName, NodeIP: o.NodeIP, NodeIP6: o.NodeIP6, Log: o.Log,
+			dp: &routing.Programmer{Mode: cfg.Mode, VTEP: o.NodeIP, Bridges: o.Bridges, Log: o.Log}}
 		running++
 		go func() { c.agent.Run(ctx); finished <- struct{}{} }()
 	}
@@ -107,6 +112,16 @@ func (c *Cluster) Close() error {
 	c.cancel()
 	<-c.done
 	return c.cli.Close()
+}
+
+// RestoreGuard puts the route agent's VXLAN guard back after Pier's
+// table was flushed (routing.Programmer.RestoreGuard); nothing without an
+// agent.
+func (c *Cluster) RestoreGuard() error {
+	if c.agent == nil {
+		return nil
+	}
+	return c.agent.dp.RestoreGuard()
 }
 
 // Config is the cluster's settings as read at start.

@@ -91,7 +91,8 @@
 // every node routes whole blocks. A block given back keeps its gateway on
 // the old node's bridge until the agent sees another node claim it; the
 // agent then removes that address, whose connected route would otherwise
-// capture the block's traffic.
+// capture the block's traffic: from Pier's bridge (pierd --cni-bridge),
+// and from no other link.
 //
 // Masquerade: the plugin exempts the prefixes of the addresses it got
 // (here a block), so pod-to-pod traffic between nodes is exempt only once

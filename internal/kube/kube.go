@@ -373,6 +373,16 @@ func (d *Datastore) sleep(ctx context.Context, t time.Duration) {
 	}
 }
 
+// RestoreGuard puts the VXLAN guard back after Pier's table was flushed
+// (routing.Programmer.RestoreGuard); nothing when the data plane is not
+// the kernel's (ModeNone, tests).
+func (d *Datastore) RestoreGuard() error {
+	if d.prog == nil {
+		return nil
+	}
+	return d.prog.RestoreGuard()
+}
+
 // Status returns what the node's status file holds.
 func (d *Datastore) Status() nodestatus.Status {
 	d.mu.Lock()
