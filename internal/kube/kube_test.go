@@ -107,10 +107,10 @@ func TestDatastore(t *testing.T) {
 	d, err := New(Options{
 		Config: api.RESTConfig("admin"), NodeName: "n1", Mode: routing.ModeHostGW, DataPlane: rec,
 		ClusterCIDRs: prefixes("10.244.0.0/16", "fd00:10:244::/56"),
-		Allocator:  &Allocator{ClusterCIDRs: prefixes("10.244.0.0/16", "fd00:10:244::/56")},
-		CNI:        CNIConfig{Dir: dir, IPMasq: true, NonMasquerade: prefixes("10.244.0.0/16", "fd00:10:244::/56"), DataDir: filepath.Join(dir, "data")},
-		StatusFile: filepath.Join(dir, "node.json"),
-		Log:        slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Allocator:    &Allocator{ClusterCIDRs: prefixes("10.244.0.0/16", "fd00:10:244::/56")},
+		CNI:          CNIConfig{Dir: dir, IPMasq: true, NonMasquerade: prefixes("10.244.0.0/16", "fd00:10:244::/56"), DataDir: filepath.Join(dir, "data")},
+		StatusFile:   filepath.Join(dir, "node.json"),
+		Log:          slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
 	if err != nil {
 		t.Fatal(err)
