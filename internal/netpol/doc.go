@@ -38,7 +38,11 @@
 // pass (conntrack). Policies without policyTypes isolate for ingress, and
 // for egress when they have egress rules. Host network pods are never
 // selected nor matched as peers, and pods that finished are no peers (their
-// address may be another pod's already). A part of a policy the API server
+// address may be another pod's already). An address two pods report (it
+// moved from a pod being deleted, whose Pod object outlives its sandbox,
+// to a new one) belongs to one of them — the one not being deleted, else
+// the newest — and only that pod's labels, named ports and chains count
+// for it. A part of a policy the API server
 // would refuse (bad selector, CIDR, port) matches nothing, never more.
 // The node's own traffic to its pods (kubelet's probes) never passes the
 // policy chains. Connections established before a policy changes keep

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"sync"
@@ -222,9 +223,6 @@ func (e *Engine) DeletePod(namespace, name string) error {
 
 func (e *Engine) setPod(ref dataplane.Ref, now *podState) error {
 	old := e.pods[ref]
-	e.unindex(old)
-	e.index(now)
-	ch := newChange()
 	var addrs []netip.Addr
 	if old != nil {
 		addrs = append(addrs, old.addrs...)
@@ -232,34 +230,42 @@ func (e *Engine) setPod(ref dataplane.Ref, now *podState) error {
 	if now != nil {
 		addrs = append(addrs, now.addrs...)
 	}
+	before := e.localOwners(addrs)
+	e.unindex(old)
+	e.index(now)
+	ch := newChange()
 	e.refreshMembers(ch, addrs, nil)
 	node := e.cfg.NodeName
 	if old.localTo(node) || now.localTo(node) {
 		e.refreshLocal(ch, ref)
-		ch.d.Pointers, ch.d.Unpoint = pointerChanges(ref, old.liveAddrs(node), now.liveAddrs(node))
 	}
+	ch.d.Pointers, ch.d.Unpoint = pointerChanges(before, e.localOwners(addrs))
 	return e.apply(ch)
 }
 
-// liveAddrs are the addresses of a pod running on node, none otherwise.
-func (p *podState) liveAddrs(node string) []netip.Addr {
-	if !p.localTo(node) || p.finished {
-		return nil
-	}
-	return p.addrs
-}
-
-// pointerChanges: new addresses of a local pod are pointed at its chains;
-// addresses it no longer has lose the elements pierd may have added.
-func pointerChanges(ref dataplane.Ref, old, now []netip.Addr) (add, remove []dataplane.Pointer) {
-	for _, a := range now {
-		if !slices.Contains(old, a) {
-			add = append(add, dataplane.Pointer{Addr: a, Pod: ref})
+// localOwners are the local pods the addresses lead to (localOwner).
+func (e *Engine) localOwners(addrs []netip.Addr) map[netip.Addr]dataplane.Ref {
+	out := map[netip.Addr]dataplane.Ref{}
+	for _, a := range addrs {
+		if ref, ok := e.localOwner(a); ok {
+			out[a] = ref
 		}
 	}
-	for _, a := range old {
-		if !slices.Contains(now, a) {
-			remove = append(remove, dataplane.Pointer{Addr: a, Pod: ref})
+	return out
+}
+
+// pointerChanges: an address whose local owner is new is pointed at that
+// pod's chains; an address that no longer leads to a pod loses the
+// elements pierd may have added for that pod.
+func pointerChanges(before, after map[netip.Addr]dataplane.Ref) (add, remove []dataplane.Pointer) {
+	for _, a := range slices.SortedFunc(maps.Keys(after), netip.Addr.Compare) {
+		if b, ok := before[a]; !ok || b != after[a] {
+			add = append(add, dataplane.Pointer{Addr: a, Pod: after[a]})
+		}
+	}
+	for _, a := range slices.SortedFunc(maps.Keys(before), netip.Addr.Compare) {
+		if n, ok := after[a]; !ok || n != before[a] {
+			remove = append(remove, dataplane.Pointer{Addr: a, Pod: before[a]})
 		}
 	}
 	return add, remove

@@ -55,26 +55,36 @@ func (c *change) delta() dataplane.Delta {
 	return d
 }
 
-// selectorPod is the pod that puts addr into s, if any: of the pods that
-// can be peers at addr (normally one; two while an address moves from a
-// finished pod to a new one), the first by name that s picks.
-func (e *Engine) selectorPod(s *selectorSet, addr netip.Addr) (dataplane.Ref, bool) {
-	var refs []dataplane.Ref
-	for ref, p := range e.byAddr[addr] {
-		if s.sel.matches(p, e.nsLabels(p.ref.Namespace)) {
-			refs = append(refs, ref)
+// owner is the pod that holds addr, of those that can be peers at it
+// (normally one; two while an address moves from a pod being deleted to a
+// new one: see podState.owns), or nil. Only the owner's labels and ports
+// count for the address: a new pod must not get the peer rights of the
+// pod whose address it was given.
+func (e *Engine) owner(addr netip.Addr) *podState {
+	var best *podState
+	for _, p := range e.byAddr[addr] {
+		if best == nil || p.owns(best) {
+			best = p
 		}
 	}
-	if len(refs) == 0 {
-		return dataplane.Ref{}, false
-	}
-	return slices.MinFunc(refs, compareRefs), true
+	return best
 }
 
-// portMembers are addr's entries in the set of port name.
+// selectorPod is the pod that puts addr into s, if any: addr's owner, if
+// s picks it.
+func (e *Engine) selectorPod(s *selectorSet, addr netip.Addr) (dataplane.Ref, bool) {
+	p := e.owner(addr)
+	if p == nil || !s.sel.matches(p, e.nsLabels(p.ref.Namespace)) {
+		return dataplane.Ref{}, false
+	}
+	return p.ref, true
+}
+
+// portMembers are addr's entries in the set of port name: its owner's
+// ports of that name.
 func (e *Engine) portMembers(name string, addr netip.Addr) []dataplane.Member {
 	var out []dataplane.Member
-	for _, p := range e.byAddr[addr] {
+	if p := e.owner(addr); p != nil {
 		for _, np := range p.ports {
 			m := dataplane.Member{Addr: addr, Proto: np.proto, Port: np.port, Pod: p.ref}
 			if np.name == name && !slices.ContainsFunc(out, func(o dataplane.Member) bool { return o.Proto == m.Proto && o.Port == m.Port }) {
@@ -240,12 +250,20 @@ func (e *Engine) state() dataplane.State {
 	for _, c := range e.chains {
 		s.Pods = append(s.Pods, c)
 	}
-	for ref, p := range e.pods {
-		if p.localTo(e.cfg.NodeName) && !p.finished {
-			for _, a := range p.addrs {
-				s.Pointers = append(s.Pointers, dataplane.Pointer{Addr: a, Pod: ref})
-			}
+	for a := range e.byAddr {
+		if ref, ok := e.localOwner(a); ok {
+			s.Pointers = append(s.Pointers, dataplane.Pointer{Addr: a, Pod: ref})
 		}
 	}
 	return s
+}
+
+// localOwner is the pod whose chains addr leads to: addr's owner, when it
+// is a pod of this node still running.
+func (e *Engine) localOwner(addr netip.Addr) (dataplane.Ref, bool) {
+	p := e.owner(addr)
+	if p == nil || !p.localTo(e.cfg.NodeName) || p.finished {
+		return dataplane.Ref{}, false
+	}
+	return p.ref, true
 }

@@ -112,7 +112,10 @@ func (d *memDP) Apply(delta dataplane.Delta) error {
 		d.pointers[p.Addr] = p.Pod
 	}
 	for _, p := range delta.Unpoint {
-		delete(d.pointers, p.Addr)
+		// As the kernel's: only the element pierd added for that pod goes.
+		if d.pointers[p.Addr] == p.Pod {
+			delete(d.pointers, p.Addr)
+		}
 	}
 	return nil
 }

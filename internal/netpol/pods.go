@@ -3,6 +3,7 @@ package netpol
 import (
 	"net/netip"
 	"slices"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -22,7 +23,30 @@ type podState struct {
 	// finished pods (Succeeded, Failed) hold no address any more: the
 	// address may be another pod's already.
 	finished bool
-	ports    []namedPort
+	// terminating pods (deletionTimestamp set) still run, and still report
+	// their addresses, until their kubelet has stopped them; their sandbox,
+	// and with it their address, may be gone before that (see owns).
+	terminating bool
+	created     time.Time // creationTimestamp
+	ports       []namedPort
+}
+
+// owns reports whether p, rather than o, holds an address both report.
+// Two pods report one address only while it moves: the old pod's sandbox
+// is gone (and its address released to a new pod) before its Pod object
+// is, which keeps phase Running until its kubelet reports back. The one
+// holding it is the one not being deleted; of two not being deleted (a
+// sandbox that died, its address reused before the status says so), the
+// newer; names break ties, so that the answer never depends on the order
+// of a map.
+func (p *podState) owns(o *podState) bool {
+	if p.terminating != o.terminating {
+		return !p.terminating
+	}
+	if !p.created.Equal(o.created) {
+		return p.created.After(o.created)
+	}
+	return compareRefs(p.ref, o.ref) < 0
 }
 
 // namedPort is a container port with a name, what a policy's named port
@@ -40,6 +64,8 @@ func podFrom(p *corev1.Pod) *podState {
 		node:        p.Spec.NodeName,
 		hostNetwork: p.Spec.HostNetwork,
 		finished:    p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed,
+		terminating: p.DeletionTimestamp != nil,
+		created:     p.CreationTimestamp.Time,
 	}
 	ips := p.Status.PodIPs
 	if len(ips) == 0 && p.Status.PodIP != "" {

@@ -7,8 +7,10 @@ import (
 
 // TrimPod is the Pod informer's transform: its cache keeps of each Pod of
 // the cluster only what the engine reads (podFrom) — name, namespace,
-// labels, node, hostNetwork, the named container ports (of containers and
-// of sidecar init containers), phase and addresses — and no managedFields.
+// labels, creation and deletion timestamps (which of two pods reporting
+// one address holds it), node, hostNetwork, the named container ports (of
+// containers and of sidecar init containers), phase and addresses — and
+// no managedFields.
 // A Pod as the API serves it (env, volumes, probes, conditions, container
 // statuses, managedFields) is several KiB; trimmed, a few hundred bytes,
 // and pierd holds every Pod of the cluster. It is idempotent, as a
@@ -24,7 +26,7 @@ func TrimPod(obj any) (any, error) {
 	}
 	out := &corev1.Pod{TypeMeta: p.TypeMeta}
 	out.Name, out.Namespace, out.UID, out.ResourceVersion = p.Name, p.Namespace, p.UID, p.ResourceVersion
-	out.Labels, out.DeletionTimestamp = p.Labels, p.DeletionTimestamp
+	out.Labels, out.CreationTimestamp, out.DeletionTimestamp = p.Labels, p.CreationTimestamp, p.DeletionTimestamp
 	out.Spec.NodeName, out.Spec.HostNetwork = p.Spec.NodeName, p.Spec.HostNetwork
 	out.Spec.Containers = namedPorts(p.Spec.Containers, false)
 	out.Spec.InitContainers = namedPorts(p.Spec.InitContainers, true)

@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -35,6 +36,10 @@ func fullPod() *corev1.Pod {
 		{Name: "proxy", RestartPolicy: &always, Ports: []corev1.ContainerPort{{Name: "metrics", ContainerPort: 9090, Protocol: corev1.ProtocolUDP}}},
 	}
 	p.Spec.Volumes = []corev1.Volume{{Name: "data"}}
+	// Which of two pods reporting one address holds it is decided by these.
+	p.CreationTimestamp = metav1.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	deleted := metav1.Date(2026, 2, 3, 4, 5, 6, 0, time.UTC)
+	p.DeletionTimestamp = &deleted
 	p.Status.Phase = corev1.PodRunning
 	p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}
 	p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "web", Ready: true, Image: "example/web:1"}}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -274,8 +275,10 @@ func listSet(conn *nftables.Conn, s *nftables.Set) ([]nftables.SetElement, error
 const pointerComment = "pierd: "
 
 // repoint makes the maps' elements of each pointer's address lead to the
-// pod's chains where they lead to ChainUnclassified; elements leading
-// elsewhere are left alone (another pod's ADD owns the address now). With
+// pod's chains where they lead to ChainUnclassified, or where pierd added
+// them itself for another pod (the address's owner changed: the engine
+// names one pod per address); elements the plugin added leading elsewhere
+// are left alone (another pod's ADD owns the address now). With
 // addMissing, an address without element gets one (see State.Pointers).
 func repoint(conn *nftables.Conn, ptrs []Pointer, addMissing bool) error {
 	if len(ptrs) == 0 {
@@ -303,8 +306,11 @@ func repoint(conn *nftables.Conn, ptrs []Pointer, addMissing bool) error {
 				steps = append(steps, step{weight: elemWeight, msgs: 1, queue: func(c *nftables.Conn) error {
 					return c.SetAddElements(m, []nftables.SetElement{want})
 				}})
-			case ok && have.chain == ChainUnclassified:
+			case ok && (have.chain == ChainUnclassified || strings.HasPrefix(have.comment, pointerComment) && have.chain != want.VerdictData.Chain):
 				want.Comment = have.comment
+				if have.chain != ChainUnclassified {
+					want.Comment = clampComment(pointerComment + p.Pod.String())
+				}
 				steps = append(steps, step{weight: 2 * elemWeight, msgs: 2, queue: func(c *nftables.Conn) error {
 					return errors.Join(c.SetDeleteElements(m, []nftables.SetElement{{Key: want.Key}}), c.SetAddElements(m, []nftables.SetElement{want}))
 				}})

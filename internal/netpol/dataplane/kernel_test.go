@@ -228,6 +228,58 @@ func TestAttachmentFallsBackAndPierdRepoints(t *testing.T) {
 	}
 }
 
+// TestPierdElementsFollowTheOwner guards policies against an address
+// that moves between pods while pierd holds the element for it (put back
+// by a resync after a flushed table): the element leads to the chains of
+// the pod the engine names, not to those of whichever pod it was first
+// written for; the plugin's own elements stay as the plugin wrote them.
+func TestPierdElementsFollowTheOwner(t *testing.T) {
+	n := newNodeNS(t)
+	s := exampleState()
+	s.Pods = append(s.Pods, PodChain{Pod: podB, Dir: Ingress, Verdict: Open}, PodChain{Pod: podB, Dir: Egress, Verdict: Open})
+	addr := netip.MustParseAddr("10.244.1.7")
+	s.Pointers = []Pointer{{Addr: addr, Pod: podA}}
+	if _, err := n.dp.Resync(s); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.dp.Apply(Delta{Pointers: []Pointer{{Addr: addr, Pod: podB}}}); err != nil {
+		t.Fatal(err)
+	}
+	els, err := ListElements(InNetNS(n.fd))
+	if err != nil || len(els) != 2 || els[0].Chain != "np-pod-y/b-in" || els[1].Chain != "np-pod-y/b-eg" {
+		t.Fatalf("after the owner changed: %+v (%v), want y/b's chains", els, err)
+	}
+	// And once more by a resync, back to the first pod.
+	if _, err := n.dp.Resync(s); err != nil {
+		t.Fatal(err)
+	}
+	if els, _ := ListElements(InNetNS(n.fd)); len(els) != 2 || els[0].Chain != "np-pod-x/a-in" {
+		t.Fatalf("after a resync naming x/a: %+v", els)
+	}
+	// The plugin's element for an address stays with its pod.
+	a := &Attachment{Pod: podA, Addrs: []netip.Addr{netip.MustParseAddr("10.244.1.8")}, Owner: "net/c1/eth0"}
+	if err := addWithFallback(t, n, a); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.dp.Apply(Delta{Pointers: []Pointer{{Addr: a.Addrs[0], Pod: podB}}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range mustElements(t, n) {
+		if e.Addr == a.Addrs[0] && !strings.HasPrefix(e.Chain, "np-pod-x/a-") {
+			t.Errorf("the plugin's element was repointed: %+v", e)
+		}
+	}
+}
+
+func mustElements(t *testing.T, n *nodeNS) []Element {
+	t.Helper()
+	els, err := ListElements(InNetNS(n.fd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return els
+}
+
 // TestAttachmentResolvesInOneBatch guards the ADD's cost for a pod pierd
 // has not classified yet: once the base objects exist, the lookup before
 // the batch points its addresses at np-unclassified, and the batch alone
