@@ -16,6 +16,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	"sigs.k8s.io/yaml"
 
+	"github.com/pier-cni/pier/internal/kube"
 	"github.com/pier-cni/pier/internal/lint"
 )
 
@@ -105,9 +106,11 @@ func TestManifestsDecode(t *testing.T) {
 // config); RBAC grants exactly the verbs pierd uses: on Nodes get, list,
 // watch (the informer, the allocator's reads) and patch (annotations,
 // spec.podCIDRs), on Pods, Namespaces and NetworkPolicies list and watch
-// (network policy's informers), and on Leases in kube-system list,
-// create, update and delete (pod range claims). e2e/kube_test.go runs pierd with exactly
-// these rules against a real API server.
+// (network policy's informers), and on Leases list, create, update and
+// delete (pod range claims) in pier-system, a namespace of their own, not
+// in kube-system (where they would reach the control plane's leader
+// election Leases). e2e/kube_test.go runs pierd with exactly these rules
+// against a real API server.
 func TestKubernetesModeManifest(t *testing.T) {
 	raw, err := os.ReadFile("pier-kubernetes.yaml")
 	if err != nil {
@@ -121,9 +124,10 @@ func TestKubernetesModeManifest(t *testing.T) {
 		rb   rbacv1.RoleBinding
 		cm   corev1.ConfigMap
 		ds   appsv1.DaemonSet
+		ns   corev1.Namespace
 	)
 	objs := map[string]any{
-		"v1 ServiceAccount": &sa, "rbac.authorization.k8s.io/v1 ClusterRole": &cr,
+		"v1 ServiceAccount": &sa, "v1 Namespace": &ns, "rbac.authorization.k8s.io/v1 ClusterRole": &cr,
 		"rbac.authorization.k8s.io/v1 ClusterRoleBinding": &crb, "rbac.authorization.k8s.io/v1 Role": &role,
 		"rbac.authorization.k8s.io/v1 RoleBinding": &rb, "v1 ConfigMap": &cm, "apps/v1 DaemonSet": &ds,
 	}
@@ -164,8 +168,9 @@ func TestKubernetesModeManifest(t *testing.T) {
 		v["/namespaces"] != "list,watch" || v["networking.k8s.io/networkpolicies"] != "list,watch" {
 		t.Errorf("ClusterRole rules: %v", v)
 	}
-	if v := verbs(role.Rules); len(v) != 1 || v["coordination.k8s.io/leases"] != "list,create,update,delete" || role.Namespace != "kube-system" {
-		t.Errorf("Role rules: %v in %s", v, role.Namespace)
+	if v := verbs(role.Rules); len(v) != 1 || v["coordination.k8s.io/leases"] != "list,create,update,delete" ||
+		role.Namespace != kube.ClaimNamespace || rb.Namespace != kube.ClaimNamespace || ns.Name != kube.ClaimNamespace {
+		t.Errorf("Role rules: %v in %s (binding in %s), want in %s, the namespace the manifest makes (%s)", v, role.Namespace, rb.Namespace, kube.ClaimNamespace, ns.Name)
 	}
 	for _, b := range []struct {
 		ref      rbacv1.RoleRef

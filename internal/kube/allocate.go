@@ -33,9 +33,18 @@ import (
 // whose Node is re-created under the same name, takes its own claims back
 // instead of claiming new ranges. Ranges that nodes hold without a claim
 // (set by kube-controller-manager or by hand) are never given out either.
+//
+// The claims live in a namespace of their own, ClaimNamespace, where
+// nothing but them lives: pierd's Role there (list, create, update,
+// delete Leases) reaches no one else's. A Role cannot be narrowed to
+// pierd's Leases by name instead: RBAC cannot limit create by
+// resourceNames (the name is not known when the request is authorized),
+// and in kube-system the same verbs would let any node's pierd
+// credentials take or delete the controller manager's and the scheduler's
+// leader election Leases.
 const (
-	// ClaimNamespace holds the claim Leases.
-	ClaimNamespace = "kube-system"
+	// ClaimNamespace holds the claim Leases (deploy/kubernetes creates it).
+	ClaimNamespace = "pier-system"
 	// AnnotationPodCIDR on a claim Lease names its range.
 	AnnotationPodCIDR = "pier-cni.github.io/pod-cidr"
 	claimSelector     = "app.kubernetes.io/managed-by=pierd,app.kubernetes.io/component=pod-cidr"
@@ -235,6 +244,8 @@ func (a *Allocator) claimOne(ctx context.Context, node *corev1.Node, cidr netip.
 			return p, nil
 		case apierrors.IsAlreadyExists(err):
 			*taken = append(*taken, p)
+		case apierrors.IsNotFound(err):
+			return netip.Prefix{}, fmt.Errorf("claim pod range %s: namespace %s, where the claims live, is missing (deploy/kubernetes/pier-kubernetes.yaml creates it): %w", p, ClaimNamespace, err)
 		default:
 			return netip.Prefix{}, fmt.Errorf("claim pod range %s: %w", p, err)
 		}

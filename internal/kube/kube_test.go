@@ -60,10 +60,17 @@ func waitFor(t *testing.T, what string, d time.Duration, f func() bool) {
 	}
 }
 
+// startAPI starts an API server with the namespace of the pod range
+// claims, which the manifest creates.
 func startAPI(t *testing.T) *kubetest.APIServer {
 	t.Helper()
 	testnet.RequireRoot(t)
-	return kubetest.Start(t, kubetest.Options{NS: testnet.NewNS(t, "pt-api-")})
+	api := kubetest.Start(t, kubetest.Options{NS: testnet.NewNS(t, "pt-api-")})
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ClaimNamespace}}
+	if _, err := api.Client.CoreV1().Namespaces().Create(context.Background(), ns, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return api
 }
 
 // createNode creates a Node with pod ranges (none when cidrs is empty) and

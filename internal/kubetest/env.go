@@ -112,8 +112,9 @@ func ModuleRoot(t testing.TB) string {
 	return filepath.Dir(strings.TrimSpace(string(out)))
 }
 
-// applyManifestRBAC creates the RBAC objects of pier-kubernetes.yaml, so
-// pierd runs with the rules the manifest ships and no more.
+// applyManifestRBAC creates the RBAC objects of pier-kubernetes.yaml (and
+// the namespace its Role lives in), so pierd runs with the rules the
+// manifest ships and no more.
 func applyManifestRBAC(t testing.TB, api *APIServer) {
 	t.Helper()
 	raw, err := os.ReadFile(filepath.Join(ModuleRoot(t), "deploy", "kubernetes", "pier-kubernetes.yaml"))
@@ -129,6 +130,11 @@ func applyManifestRBAC(t testing.TB, api *APIServer) {
 		}
 		var err error
 		switch meta.Kind {
+		case "Namespace":
+			var o corev1.Namespace
+			if err = yaml.Unmarshal([]byte(doc), &o); err == nil {
+				_, err = api.Client.CoreV1().Namespaces().Create(ctx, &o, metav1.CreateOptions{})
+			}
 		case "ClusterRole":
 			var o rbacv1.ClusterRole
 			if err = yaml.Unmarshal([]byte(doc), &o); err == nil {

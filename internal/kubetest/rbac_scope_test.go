@@ -6,6 +6,8 @@ import (
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/pier-cni/pier/internal/kube"
 )
 
 // TestManifestLeaseRoleScope guards the control plane against pierd's
@@ -30,22 +32,34 @@ func TestManifestLeaseRoleScope(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := pierd.CoordinationV1().Leases("kube-system").List(ctx, metav1.ListOptions{})
-	if err != nil {
-		t.Fatalf("pierd cannot list its claims: %v", err)
+	// The claims now live in a namespace of their own, where pierd lists
+	// them; kube-system's Leases it can neither list, read, take, delete
+	// nor create (a Role cannot narrow create by name, hence the namespace).
+	if _, err := pierd.CoordinationV1().Leases(kube.ClaimNamespace).List(ctx, metav1.ListOptions{}); err != nil {
+		t.Fatalf("pierd cannot list its claims in %s: %v", kube.ClaimNamespace, err)
 	}
-	for i := range got.Items {
-		l := &got.Items[i]
-		if l.Name != "kube-controller-manager" {
-			continue
-		}
-		thief := "attacker"
-		l.Spec.HolderIdentity = &thief
-		if _, err := pierd.CoordinationV1().Leases("kube-system").Update(ctx, l, metav1.UpdateOptions{}); err == nil {
-			t.Errorf("pierd's ServiceAccount took over kube-system's Lease %s (leader election)", l.Name)
-		}
-		if err := pierd.CoordinationV1().Leases("kube-system").Delete(ctx, l.Name, metav1.DeleteOptions{}); err == nil {
-			t.Errorf("pierd's ServiceAccount deleted kube-system's Lease %s (leader election)", l.Name)
-		}
+	leases := pierd.CoordinationV1().Leases("kube-system")
+	if _, err := leases.List(ctx, metav1.ListOptions{}); err == nil {
+		t.Errorf("pierd's ServiceAccount lists kube-system's Leases")
+	}
+	if _, err := leases.Get(ctx, lease.Name, metav1.GetOptions{}); err == nil {
+		t.Errorf("pierd's ServiceAccount reads kube-system's Lease %s", lease.Name)
+	}
+	l, err := e.API.Client.CoordinationV1().Leases("kube-system").Get(ctx, lease.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	thief := "attacker"
+	l.Spec.HolderIdentity = &thief
+	if _, err := leases.Update(ctx, l, metav1.UpdateOptions{}); err == nil {
+		t.Errorf("pierd's ServiceAccount took over kube-system's Lease %s (leader election)", l.Name)
+	}
+	if err := leases.Delete(ctx, l.Name, metav1.DeleteOptions{}); err == nil {
+		t.Errorf("pierd's ServiceAccount deleted kube-system's Lease %s (leader election)", l.Name)
+	}
+	sched := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: "kube-scheduler", Namespace: "kube-system"},
+		Spec: coordinationv1.LeaseSpec{HolderIdentity: &thief}}
+	if _, err := leases.Create(ctx, sched, metav1.CreateOptions{}); err == nil {
+		t.Errorf("pierd's ServiceAccount created kube-system's Lease %s (leader election)", sched.Name)
 	}
 }
