@@ -438,7 +438,7 @@ func TestNetworkPolicyNodeAndOutside(t *testing.T) {
 	c.must(c.Apply(netpoltest.Policy("x", "deny-ingress", nil, networkingv1.PolicyTypeIngress)))
 	node1.sb.Node.MustRun(t, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0")
 	c.expectProbe(c.pods["x/b"].ns, "x/b -> x/a bridged without br_netfilter", c.pods["x/a"].addr, true)
-	c.must(node1.sb.Node.Do(dataplane.EnableBridgeNetfilter))
+	c.must(node1.sb.Node.Do(func() error { return dataplane.EnableBridgeNetfilter("/proc/sys") }))
 	c.expectProbe(c.pods["x/b"].ns, "x/b -> x/a bridged with br_netfilter", c.pods["x/a"].addr, false)
 }
 

@@ -97,7 +97,8 @@ func (k *kubeMode) stop() {
 
 // start returns nil unless --datastore kubernetes. Errors of the flags and
 // of the kubeconfig fail the start; the API server need not be up.
-func (k *kubeOpts) start(socket, dataDir string, log *slog.Logger) (*kubeMode, error) {
+// procSys is --proc-sys.
+func (k *kubeOpts) start(socket, dataDir, procSys string, log *slog.Logger) (*kubeMode, error) {
 	switch *k.datastore {
 	case "", datastoreLocal, datastoreEtcd:
 		if *k.datastore == datastoreEtcd && *k.cluster.endpoints == "" {
@@ -135,7 +136,7 @@ func (k *kubeOpts) start(socket, dataDir string, log *slog.Logger) (*kubeMode, e
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &kubeMode{cancel: cancel, ds: d}
 	if *k.networkPolicy {
-		if m.policy, err = startPolicy(ctx, &m.wg, d, o.NodeName, o.Log); err != nil {
+		if m.policy, err = startPolicy(ctx, &m.wg, policyStart{d: d, node: o.NodeName, procSys: procSys, log: o.Log}); err != nil {
 			cancel()
 			m.wg.Wait()
 			return nil, err

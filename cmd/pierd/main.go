@@ -38,6 +38,7 @@ func run(args []string, stderr io.Writer) int {
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	access := addAccessFlags(fs)
 	drain := fs.Duration("drain-timeout", pierd.DefaultDrainTimeout, "how long SIGTERM waits for in-flight calls")
+	procSys := fs.String("proc-sys", "/proc/sys", "where pierd reads and writes the node's sysctls: /proc/sys, or, in a container whose /proc/sys is read-only, the directory under which the host's /proc/sys/net is mounted as net")
 	cf := clusterFlags(fs)
 	rf := restoreFlagSet(fs)
 	kf := kubeFlags(fs, cf)
@@ -55,6 +56,7 @@ func run(args []string, stderr io.Writer) int {
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	reportPreflight(*procSys, log)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -62,7 +64,7 @@ func run(args []string, stderr io.Writer) int {
 		Socket: *socket, DataDir: *dataDir, MetricsAddr: *metrics, Allow: access.grants, Limits: limits,
 		Version: version(), Log: log,
 	}
-	km, err := kf.start(*socket, *dataDir, log)
+	km, err := kf.start(*socket, *dataDir, *procSys, log)
 	if err != nil {
 		fmt.Fprintf(stderr, "pierd: kubernetes mode: %v\n", err)
 		return 1

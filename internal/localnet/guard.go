@@ -129,6 +129,18 @@ func load() (int, error) {
 	return int(fd), nil
 }
 
+// Loadable reports whether this process may load the guard's program: it
+// needs CAP_BPF with CAP_NET_ADMIN (or CAP_SYS_ADMIN); without them the
+// kernel answers EPERM and no bridge can get its guard. The program is
+// loaded and dropped at once.
+func Loadable() error {
+	fd, err := load()
+	if err != nil {
+		return err
+	}
+	return unix.Close(fd)
+}
+
 // ErrNoBridge marks a bridge that does not exist.
 var ErrNoBridge = errors.New("no such bridge")
 

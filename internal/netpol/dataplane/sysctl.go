@@ -10,7 +10,10 @@ import (
 
 // EnableBridgeNetfilter makes bridged IPv4 and IPv6 traffic pass the inet
 // hooks (br_netfilter's bridge-nf-call-iptables and -ip6tables), in the
-// calling thread's network namespace.
+// calling thread's network namespace. procSys is where the sysctls are
+// read and written: /proc/sys, or the node's /proc/sys/net mounted under
+// procSys/net where /proc/sys is read-only (a container's, unless
+// privileged).
 //
 // Why: two pods on one node talk through the bridge without being routed;
 // only with these switches on do their packets reach the forward hook
@@ -19,9 +22,9 @@ import (
 // default and kube-proxy needs them too, but a host may have turned them
 // off, and then every policy would silently stop applying between pods of
 // the same node. The values are read first and written only when not 1.
-func EnableBridgeNetfilter() error {
+func EnableBridgeNetfilter(procSys string) error {
 	for _, key := range []string{"bridge-nf-call-iptables", "bridge-nf-call-ip6tables"} {
-		path := "/proc/sys/net/bridge/" + key
+		path := procSys + "/net/bridge/" + key
 		cur, err := os.ReadFile(path)
 		if errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("%s is missing: load the br_netfilter module (modprobe br_netfilter); network policies cannot see traffic between pods of one node without it", path)
