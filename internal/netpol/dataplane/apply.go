@@ -243,7 +243,7 @@ func readMap(conn *nftables.Conn, m *nftables.Set) (map[netip.Addr]mapElement, e
 		if !ok {
 			continue
 		}
-		kind, chain := decodeVerdict(e.Val)
+		kind, chain := DecodeVerdict(e.Val)
 		out[a] = mapElement{addr: a, kind: kind, chain: chain, comment: e.Comment}
 	}
 	return out, nil

@@ -165,9 +165,9 @@ func chunkElements(els []nftables.SetElement, f func([]nftables.SetElement) erro
 	return nil
 }
 
-// decodeVerdict reads a verdict map element's data: the verdict code and
+// DecodeVerdict reads a verdict map element's data: the verdict code and
 // the chain it jumps or goes to.
-func decodeVerdict(val []byte) (expr.VerdictKind, string) {
+func DecodeVerdict(val []byte) (expr.VerdictKind, string) {
 	ad, err := netlink.NewAttributeDecoder(val)
 	if err != nil {
 		return 0, ""

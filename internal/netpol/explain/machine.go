@@ -6,7 +6,7 @@ import (
 	"fmt"
 
 	"github.com/google/nftables/expr"
-	"github.com/mdlayher/netlink"
+	"github.com/pier-cni/pier/internal/netpol/dataplane"
 	"golang.org/x/sys/unix"
 )
 
@@ -265,7 +265,7 @@ func (m *machine) lookup(x *expr.Lookup) (verdictResult, bool, string, error) {
 	}
 	text := "@" + x.SetName
 	if x.IsDestRegSet && x.DestRegister == 0 {
-		kind, chain := decodeVerdict(val)
+		kind, chain := dataplane.DecodeVerdict(val)
 		return verdictResult{kind: kind, chain: chain, ok: true}, true, "vmap " + text + ": " + verdictText(kind, chain), nil
 	}
 	return verdictResult{}, true, "in " + text, nil
@@ -287,24 +287,4 @@ func verdictText(kind expr.VerdictKind, chain string) string {
 		return "continue"
 	}
 	return fmt.Sprintf("verdict %d", kind)
-}
-
-// decodeVerdict reads a verdict map element's data.
-func decodeVerdict(val []byte) (expr.VerdictKind, string) {
-	ad, err := netlink.NewAttributeDecoder(val)
-	if err != nil {
-		return 0, ""
-	}
-	ad.ByteOrder = binary.BigEndian
-	var kind expr.VerdictKind
-	var chain string
-	for ad.Next() {
-		switch ad.Type() {
-		case unix.NFTA_VERDICT_CODE:
-			kind = expr.VerdictKind(int32(ad.Uint32()))
-		case unix.NFTA_VERDICT_CHAIN:
-			chain = ad.String()
-		}
-	}
-	return kind, chain
 }
