@@ -32,14 +32,24 @@ type Paths struct {
 }
 
 // SetupBridge opens the host's filters for the bridge (with Firewall),
-// sets its isolation and then its marker, under the node's lock. It
-// returns the places of the host's filters it found.
+// sets its isolation and then its marker, under the node's lock, when the
+// bridge still has a port of Pier's. It returns the places of the host's
+// filters it found.
+//
+// A restore calls it for a record whose veth it saw, but the DEL of the
+// bridge's last container may have removed that veth and torn the bridge
+// down while the restore waited for the lock: set up again, the bridge
+// would keep its marker and the host's accepts with no container on it.
+// So it looks again under the lock, as TeardownBridge does the other way.
 func SetupBridge(lock string, s BridgeSpec) ([]firewall.Place, error) {
 	unlock, err := nodelock.Acquire(lock)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
+	if used, err := pierPorts(s.Bridge, ""); err != nil || !used {
+		return nil, err
+	}
 	return setupBridgeAnew(s)
 }
 
