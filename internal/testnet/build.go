@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -44,7 +45,8 @@ import (
 // process holding a lock on a file no one else sees: so after taking the
 // lock a process checks that the path still names the file it locked, and
 // starts over when not. A build cut short has no .complete marker and is
-// built again by the next process.
+// built again by the next process; so is a directory of the build's name
+// that another user made (see complete).
 
 var (
 	buildOnce sync.Once
@@ -226,8 +228,21 @@ func sameFile(f *os.File, path string) bool {
 	return err == nil && os.SameFile(a, b)
 }
 
+// complete reports whether dir holds a finished build of this user's: a
+// directory (not a link) that the process's user owns and nobody else can
+// write, with the .complete marker. The temp directory is everyone's and
+// a build's name can be computed by anyone who reads the sources, while
+// the tests run the binaries as root: a directory someone else made is
+// not a build, and buildLocked removes it (or, when it cannot, fails).
 func complete(dir string) bool {
-	_, err := os.Stat(filepath.Join(dir, ".complete"))
+	fi, err := os.Lstat(dir)
+	if err != nil || !fi.IsDir() || fi.Mode().Perm()&0o022 != 0 {
+		return false
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); !ok || int(st.Uid) != os.Geteuid() {
+		return false
+	}
+	_, err = os.Lstat(filepath.Join(dir, ".complete"))
 	return err == nil
 }
 
