@@ -134,6 +134,12 @@ func measure(t *testing.T, mode string, fs flannelSetup) (p, f result) {
 func flannelRanges(i int) []string { return []string{fmt.Sprintf("10.245.%d.0/24", i)} }
 
 func setupPier(t *testing.T, e *kubetest.Env) *side {
+	// The benchmark's cluster holds both agents' pods: Pier's nodes take
+	// ranges of 10.244.0.0/16, flannel's of its network 10.245.0.0/16,
+	// where rssAtScale's fake Nodes are too, so that both agents route
+	// them (pierd routes only ranges inside its cluster CIDRs; the last
+	// --cluster-cidr given counts).
+	e.Args = append(e.Args, "--cluster-cidr", "10.244.0.0/15")
 	n1, n2 := e.AddNode(1, e.NodeRanges(1)), e.AddNode(2, e.NodeRanges(2))
 	n1.Start()
 	n2.Start()
