@@ -82,7 +82,7 @@ func TestSourceAddressCheck(t *testing.T) {
 	n.sb.Node.MustRun(t, "ping", "-c1", "-W2", v.v4.String())
 	n.sb.Node.MustRun(t, "ping", "-6", "-c1", "-W2", v.v6.String())
 	dhcp := udpSinkIn(t, n.sb.Node, "udp4", 67)
-	sendFrame(t, a.ns, ether(broadcastMAC, a.mac, unix.ETH_P_IP, ipv4UDP(netip.IPv4Unspecified(), netip.MustParseAddr("255.255.255.255"), 68, 67, "discover")))
+	sendFrame(t, a.ns, ether(broadcastMAC, a.mac, unix.ETH_P_IP, testnet.IPv4UDP(netip.IPv4Unspecified(), netip.MustParseAddr("255.255.255.255"), 68, 67, "discover")))
 	if got := dhcp(time.Second); len(got) != 1 {
 		t.Errorf("the node received %d DHCP discoveries from 0.0.0.0, want 1", len(got))
 	}
@@ -91,11 +91,11 @@ func TestSourceAddressCheck(t *testing.T) {
 		sink4, sink6 := udpSinkIn(t, v.ns, "udp4", 9000), udpSinkIn(t, v.ns, "udp6", 9000)
 		tagged := frameSink(t, v.ns, "tagged")
 		spoof4, spoof6 := netip.MustParseAddr("10.46.0.99"), netip.MustParseAddr("fd00:46::99")
-		sendFrame(t, a.ns, ether(v.mac, a.mac, unix.ETH_P_IP, ipv4UDP(a.v4, v.v4, 40000, 9000, "own4")))
-		sendFrame(t, a.ns, ether(v.mac, a.mac, unix.ETH_P_IP, ipv4UDP(spoof4, v.v4, 40000, 9000, "forged4")))
+		sendFrame(t, a.ns, ether(v.mac, a.mac, unix.ETH_P_IP, testnet.IPv4UDP(a.v4, v.v4, 40000, 9000, "own4")))
+		sendFrame(t, a.ns, ether(v.mac, a.mac, unix.ETH_P_IP, testnet.IPv4UDP(spoof4, v.v4, 40000, 9000, "forged4")))
 		sendFrame(t, a.ns, ether(v.mac, a.mac, unix.ETH_P_IPV6, ipv6UDP(spoof6, v.v6, 40000, 9000, "forged6")))
 		sendFrame(t, a.ns, ether(v.mac, a.mac, unix.ETH_P_IPV6, ipv6UDP(a.v6, v.v6, 40000, 9000, "own6")))
-		sendFrame(t, a.ns, vlanTagged(ether(v.mac, a.mac, unix.ETH_P_IP, ipv4UDP(netip.MustParseAddr("10.47.0.2"), netip.MustParseAddr("10.47.0.3"), 40000, 9000, "tagged")), 7))
+		sendFrame(t, a.ns, vlanTagged(ether(v.mac, a.mac, unix.ETH_P_IP, testnet.IPv4UDP(netip.MustParseAddr("10.47.0.2"), netip.MustParseAddr("10.47.0.3"), 40000, 9000, "tagged")), 7))
 		// The node's entry for the victim, just refreshed, against a
 		// gratuitous ARP that claims the victim's address for the
 		// attacker's MAC (which overrides an entry at once, where a reply
@@ -343,20 +343,6 @@ func udp(sport, dport uint16, payload string) []byte {
 	binary.BigEndian.PutUint16(u[4:], uint16(len(u)))
 	copy(u[8:], payload)
 	return u
-}
-
-// ipv4UDP is an IPv4 packet with a UDP datagram (no UDP checksum, which
-// IPv4 allows).
-func ipv4UDP(src, dst netip.Addr, sport, dport uint16, payload string) []byte {
-	u := udp(sport, dport, payload)
-	ip := make([]byte, 20)
-	ip[0], ip[8], ip[9] = 0x45, 64, unix.IPPROTO_UDP
-	binary.BigEndian.PutUint16(ip[2:], uint16(20+len(u)))
-	s, d := src.As4(), dst.As4()
-	copy(ip[12:], s[:])
-	copy(ip[16:], d[:])
-	binary.BigEndian.PutUint16(ip[10:], checksum(ip, 0))
-	return append(ip, u...)
 }
 
 // ipv6Packet wraps an upper-layer message of protocol proto, whose

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"encoding/binary"
 	"net"
 	"net/netip"
 	"testing"
@@ -9,10 +8,9 @@ import (
 
 	networkingv1 "k8s.io/api/networking/v1"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/pier-cni/pier/internal/netpol/netpoltest"
 	"github.com/pier-cni/pier/internal/routing"
+	"github.com/pier-cni/pier/internal/testnet"
 )
 
 // TestNetworkPolicyVXLANInjection guards network policy and the source
@@ -55,8 +53,8 @@ func TestNetworkPolicyVXLANInjection(t *testing.T) {
 	sendRawUDP(t, xa.ns, xa.addr, yc.addr, 9997, "x/a itself")
 	sendRawUDP(t, xa.ns, xc.addr, yc.addr, 9997, "x/a as x/c, raw")
 	node1 := netip.MustParseAddr(c.nodes[0].ip)
-	inner := udpPacket(xc.addr, yc.addr, 9997, "x/a as x/c, through node1's vxlan")
-	frame := vxlanFrame(routing.MACFor(netip.MustParseAddr(c.nodes[1].ip)), routing.MACFor(node1), inner)
+	inner := testnet.IPv4UDP(xc.addr, yc.addr, 40001, 9997, "x/a as x/c, through node1's vxlan")
+	frame := testnet.VXLAN(routing.VXLANID, routing.MACFor(netip.MustParseAddr(c.nodes[1].ip)), routing.MACFor(node1), inner)
 	if err := xa.ns.Do(func() error {
 		conn, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(node1, routing.VXLANPort)))
 		if err != nil {
@@ -93,40 +91,4 @@ func vxlanBetween(t *testing.T, n, other *npNode) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// udpPacket is an IPv4 packet holding one UDP datagram, with its header
-// checksum (nothing fills it in for an encapsulated packet).
-func udpPacket(src, dst netip.Addr, port int, payload string) []byte {
-	udp := make([]byte, 8+len(payload))
-	binary.BigEndian.PutUint16(udp[0:], 40001)
-	binary.BigEndian.PutUint16(udp[2:], uint16(port))
-	binary.BigEndian.PutUint16(udp[4:], uint16(len(udp)))
-	copy(udp[8:], payload)
-	ip := make([]byte, 20)
-	ip[0], ip[8], ip[9] = 0x45, 64, unix.IPPROTO_UDP
-	binary.BigEndian.PutUint16(ip[2:], uint16(20+len(udp)))
-	s4, d4 := src.As4(), dst.As4()
-	copy(ip[12:], s4[:])
-	copy(ip[16:], d4[:])
-	var sum uint32
-	for i := 0; i < 20; i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(ip[i:]))
-	}
-	for sum > 0xffff {
-		sum = sum>>16 + sum&0xffff
-	}
-	binary.BigEndian.PutUint16(ip[10:], ^uint16(sum))
-	return append(ip, udp...)
-}
-
-// vxlanFrame is a VXLAN payload (VNI routing.VXLANID) carrying pkt in an
-// Ethernet frame from src to dst.
-func vxlanFrame(src, dst net.HardwareAddr, pkt []byte) []byte {
-	b := []byte{0x08, 0, 0, 0, 0, 0, 0, 0}
-	binary.BigEndian.PutUint32(b[4:], routing.VXLANID<<8)
-	b = append(b, dst...)
-	b = append(b, src...)
-	b = append(b, 0x08, 0x00)
-	return append(b, pkt...)
 }

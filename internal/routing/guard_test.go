@@ -1,7 +1,6 @@
 package routing
 
 import (
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -10,8 +9,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/pier-cni/pier/internal/testnet"
 )
@@ -37,9 +34,9 @@ func TestVXLANGuard(t *testing.T) {
 
 	const port = 9999
 	atA, atB := udpSinkAt(t, a.pod, port), udpSinkAt(t, b.pod, port)
-	forged := vxlanFrame(MACFor(b.ip), MACFor(a.ip), ipv4UDP(b.pod4, a.pod4, port, "forged, through a's own VTEP"))
+	forged := testnet.VXLAN(VXLANID, MACFor(b.ip), MACFor(a.ip), testnet.IPv4UDP(b.pod4, a.pod4, 40001, uint16(port), "forged, through a's own VTEP"))
 	sendUDP(t, a.pod, netip.AddrPortFrom(a.ip, VXLANPort), forged)
-	forged = vxlanFrame(MACFor(a.ip), MACFor(b.ip), ipv4UDP(a.pod4, b.pod4, port, "forged, through b's VTEP"))
+	forged = testnet.VXLAN(VXLANID, MACFor(a.ip), MACFor(b.ip), testnet.IPv4UDP(a.pod4, b.pod4, 40001, uint16(port), "forged, through b's VTEP"))
 	sendUDP(t, a.pod, netip.AddrPortFrom(b.ip, VXLANPort), forged)
 	sendUDP(t, b.pod, netip.AddrPortFrom(a.pod4, port), []byte("real, b to a"))
 	sendUDP(t, a.pod, netip.AddrPortFrom(b.pod4, port), []byte("real, a to b"))
@@ -137,42 +134,4 @@ func sendUDP(t *testing.T, ns *testnet.NS, dst netip.AddrPort, payload []byte) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// ipv4UDP is an IPv4 packet holding one UDP datagram (no UDP checksum,
-// which IPv4 allows), with its header checksum: nothing fills it in for a
-// packet inside a tunnel.
-func ipv4UDP(src, dst netip.Addr, port int, payload string) []byte {
-	udp := make([]byte, 8+len(payload))
-	binary.BigEndian.PutUint16(udp[0:], 40001)
-	binary.BigEndian.PutUint16(udp[2:], uint16(port))
-	binary.BigEndian.PutUint16(udp[4:], uint16(len(udp)))
-	copy(udp[8:], payload)
-	ip := make([]byte, 20)
-	ip[0], ip[8], ip[9] = 0x45, 64, unix.IPPROTO_UDP
-	binary.BigEndian.PutUint16(ip[2:], uint16(20+len(udp)))
-	s4, d4 := src.As4(), dst.As4()
-	copy(ip[12:], s4[:])
-	copy(ip[16:], d4[:])
-	var sum uint32
-	for i := 0; i < 20; i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(ip[i:]))
-	}
-	for sum > 0xffff {
-		sum = sum>>16 + sum&0xffff
-	}
-	binary.BigEndian.PutUint16(ip[10:], ^uint16(sum))
-	return append(ip, udp...)
-}
-
-// vxlanFrame is a VXLAN payload (VNI VXLANID) carrying pkt in an Ethernet
-// frame from src to dst.
-func vxlanFrame(src, dst net.HardwareAddr, pkt []byte) []byte {
-	b := make([]byte, 8, 8+14+len(pkt))
-	b[0] = 0x08
-	binary.BigEndian.PutUint32(b[4:], VXLANID<<8)
-	b = append(b, dst...)
-	b = append(b, src...)
-	b = append(b, 0x08, 0x00)
-	return append(b, pkt...)
 }
