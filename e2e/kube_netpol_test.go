@@ -11,7 +11,6 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
@@ -20,7 +19,6 @@ import (
 	"testing"
 	"time"
 
-	current "github.com/containernetworking/cni/pkg/types/100"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -136,15 +134,7 @@ func (k *kubeNP) attachKube(pod string, node int) *npPod {
 	env := []string{"CNI_COMMAND=ADD", "CNI_CONTAINERID=" + ns + "-" + name, "CNI_NETNS=" + p.ns.Path, "CNI_IFNAME=eth0",
 		"CNI_PATH=" + k.bin, "CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE=" + ns + ";K8S_POD_NAME=" + name}
 	r := n.SB.Exec(filepath.Join(k.bin, "pier"), env, []byte(n.Conflist))
-	if r.ExitCode != 0 {
-		t.Fatalf("ADD %s: exit %d\n%s\n%s", pod, r.ExitCode, r.Stdout, r.Stderr)
-	}
-	var res current.Result
-	if err := json.Unmarshal([]byte(r.Stdout), &res); err != nil || len(res.IPs) == 0 {
-		t.Fatalf("ADD %s result: %v\n%s", pod, err, r.Stdout)
-	}
-	a, _ := netip.AddrFromSlice(res.IPs[0].Address.IP)
-	p.addr, p.result = a.Unmap(), r.Stdout
+	p.addr, p.result = addedAddr(t, pod, r), r.Stdout
 	k.pods[pod] = p
 	return p
 }

@@ -140,6 +140,15 @@ func (c *npCluster) attach(pod string, n *npNode) *npPod {
 	ns, name, _ := strings.Cut(pod, "/")
 	p := &npPod{name: pod, node: n, ns: n.sb.Container()}
 	r := c.cni(n, "ADD", p, fmt.Sprintf("IgnoreUnknown=1;K8S_POD_NAMESPACE=%s;K8S_POD_NAME=%s", ns, name))
+	p.addr, p.result = addedAddr(t, pod, r), r.Stdout
+	c.pods[pod] = p
+	return p
+}
+
+// addedAddr fails the test unless r is a successful ADD of pod, and
+// returns the first address of its result.
+func addedAddr(t *testing.T, pod string, r testnet.PluginRun) netip.Addr {
+	t.Helper()
 	if r.ExitCode != 0 {
 		t.Fatalf("ADD %s: exit %d\n%s\n%s", pod, r.ExitCode, r.Stdout, r.Stderr)
 	}
@@ -148,9 +157,7 @@ func (c *npCluster) attach(pod string, n *npNode) *npPod {
 		t.Fatalf("ADD %s result: %v\n%s", pod, err, r.Stdout)
 	}
 	a, _ := netip.AddrFromSlice(res.IPs[0].Address.IP)
-	p.addr, p.result = a.Unmap(), r.Stdout
-	c.pods[pod] = p
-	return p
+	return a.Unmap()
 }
 
 func (c *npCluster) cni(n *npNode, verb string, p *npPod, args string) testnet.PluginRun {
